@@ -1,0 +1,351 @@
+//! Typed calls to an agent over one multiplexed HTTP/2 connection.
+//!
+//! An [`AgentClient`] is cheap to clone; clones share the connection, and calls made concurrently
+//! run concurrently, each on its own HTTP/2 stream.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use protocol::body::{ChannelBody, FrameReader, FrameSender, ReadError};
+use protocol::frame::{Frame, FrameKind, DEFAULT_MAX_FRAME};
+use protocol::messages::{
+    Configure, ConfigureRequest, ConfigureResponse, Empty, Exec, ExecEvent, ExecRequest,
+    ExitStatus, GetHello, Health, HealthResponse, ReadFile, ReadFileRequest, ReadFileResponse,
+    Stats, StatsResponse, WriteFile, WriteFileRequest, WriteFileResponse,
+};
+use protocol::{
+    ErrorBody, Hello, Streaming, Unary, MAX_BODY_BYTES, PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
+use tracing::debug;
+
+use crate::transport::{AgentStream, Connector, TransportError};
+
+/// Body of every request.
+pub type RequestBody = BoxBody<Bytes, Infallible>;
+
+/// Receive windows matching the agent's, so one stream can fill a vsock link.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Frames of input buffered per streaming call before the sender waits.
+const INPUT_DEPTH: usize = 16;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No stream to the agent.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// HTTP/2 failed (connection lost, stream reset).
+    #[error("http/2: {0}")]
+    Http(#[from] hyper::Error),
+    /// The agent answered with an error.
+    #[error("agent refused: {0}")]
+    Agent(ErrorBody),
+    /// The agent's answer did not parse.
+    #[error("malformed answer: {0}")]
+    Decode(String),
+    /// A streaming call's input side is closed (the call ended).
+    #[error("the call has ended")]
+    Closed,
+    /// A deadline passed.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// A connection to one agent.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    send: http2::SendRequest<RequestBody>,
+}
+
+impl AgentClient {
+    /// Opens a stream with `connector` and starts HTTP/2 on it.
+    pub async fn connect(connector: &dyn Connector) -> Result<Self, ClientError> {
+        Self::over(connector.connect().await?).await
+    }
+
+    /// Retries [`Self::connect`] until it succeeds or `timeout` passes: right after a hello the guest
+    /// may still be finishing its listener setup, and a hybrid-vsock VMM resets early connections.
+    pub async fn connect_with_retry(
+        connector: &dyn Connector,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut delay = Duration::from_millis(5);
+        loop {
+            match Self::connect(connector).await {
+                Ok(client) => return Ok(client),
+                Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                    debug!(error = %e, "connect failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Starts HTTP/2 over an already open stream.
+    pub async fn over(stream: AgentStream) -> Result<Self, ClientError> {
+        let (send, conn) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(256 * 1024)
+            .max_send_buf_size(1024 * 1024)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "agent connection ended");
+            }
+        });
+        Ok(Self { send })
+    }
+
+    /// Whether the connection is still usable.
+    pub fn is_open(&self) -> bool {
+        !self.send.is_closed()
+    }
+
+    /// Sends a raw request. For tests of malformed input and for calls this crate does not wrap.
+    pub async fn send_raw(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let mut send = self.send.clone();
+        send.ready().await?;
+        Ok(send.send_request(request).await?)
+    }
+
+    fn request(path: String, body: RequestBody) -> Result<Request<RequestBody>, ClientError> {
+        Request::post(path)
+            .header(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Makes a unary call.
+    pub async fn call<M: Unary>(&self, req: &M::Request) -> Result<M::Response, ClientError> {
+        let bytes = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let request = Self::request(M::path(), Full::new(Bytes::from(bytes)).boxed())?;
+        let response = self.send_raw(request).await?;
+        let status = response.status();
+        let body = read_body(response.into_body()).await?;
+        if status != StatusCode::OK {
+            return Err(agent_error(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Opens a streaming call: sends the opening message, returns the call's two halves once the
+    /// agent has accepted it.
+    pub async fn open<M: Streaming>(&self, req: &M::Request) -> Result<StreamCall<M>, ClientError> {
+        let (input, body) = ChannelBody::channel(INPUT_DEPTH);
+        let opening = Frame::message(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        input.send(opening).await.map_err(|_| ClientError::Closed)?;
+        let request = Self::request(M::path(), body.boxed())?;
+        let response = self.send_raw(request).await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let body = read_body(response.into_body()).await?;
+            return Err(agent_error(status, &body));
+        }
+        Ok(StreamCall {
+            input: Some(input),
+            output: FrameReader::new(response.into_body(), DEFAULT_MAX_FRAME),
+            _method: std::marker::PhantomData,
+        })
+    }
+
+    /// The agent's greeting.
+    pub async fn hello(&self) -> Result<Hello, ClientError> {
+        self.call::<GetHello>(&Empty {}).await
+    }
+
+    /// Liveness.
+    pub async fn health(&self) -> Result<HealthResponse, ClientError> {
+        self.call::<Health>(&Empty {}).await
+    }
+
+    /// Resource usage.
+    pub async fn stats(&self) -> Result<StatsResponse, ClientError> {
+        self.call::<Stats>(&Empty {}).await
+    }
+
+    /// Sets the environment of everything the agent spawns from now on.
+    pub async fn configure(
+        &self,
+        req: &ConfigureRequest,
+    ) -> Result<ConfigureResponse, ClientError> {
+        self.call::<Configure>(req).await
+    }
+
+    /// Reads a whole file.
+    pub async fn read_file(&self, path: &str) -> Result<ReadFileResponse, ClientError> {
+        self.call::<ReadFile>(&ReadFileRequest { path: path.into() })
+            .await
+    }
+
+    /// Writes a whole file atomically.
+    pub async fn write_file(
+        &self,
+        req: &WriteFileRequest,
+    ) -> Result<WriteFileResponse, ClientError> {
+        self.call::<WriteFile>(req).await
+    }
+
+    /// Starts a process; stream its output with [`StreamCall::next`].
+    pub async fn exec(&self, req: &ExecRequest) -> Result<StreamCall<Exec>, ClientError> {
+        self.open::<Exec>(req).await
+    }
+
+    /// Runs a process to completion, feeding it `stdin`, and collects its output.
+    pub async fn exec_collect(
+        &self,
+        argv: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<ExecOutput, ClientError> {
+        let req = ExecRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            stdin: stdin.is_some(),
+            ..Default::default()
+        };
+        let mut call = self.exec(&req).await?;
+        if let Some(input) = stdin {
+            for chunk in input.chunks(64 * 1024) {
+                call.send(FrameKind::Stdin, Bytes::copy_from_slice(chunk))
+                    .await?;
+            }
+        }
+        call.close_input();
+        call.collect_exec().await
+    }
+}
+
+/// Everything a finished process produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// How it ended.
+    pub status: ExitStatus,
+}
+
+/// One item of a streaming call's output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem<E> {
+    /// A control message.
+    Event(E),
+    /// A byte chunk (`Stdout`, `Stderr`, ...).
+    Data(FrameKind, Bytes),
+}
+
+/// An open streaming call.
+#[derive(Debug)]
+pub struct StreamCall<M: Streaming> {
+    input: Option<FrameSender>,
+    output: FrameReader<Incoming>,
+    _method: std::marker::PhantomData<M>,
+}
+
+impl<M: Streaming> StreamCall<M> {
+    /// Sends a byte frame (e.g. `Stdin`).
+    pub async fn send(&self, kind: FrameKind, bytes: Bytes) -> Result<(), ClientError> {
+        let input = self.input.as_ref().ok_or(ClientError::Closed)?;
+        input
+            .send(Frame::data(kind, bytes))
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends a raw, already encoded frame; lets tests send malformed input.
+    pub async fn send_frame(&self, frame: Frame) -> Result<(), ClientError> {
+        let input = self.input.as_ref().ok_or(ClientError::Closed)?;
+        input.send(frame).await.map_err(|_| ClientError::Closed)
+    }
+
+    /// A sender for input frames that can live on another task.
+    pub fn input(&self) -> Option<FrameSender> {
+        self.input.clone()
+    }
+
+    /// Ends the input side (for exec: closes the process's stdin).
+    pub fn close_input(&mut self) {
+        self.input = None;
+    }
+
+    /// The next output item, `None` at the end of the call. An error frame becomes
+    /// [`ClientError::Agent`].
+    pub async fn next(&mut self) -> Result<Option<StreamItem<M::Event>>, ClientError> {
+        let frame = match self.output.next().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(ReadError::Frame(e)) => return Err(ClientError::Decode(e.to_string())),
+            Err(ReadError::Body(e)) => return Err(ClientError::Http(e)),
+        };
+        match frame.kind {
+            FrameKind::Message => frame
+                .json()
+                .map(|e| Some(StreamItem::Event(e)))
+                .map_err(|e| ClientError::Decode(e.to_string())),
+            FrameKind::Error => Err(ClientError::Agent(
+                frame
+                    .json()
+                    .map_err(|e| ClientError::Decode(e.to_string()))?,
+            )),
+            kind => Ok(Some(StreamItem::Data(kind, frame.payload))),
+        }
+    }
+}
+
+impl StreamCall<Exec> {
+    /// Reads the call to its end, collecting output and the exit status.
+    pub async fn collect_exec(mut self) -> Result<ExecOutput, ClientError> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let mut status = None;
+        while let Some(item) = self.next().await? {
+            match item {
+                StreamItem::Data(FrameKind::Stdout, b) => stdout.extend_from_slice(&b),
+                StreamItem::Data(FrameKind::Stderr, b) => stderr.extend_from_slice(&b),
+                StreamItem::Event(ExecEvent::Exited(s)) => status = Some(s),
+                _ => {}
+            }
+        }
+        let status =
+            status.ok_or_else(|| ClientError::Decode("exec ended without exit status".into()))?;
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            status,
+        })
+    }
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, ClientError> {
+    Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ClientError::Decode(format!("reading answer: {e}")))
+}
+
+fn agent_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(err) => ClientError::Agent(err),
+        Err(_) => ClientError::Decode(format!(
+            "status {status} with body {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )),
+    }
+}

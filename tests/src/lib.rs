@@ -1,0 +1,128 @@
+//! Shared harness of the integration tests: start the real `vm-agent` binary as a local process on a
+//! Unix socket, with its own HOME, and wait for its hello like the host does.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use orchestrator::transport::UnixConnector;
+use orchestrator::{AgentClient, HelloListener};
+use protocol::Hello;
+
+/// Path of a binary built from this workspace (`cargo build --workspace --bins`, which
+/// `cargo xtask test` runs first). Panics with the fix when it is missing.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("WORKSPACE_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary under target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// A running agent process, killed on drop.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    /// The greeting it sent when it came up.
+    pub hello: Hello,
+}
+
+impl AgentProcess {
+    /// Starts an agent listening on a fresh Unix socket and waits for its hello.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Same, with extra environment for the agent process.
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("agent.sock");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let hello = HelloListener::bind(dir.path().join("hello.sock")).expect("bind hello");
+        let child = Command::new(workspace_bin("vm-agent"))
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--hello")
+            .arg(format!("unix:{}", hello.path().display()))
+            .env("HOME", &home)
+            .env("AGENT_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start vm-agent");
+        let hello = hello
+            .wait(Duration::from_secs(30))
+            .await
+            .expect("agent said hello");
+        Self {
+            child,
+            dir,
+            socket,
+            hello,
+        }
+    }
+
+    /// The agent's Unix socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A private directory for the test (the agent's HOME is `home/` inside it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A connector to this agent.
+    pub fn connector(&self) -> UnixConnector {
+        UnixConnector::new(&self.socket)
+    }
+
+    /// A new client connection.
+    pub async fn client(&self) -> AgentClient {
+        AgentClient::connect(&self.connector())
+            .await
+            .expect("connect to agent")
+    }
+
+    /// Kills the agent now (to test a VM dying mid-flow).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,166 @@
+//! Command-line configuration of the agent.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Parser;
+
+/// Where the agent accepts host connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// AF_VSOCK on this port, any CID (`vsock:PORT`).
+    Vsock(u32),
+    /// A Unix socket path, for development and tests (`unix:/path`).
+    Unix(PathBuf),
+}
+
+/// Where the agent dials the host to say hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelloAddr {
+    /// AF_VSOCK `(cid, port)` (`vsock:CID:PORT`; the host is CID 2).
+    Vsock {
+        /// Context id of the host.
+        cid: u32,
+        /// Port the host listens on.
+        port: u32,
+    },
+    /// A Unix socket path (`unix:/path`).
+    Unix(PathBuf),
+}
+
+/// A malformed address.
+#[derive(Debug, thiserror::Error)]
+#[error("bad address {0:?}: expected {1}")]
+pub struct AddrError(String, &'static str);
+
+fn parse_u32(s: &str, whole: &str, expected: &'static str) -> Result<u32, AddrError> {
+    s.parse()
+        .map_err(|_| AddrError(whole.to_string(), expected))
+}
+
+impl FromStr for ListenAddr {
+    type Err = AddrError;
+
+    fn from_str(s: &str) -> Result<Self, AddrError> {
+        const EXPECTED: &str = "vsock:PORT or unix:/path";
+        match s.split_once(':') {
+            Some(("vsock", port)) => Ok(ListenAddr::Vsock(parse_u32(port, s, EXPECTED)?)),
+            Some(("unix", path)) if !path.is_empty() => Ok(ListenAddr::Unix(path.into())),
+            _ => Err(AddrError(s.to_string(), EXPECTED)),
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Vsock(port) => write!(f, "vsock:{port}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl FromStr for HelloAddr {
+    type Err = AddrError;
+
+    fn from_str(s: &str) -> Result<Self, AddrError> {
+        const EXPECTED: &str = "vsock:CID:PORT or unix:/path";
+        match s.split_once(':') {
+            Some(("vsock", rest)) => {
+                let (cid, port) = rest
+                    .split_once(':')
+                    .ok_or_else(|| AddrError(s.to_string(), EXPECTED))?;
+                Ok(HelloAddr::Vsock {
+                    cid: parse_u32(cid, s, EXPECTED)?,
+                    port: parse_u32(port, s, EXPECTED)?,
+                })
+            }
+            Some(("unix", path)) if !path.is_empty() => Ok(HelloAddr::Unix(path.into())),
+            _ => Err(AddrError(s.to_string(), EXPECTED)),
+        }
+    }
+}
+
+impl fmt::Display for HelloAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HelloAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            HelloAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// The agent's command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "vm-agent",
+    version,
+    about = "The in-VM agent (vsock only, no network listener)"
+)]
+pub struct AgentConfig {
+    /// Where to accept host connections (repeatable): `vsock:PORT` or `unix:/path`.
+    #[arg(long = "listen", default_values_t = [ListenAddr::Vsock(protocol::DEFAULT_AGENT_PORT)])]
+    pub listen: Vec<ListenAddr>,
+
+    /// Where to say hello when up: `vsock:CID:PORT` or `unix:/path`.
+    #[arg(long = "hello", default_value_t = HelloAddr::Vsock { cid: 2, port: protocol::DEFAULT_HELLO_PORT })]
+    pub hello_addr: HelloAddr,
+
+    /// Do not dial the host at all.
+    #[arg(long)]
+    pub no_hello: bool,
+
+    /// Do not dial the host at all (set from `--no-hello`).
+    #[arg(skip)]
+    pub hello: Option<HelloAddr>,
+}
+
+impl AgentConfig {
+    /// Parses the process arguments.
+    pub fn from_args() -> Self {
+        Self::from_parsed(Self::parse())
+    }
+
+    /// Parses the given arguments (first one is the program name).
+    pub fn try_from_iter<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(args).map(Self::from_parsed)
+    }
+
+    fn from_parsed(mut cfg: Self) -> Self {
+        cfg.hello = (!cfg.no_hello).then(|| cfg.hello_addr.clone());
+        cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_and_print_back() {
+        for s in ["vsock:1024", "unix:/tmp/a.sock"] {
+            assert_eq!(s.parse::<ListenAddr>().expect(s).to_string(), s);
+        }
+        for s in ["vsock:2:1025", "unix:/tmp/h.sock"] {
+            assert_eq!(s.parse::<HelloAddr>().expect(s).to_string(), s);
+        }
+        for bad in ["tcp:80", "vsock:x", "unix:", "vsock:2"] {
+            assert!(bad.parse::<HelloAddr>().is_err(), "{bad}");
+        }
+        assert!("tcp:0.0.0.0:80".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn defaults_are_vsock() {
+        let cfg = AgentConfig::try_from_iter(["vm-agent"]).expect("parse");
+        assert_eq!(cfg.listen, vec![ListenAddr::Vsock(1024)]);
+        assert_eq!(cfg.hello, Some(HelloAddr::Vsock { cid: 2, port: 1025 }));
+        let cfg = AgentConfig::try_from_iter(["vm-agent", "--no-hello"]).expect("parse");
+        assert_eq!(cfg.hello, None);
+    }
+}

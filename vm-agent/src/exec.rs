@@ -1,0 +1,217 @@
+//! `exec`: run a process with the configured environment, stream its output, feed its input.
+//!
+//! The process runs in its own process group; when the call ends (process exited and output
+//! drained, or the caller went away) the whole group is killed so nothing it started is left behind.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use protocol::body::{ChannelBody, FrameReader, FrameSender};
+use protocol::frame::{Frame, FrameKind, DEFAULT_MAX_FRAME};
+use protocol::messages::{ExecEvent, ExecRequest, ExitStatus};
+use protocol::{ErrorBody, ErrorCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, Command};
+use tracing::{debug, warn};
+
+use crate::rpc::body::{error, ResponseBody};
+use crate::state::Agent;
+
+/// Read size for process output: large reads mean fewer frames and more throughput.
+const READ_CHUNK: usize = 256 * 1024;
+/// Frames buffered per call before the producer waits for the client.
+const CHANNEL_DEPTH: usize = 16;
+
+/// Serves one `exec` call.
+pub async fn serve(agent: Arc<Agent>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let mut reader = FrameReader::new(req.into_body(), DEFAULT_MAX_FRAME);
+    let request: ExecRequest = match reader.next().await {
+        Ok(Some(frame)) if frame.kind == FrameKind::Message => match frame.json() {
+            Ok(r) => r,
+            Err(e) => return error(&e.to_error_body()),
+        },
+        Ok(Some(frame)) => {
+            return error(&ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("exec must open with a message frame, got {:?}", frame.kind),
+            ))
+        }
+        Ok(None) => return error(&ErrorBody::new(ErrorCode::BadRequest, "empty exec request")),
+        Err(protocol::body::ReadError::Frame(e)) => return error(&e.to_error_body()),
+        Err(protocol::body::ReadError::Body(e)) => {
+            return error(&ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
+        }
+    };
+    let child = match spawn(&agent, &request) {
+        Ok(child) => child,
+        Err(e) => return error(&e),
+    };
+    let (tx, body) = ChannelBody::channel(CHANNEL_DEPTH);
+    tokio::spawn(async move {
+        let _running = agent.track_process();
+        run(child, reader, tx).await;
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .body(body.boxed())
+        .unwrap_or_else(|_| error(&ErrorBody::new(ErrorCode::Internal, "response")))
+}
+
+fn spawn(agent: &Agent, request: &ExecRequest) -> Result<Child, ErrorBody> {
+    let Some((program, args)) = request.argv.split_first() else {
+        return Err(ErrorBody::new(ErrorCode::BadRequest, "argv is empty"));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(agent.process_env(&request.env))
+        .stdin(if request.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &request.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.spawn().map_err(|e| {
+        let code = match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorCode::NotFound,
+            std::io::ErrorKind::PermissionDenied => ErrorCode::Forbidden,
+            _ => ErrorCode::Io,
+        };
+        ErrorBody::new(code, format!("cannot start {program:?}: {e}"))
+    })
+}
+
+async fn run(mut child: Child, mut reader: FrameReader<Incoming>, tx: FrameSender) {
+    let pid = child.id();
+    if let Some(pid) = pid {
+        if tx.send_message(&ExecEvent::Started { pid }).await.is_err() {
+            kill_group(pid);
+            return;
+        }
+    }
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| pump(s, FrameKind::Stdout, tx.clone()));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| pump(s, FrameKind::Stderr, tx.clone()));
+    let stdin = child.stdin.take();
+    let work = async {
+        let feed = feed_stdin(&mut reader, stdin, &tx);
+        let outputs = async {
+            if let Some(f) = stdout {
+                f.await;
+            }
+            if let Some(f) = stderr {
+                f.await;
+            }
+        };
+        let (feed_result, ()) = tokio::join!(feed, outputs);
+        (feed_result, child.wait().await)
+    };
+    tokio::select! {
+        (feed_result, status) = work => {
+            if let Some(pid) = pid { kill_group(pid); }
+            if let Err(e) = feed_result {
+                let _ = tx.send(Frame::error(&e)).await;
+                return;
+            }
+            match status {
+                Ok(status) => {
+                    let _ = tx.send_message(&ExecEvent::Exited(exit_status(status))).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Frame::error(&ErrorBody::new(ErrorCode::Io, e.to_string()))).await;
+                }
+            }
+        }
+        () = tx.closed() => {
+            debug!(?pid, "caller went away, killing the process group");
+            if let Some(pid) = pid { kill_group(pid); }
+        }
+    }
+}
+
+/// Copies the caller's stdin frames into the process. A malformed frame ends the call with an
+/// error (the process is killed), the connection stays up.
+async fn feed_stdin(
+    reader: &mut FrameReader<Incoming>,
+    mut stdin: Option<ChildStdin>,
+    tx: &FrameSender,
+) -> Result<(), ErrorBody> {
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(protocol::body::ReadError::Frame(e)) => {
+                let body = e.to_error_body();
+                warn!(error = %body, "bad frame from caller");
+                return Err(body);
+            }
+            // The caller reset its half of the stream: treat as end of input; `tx.closed()` tells
+            // us if the whole call is gone.
+            Err(protocol::body::ReadError::Body(_)) => return Ok(()),
+        };
+        match frame.kind {
+            FrameKind::Stdin => {
+                if let Some(pipe) = stdin.as_mut() {
+                    if pipe.write_all(&frame.payload).await.is_err() {
+                        // The process closed its stdin; drop further input.
+                        stdin = None;
+                    }
+                }
+            }
+            other => {
+                let _ = tx;
+                return Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!("unexpected {other:?} frame on exec input"),
+                ));
+            }
+        }
+    }
+}
+
+async fn pump<R: AsyncRead + Unpin>(mut pipe: R, kind: FrameKind, tx: FrameSender) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let frame = Frame::data(kind, Bytes::copy_from_slice(&buf[..n]));
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // ESRCH (group already gone) is the normal case.
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    ExitStatus {
+        code: status.code(),
+        signal: status.signal(),
+    }
+}

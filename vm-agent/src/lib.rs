@@ -1,0 +1,73 @@
+//! The VM agent: one static binary in the golden image.
+//!
+//! It accepts host connections on vsock (a Unix socket in development), speaks the [`protocol`]
+//! crate's HTTP/2 calls on them, and dials the host to say hello the moment it is up. It never listens
+//! on a network interface.
+//!
+//! Concerns, one module each: [`config`] (command line), [`transport`] (listeners and the hello
+//! dialer), [`rpc`] (the HTTP/2 service and its routes), [`exec`] (processes), [`files`] (basic file
+//! access), [`system`] (guest facts and usage), [`state`] (what the host configured).
+
+pub mod config;
+pub mod exec;
+pub mod files;
+pub mod rpc;
+pub mod state;
+pub mod system;
+pub mod transport;
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+pub use config::AgentConfig;
+pub use state::Agent;
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address as given.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No listener was configured.
+    #[error("no listener configured")]
+    NoListener,
+}
+
+/// Runs the agent until every listener fails: binds the listeners first, then says hello (so the host
+/// can connect as soon as it hears from us), then serves.
+pub async fn run(config: AgentConfig) -> Result<(), RunError> {
+    let agent = Arc::new(Agent::new(&config));
+    if config.listen.is_empty() {
+        return Err(RunError::NoListener);
+    }
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        let listener = transport::Listener::bind(addr).map_err(|source| RunError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+        info!(%addr, "listening");
+        listeners.push(listener);
+    }
+    if let Some(hello) = config.hello.clone() {
+        let agent = agent.clone();
+        tokio::spawn(async move { transport::hello::say_hello(&hello, &agent).await });
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let agent = agent.clone();
+        tasks.spawn(async move { listener.serve(agent).await });
+    }
+    while let Some(res) = tasks.join_next().await {
+        if let Ok(Err(e)) = res {
+            warn!(error = %e, "listener stopped");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Request parsing and response building shared by every route.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use protocol::{ErrorBody, ErrorCode, Unary, MAX_BODY_BYTES};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Body of every response.
+pub type ResponseBody = BoxBody<Bytes, Infallible>;
+
+/// A JSON response with `status`.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(bytes)).boxed())
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())),
+        Err(e) => error(&ErrorBody::new(ErrorCode::Internal, e.to_string())),
+    }
+}
+
+/// An error response; its status follows the error code.
+pub fn error(body: &ErrorBody) -> Response<ResponseBody> {
+    let status =
+        StatusCode::from_u16(body.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, body)
+}
+
+/// Reads a JSON request body of at most [`MAX_BODY_BYTES`]. A declared length over the limit is
+/// refused before any byte of the body is read.
+pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ErrorBody> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
+        if len > MAX_BODY_BYTES as u64 {
+            return Err(too_large(len));
+        }
+    }
+    let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large(MAX_BODY_BYTES as u64 + 1)
+            } else {
+                ErrorBody::new(ErrorCode::BadRequest, format!("reading body: {e}"))
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("malformed request: {e}")))
+}
+
+fn too_large(len: u64) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::TooLarge,
+        format!("body of {len} bytes exceeds the limit of {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// Serves a unary call: parse, run `handler`, answer with its result.
+pub async fn unary<M, F, Fut>(req: Request<Incoming>, handler: F) -> Response<ResponseBody>
+where
+    M: Unary,
+    F: FnOnce(M::Request) -> Fut,
+    Fut: std::future::Future<Output = Result<M::Response, ErrorBody>>,
+{
+    match read_json::<M::Request>(req).await {
+        Ok(request) => match handler(request).await {
+            Ok(response) => json(StatusCode::OK, &response),
+            Err(e) => error(&e),
+        },
+        Err(e) => error(&e),
+    }
+}

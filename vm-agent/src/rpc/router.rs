@@ -1,0 +1,103 @@
+//! Maps `POST /v1/<method>` to its handler. New calls register here.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Method as HttpMethod, Request, Response};
+use hyper::body::Incoming;
+use protocol::messages::{
+    Configure, ConfigureResponse, Exec, GetHello, Health, HealthResponse, ReadFile, Stats,
+    StatsResponse, WriteFile,
+};
+use protocol::{ErrorBody, ErrorCode, Method, PROTOCOL_HEADER, PROTOCOL_VERSION};
+use tracing::debug;
+
+use super::body::{error, unary, ResponseBody};
+use crate::state::Agent;
+use crate::{exec, files, system};
+
+/// Entry point of every request.
+pub async fn route(
+    agent: Arc<Agent>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    if let Err(e) = check_version(&req) {
+        return Ok(error(&e));
+    }
+    if req.method() != HttpMethod::POST {
+        return Ok(error(&ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("calls are POST, got {}", req.method()),
+        )));
+    }
+    let Some(name) = req.uri().path().strip_prefix("/v1/").map(str::to_owned) else {
+        return Ok(error(&unknown(req.uri().path())));
+    };
+    debug!(method = %name, "call");
+    let response = match name.as_str() {
+        n if n == GetHello::NAME => {
+            unary::<GetHello, _, _>(req, |_| async { Ok(agent.hello()) }).await
+        }
+        n if n == Health::NAME => {
+            unary::<Health, _, _>(req, |_| async {
+                Ok(HealthResponse {
+                    status: "ok".into(),
+                    uptime_ms: agent.uptime_ms(),
+                })
+            })
+            .await
+        }
+        n if n == Stats::NAME => {
+            unary::<Stats, _, _>(req, |_| async {
+                let (mem_total_kb, mem_available_kb) = system::meminfo_kb();
+                Ok(StatsResponse {
+                    uptime_ms: agent.uptime_ms(),
+                    agent_rss_kb: system::self_rss_kb(),
+                    load_avg: system::load_avg(),
+                    mem_total_kb,
+                    mem_available_kb,
+                    running_processes: agent.running_processes(),
+                })
+            })
+            .await
+        }
+        n if n == Configure::NAME => {
+            unary::<Configure, _, _>(req, |request| async {
+                let configured = agent.configure(request);
+                Ok(ConfigureResponse {
+                    env_keys: configured.env.0.keys().cloned().collect(),
+                    session_id: configured.session_id,
+                })
+            })
+            .await
+        }
+        n if n == ReadFile::NAME => unary::<ReadFile, _, _>(req, files::read).await,
+        n if n == WriteFile::NAME => unary::<WriteFile, _, _>(req, files::write).await,
+        n if n == Exec::NAME => exec::serve(agent.clone(), req).await,
+        _ => error(&unknown(&name)),
+    };
+    Ok(response)
+}
+
+fn unknown(name: &str) -> ErrorBody {
+    ErrorBody::new(ErrorCode::UnknownMethod, format!("unknown method {name:?}"))
+}
+
+fn check_version(req: &Request<Incoming>) -> Result<(), ErrorBody> {
+    let theirs = req
+        .headers()
+        .get(PROTOCOL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    match theirs {
+        Some(v) if v == PROTOCOL_VERSION => Ok(()),
+        Some(v) => Err(ErrorBody::new(
+            ErrorCode::VersionMismatch,
+            format!("caller speaks protocol {v}, this agent speaks {PROTOCOL_VERSION}"),
+        )),
+        None => Err(ErrorBody::new(
+            ErrorCode::VersionMismatch,
+            format!("missing {PROTOCOL_HEADER} header (this agent speaks {PROTOCOL_VERSION})"),
+        )),
+    }
+}

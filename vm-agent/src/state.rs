@@ -1,0 +1,127 @@
+//! What the agent knows and what the host configured: one value shared by every connection.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::RwLock;
+use std::time::Instant;
+
+use protocol::Hello;
+
+use crate::config::{AgentConfig, ListenAddr};
+use crate::system;
+
+/// Capabilities of this build, announced in the hello.
+pub const CAPABILITIES: &[&str] = &["exec", "files", "configure", "stats"];
+
+/// Agent-wide state. Not a global: created by [`crate::run`] and shared by reference count.
+#[derive(Debug)]
+pub struct Agent {
+    started: Instant,
+    boot_id: String,
+    listen_port: Option<u32>,
+    configured: RwLock<Configured>,
+    running: AtomicU32,
+}
+
+/// Environment and session set by the host with `configure`.
+#[derive(Debug, Default, Clone)]
+pub struct Configured {
+    /// Variables for every spawned process.
+    pub env: protocol::secret::EnvVars,
+    /// The login session this VM serves.
+    pub session_id: Option<String>,
+}
+
+impl Agent {
+    /// New state for an agent started now.
+    pub fn new(config: &AgentConfig) -> Self {
+        let listen_port = config.listen.iter().find_map(|l| match l {
+            ListenAddr::Vsock(port) => Some(*port),
+            ListenAddr::Unix(_) => None,
+        });
+        Self {
+            started: Instant::now(),
+            boot_id: system::boot_id(),
+            listen_port,
+            configured: RwLock::new(Configured::default()),
+            running: AtomicU32::new(0),
+        }
+    }
+
+    /// Milliseconds since start.
+    pub fn uptime_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The greeting, as sent to the host.
+    pub fn hello(&self) -> Hello {
+        Hello {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: protocol::PROTOCOL_VERSION,
+            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            boot_id: self.boot_id.clone(),
+            start_to_hello_ms: self.uptime_ms(),
+            listen_port: self.listen_port,
+        }
+    }
+
+    /// A snapshot of the configured environment and session.
+    pub fn configured(&self) -> Configured {
+        self.configured
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Applies a `configure` request and returns the result.
+    pub fn configure(&self, req: protocol::messages::ConfigureRequest) -> Configured {
+        let mut guard = self
+            .configured
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if req.replace {
+            guard.env = Default::default();
+        }
+        for name in &req.unset {
+            guard.env.0.remove(name);
+        }
+        guard.env.0.extend(req.env.0);
+        if req.session_id.is_some() {
+            guard.session_id = req.session_id;
+        }
+        guard.clone()
+    }
+
+    /// The environment for a new process: the agent's own, then the configured one, then `extra`.
+    pub fn process_env(&self, extra: &protocol::secret::EnvVars) -> BTreeMap<String, String> {
+        let configured = self.configured();
+        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        env.extend(configured.env.0);
+        if let Some(id) = configured.session_id {
+            env.insert("AGENT_SESSION_ID".into(), id);
+        }
+        env.extend(extra.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// Counts a process as running until the guard drops.
+    pub fn track_process(&self) -> RunningGuard<'_> {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        RunningGuard(&self.running)
+    }
+
+    /// Processes currently running on behalf of the host.
+    pub fn running_processes(&self) -> u32 {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+/// Decrements the running-process count on drop.
+#[derive(Debug)]
+pub struct RunningGuard<'a>(&'a AtomicU32);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,27 @@
+//! `cargo xtask bench <name>`: figures as `name=value` lines on stdout, progress on stderr.
+//! Timings are compared with a baseline measured in the same run wherever one exists.
+
+mod rpc;
+pub mod stats;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+/// The benchmarks.
+#[derive(Subcommand)]
+pub enum Which {
+    /// Round trip latency, exec streaming throughput vs a raw Unix socket, agent idle RSS.
+    Rpc,
+}
+
+/// Runs one benchmark.
+pub fn run(which: Which) -> Result<()> {
+    match which {
+        Which::Rpc => rpc::run(),
+    }
+}
+
+/// Prints one figure line.
+pub fn figure(name: &str, value: impl std::fmt::Display) {
+    println!("{name}={value}");
+}

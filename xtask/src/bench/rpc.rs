@@ -1,0 +1,147 @@
+//! `bench rpc`: the foundation's figures against the real static agent over a Unix socket.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use orchestrator::transport::UnixConnector;
+use orchestrator::{AgentClient, HelloListener};
+use protocol::frame::FrameKind;
+use protocol::messages::ExecRequest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{figure, stats::percentile};
+use crate::shell::step;
+
+const ROUND_TRIPS: usize = 5_000;
+const STREAM_BYTES: u64 = 512 * 1024 * 1024;
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+/// Runs the benchmark.
+pub fn run() -> Result<()> {
+    let agent_bin = crate::agent::build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(measure(&agent_bin))
+}
+
+async fn measure(agent_bin: &Path) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sock = dir.path().join("agent.sock");
+    let hello = HelloListener::bind(dir.path().join("hello.sock"))?;
+    step("starting the static agent on a Unix socket");
+    let agent = Agent(
+        Command::new(agent_bin)
+            .arg("--listen")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--hello")
+            .arg(format!("unix:{}", hello.path().display()))
+            .env("AGENT_LOG", "warn")
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+    hello.wait(Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    figure("agent_idle_rss_kb", rss_kb(agent.0.id())?);
+
+    let client = AgentClient::connect(&UnixConnector::new(&sock)).await?;
+    step(&format!("{ROUND_TRIPS} sequential health round trips"));
+    for _ in 0..200 {
+        client.health().await?;
+    }
+    let mut samples = Vec::with_capacity(ROUND_TRIPS);
+    for _ in 0..ROUND_TRIPS {
+        let t = Instant::now();
+        client.health().await?;
+        samples.push(t.elapsed());
+    }
+    figure(
+        "rpc_roundtrip_p50_us",
+        percentile(&mut samples, 50.0).as_micros(),
+    );
+    figure(
+        "rpc_roundtrip_p99_us",
+        percentile(&mut samples, 99.0).as_micros(),
+    );
+
+    step(&format!(
+        "streaming {} MiB of exec output",
+        STREAM_BYTES >> 20
+    ));
+    let req = ExecRequest {
+        argv: vec![
+            "head".into(),
+            "-c".into(),
+            STREAM_BYTES.to_string(),
+            "/dev/zero".into(),
+        ],
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let mut call = client.exec(&req).await?;
+    call.close_input();
+    let mut got = 0u64;
+    while let Some(item) = call.next().await? {
+        if let orchestrator::client::StreamItem::Data(FrameKind::Stdout, b) = item {
+            got += b.len() as u64;
+        }
+    }
+    let exec_secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        got == STREAM_BYTES,
+        "exec streamed {got} bytes, expected {STREAM_BYTES}"
+    );
+    let exec_mb_s = STREAM_BYTES as f64 / 1e6 / exec_secs;
+
+    step("baseline: the same bytes through a plain Unix socket pair");
+    let (mut a, mut b) = tokio::net::UnixStream::pair()?;
+    let t = Instant::now();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![0u8; 256 * 1024];
+        let mut left = STREAM_BYTES;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            a.write_all(&chunk[..n]).await?;
+            left -= n as u64;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut raw_got = 0u64;
+    while raw_got < STREAM_BYTES {
+        let n = b.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "baseline stream ended early");
+        raw_got += n as u64;
+    }
+    writer.await??;
+    let raw_mb_s = STREAM_BYTES as f64 / 1e6 / t.elapsed().as_secs_f64();
+    figure("exec_stream_mb_s", format!("{exec_mb_s:.0}"));
+    figure("raw_unix_stream_mb_s", format!("{raw_mb_s:.0}"));
+    figure(
+        "exec_stream_vs_raw_ratio",
+        format!("{:.2}", exec_mb_s / raw_mb_s),
+    );
+    drop(agent);
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! `cargo xtask <command>`: everything the README promises, from a fresh Debian 12 machine.
+
+mod agent;
+mod bench;
+mod demo;
+mod setup;
+mod shell;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the system packages and toolchain pieces the project needs.
+    Setup,
+    /// Build the static, stripped release agent and print its size.
+    Agent,
+    /// The whole test suite: setup, formatting, lints, every test.
+    Test,
+    /// Run a benchmark; prints `name=value` lines.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+    /// Walk the product's main flow with readable progress.
+    Demo,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Agent => agent::build().map(|_| ()),
+        Command::Test => test::run(),
+        Command::Bench { which } => bench::run(which),
+        Command::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

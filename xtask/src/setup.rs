@@ -1,0 +1,74 @@
+//! Installs what the project needs on a fresh Debian 12 machine. Idempotent: installed pieces are
+//! skipped, so it is cheap to run before every test run.
+
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::shell::{sh, step};
+
+/// Debian packages the build, the tests and the benchmarks use. Each helper of the project adds
+/// what its tests need here, with the reason.
+pub const APT_PACKAGES: &[&str] = &[
+    // `file` proves the agent is statically linked; musl-tools links C code into the static agent.
+    "file",
+    "musl-tools",
+];
+
+/// Rust targets the project builds for.
+pub const RUST_TARGETS: &[&str] = &["x86_64-unknown-linux-musl"];
+
+/// Runs the setup.
+pub fn run() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        step("system packages: all present");
+    } else {
+        step(&format!(
+            "installing system packages: {}",
+            missing.join(" ")
+        ));
+        if !is_root() {
+            bail!(
+                "installing packages needs root; run as root or install: {}",
+                missing.join(" ")
+            );
+        }
+        sh(Command::new("apt-get").args(["update", "-q"]))?;
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let targets = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()?;
+    let targets = String::from_utf8_lossy(&targets.stdout).to_string();
+    for t in RUST_TARGETS {
+        if !targets.lines().any(|l| l.trim() == *t) {
+            step(&format!("adding rust target {t}"));
+            sh(Command::new("rustup").args(["target", "add", t]))?;
+        }
+    }
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
