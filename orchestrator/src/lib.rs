@@ -7,6 +7,7 @@
 //! No global state, no printing: logs go through `tracing`, errors are typed.
 
 pub mod client;
+pub mod creds;
 pub mod transport;
 
 pub use client::{AgentClient, ClientError};

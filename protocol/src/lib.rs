@@ -18,6 +18,7 @@
 //! This crate has no I/O policy and no runtime: both ends share it.
 
 pub mod body;
+pub mod creds;
 pub mod error;
 pub mod frame;
 pub mod hello;

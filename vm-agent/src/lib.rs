@@ -9,6 +9,7 @@
 //! access), [`system`] (guest facts and usage), [`state`] (what the host configured).
 
 pub mod config;
+pub mod creds;
 pub mod exec;
 pub mod files;
 pub mod rpc;

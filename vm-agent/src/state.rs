@@ -11,7 +11,7 @@ use crate::config::{AgentConfig, ListenAddr};
 use crate::system;
 
 /// Capabilities of this build, announced in the hello.
-pub const CAPABILITIES: &[&str] = &["exec", "files", "configure", "stats"];
+pub const CAPABILITIES: &[&str] = &["exec", "files", "configure", "stats", "creds"];
 
 /// Agent-wide state. Not a global: created by [`crate::run`] and shared by reference count.
 #[derive(Debug)]

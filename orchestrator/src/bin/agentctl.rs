@@ -94,6 +94,11 @@ enum Verb {
         #[arg(long)]
         create_dirs: bool,
     },
+    /// Provider credential files in the guest: watch, put, wipe.
+    Creds {
+        #[command(subcommand)]
+        cmd: orchestrator::creds::CredsCommand,
+    },
     /// Wait for an agent's hello and print it.
     WaitHello {
         /// unix:/path or hvsock:/path/to/uds:PORT (listens on /path/to/uds_PORT).
@@ -128,6 +133,8 @@ enum CliError {
     Usage(String),
     #[error(transparent)]
     Client(#[from] orchestrator::ClientError),
+    #[error(transparent)]
+    Creds(#[from] orchestrator::creds::CredsCommandError),
     #[error(transparent)]
     Transport(#[from] orchestrator::TransportError),
     #[error(transparent)]
@@ -231,6 +238,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .await?;
             emit(json!({"path": path, "bytes": res.bytes}));
         }
+        Verb::Creds { cmd } => cmd.run(&client, &mut emit).await?,
         Verb::WaitHello { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use http::{Method as HttpMethod, Request, Response};
 use hyper::body::Incoming;
+use protocol::creds::{CredsPut, CredsWatch, CredsWipe};
 use protocol::messages::{
     Configure, ConfigureResponse, Exec, GetHello, Health, HealthResponse, ReadFile, Stats,
     StatsResponse, WriteFile,
@@ -14,7 +15,7 @@ use tracing::debug;
 
 use super::body::{error, unary, ResponseBody};
 use crate::state::Agent;
-use crate::{exec, files, system};
+use crate::{creds, exec, files, system};
 
 /// Entry point of every request.
 pub async fn route(
@@ -74,6 +75,13 @@ pub async fn route(
         n if n == ReadFile::NAME => unary::<ReadFile, _, _>(req, files::read).await,
         n if n == WriteFile::NAME => unary::<WriteFile, _, _>(req, files::write).await,
         n if n == Exec::NAME => exec::serve(agent.clone(), req).await,
+        n if n == CredsWatch::NAME => creds::serve_watch(agent.clone(), req).await,
+        n if n == CredsPut::NAME => {
+            unary::<CredsPut, _, _>(req, |r| creds::put(agent.clone(), r)).await
+        }
+        n if n == CredsWipe::NAME => {
+            unary::<CredsWipe, _, _>(req, |r| creds::wipe(agent.clone(), r)).await
+        }
         _ => error(&unknown(&name)),
     };
     Ok(response)

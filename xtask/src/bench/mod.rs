@@ -1,6 +1,7 @@
 //! `cargo xtask bench <name>`: figures as `name=value` lines on stdout, progress on stderr.
 //! Timings are compared with a baseline measured in the same run wherever one exists.
 
+mod creds;
 mod rpc;
 pub mod stats;
 
@@ -10,6 +11,8 @@ use clap::Subcommand;
 /// The benchmarks.
 #[derive(Subcommand)]
 pub enum Which {
+    /// Credential capture latency (vs a 2 s poller) and push latency (vs plain write_file).
+    Creds,
     /// Round trip latency, exec streaming throughput vs a raw Unix socket, agent idle RSS.
     Rpc,
 }
@@ -17,6 +20,7 @@ pub enum Which {
 /// Runs one benchmark.
 pub fn run(which: Which) -> Result<()> {
     match which {
+        Which::Creds => creds::run(),
         Which::Rpc => rpc::run(),
     }
 }

@@ -1,0 +1,303 @@
+//! `creds`: provider credential files in the guest: capture them when a CLI writes them, write
+//! pushed ones atomically, wipe them.
+//!
+//! Submodules: [`confine`] (allowed roots and the symlink-free walk), [`watch`] (inotify capture),
+//! [`write`] (atomic push), [`wipe`] (removal), [`rules`] (which files a provider has).
+//! This module turns the wire calls into those operations: it resolves whose home the files live
+//! in, which is the only allowed root, and who owns what is created.
+
+pub mod confine;
+pub mod rules;
+pub mod watch;
+pub mod wipe;
+pub mod write;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use protocol::body::{ChannelBody, FrameReader};
+use protocol::creds::{
+    CapturedCredential, CredsEvent, CredsPutRequest, CredsPutResponse, CredsScope,
+    CredsWatchRequest, CredsWipeResponse, WrittenFile,
+};
+use protocol::frame::{FrameKind, DEFAULT_MAX_FRAME};
+use protocol::{ErrorBody, ErrorCode};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::rpc::body::{error, ResponseBody};
+use crate::state::Agent;
+use confine::{CredPathError, Owner};
+use rules::CredentialFile;
+
+/// Captures buffered per watch before the watcher waits for the caller.
+const CAPTURE_DEPTH: usize = 16;
+
+/// A call's scope, resolved against the guest: whose home, who owns new files, which files.
+#[derive(Debug)]
+struct Resolved {
+    provider: String,
+    home: PathBuf,
+    owner: Owner,
+    files: Vec<CredentialFile>,
+}
+
+impl Resolved {
+    fn roots(&self) -> Vec<PathBuf> {
+        vec![self.home.clone()]
+    }
+}
+
+/// Whose home: the explicit `home`, else the named user's, else the `HOME` the CLIs the agent
+/// spawns would see (configured or the agent's own), else the agent user's passwd entry.
+fn resolve(agent: &Agent, scope: &CredsScope) -> Result<Resolved, ErrorBody> {
+    let env: BTreeMap<String, String> = agent.process_env(&scope.env);
+    let home = match (&scope.home, &scope.user, env.get("HOME")) {
+        (Some(home), _, _) => PathBuf::from(home),
+        (None, Some(user), _) => {
+            nix::unistd::User::from_name(user)
+                .map_err(|e| {
+                    ErrorBody::new(ErrorCode::Io, format!("looking up user {user:?}: {e}"))
+                })?
+                .ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, format!("no user {user:?}")))?
+                .dir
+        }
+        (None, None, Some(home)) if !home.is_empty() => PathBuf::from(home),
+        (None, None, _) => nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.dir)
+            .ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, "the agent's user has no home"))?,
+    };
+    if !home.is_absolute() {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("home {home:?} is not absolute"),
+        ));
+    }
+    let md = std::fs::metadata(&home).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::NotFound,
+            format!("home {home:?} is not usable: {e}"),
+        )
+    })?;
+    if !md.is_dir() {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("home {home:?} is not a directory"),
+        ));
+    }
+    let files = rules::credential_rules(&scope.provider, &home, &env).ok_or_else(|| {
+        ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("unknown provider {:?}", scope.provider),
+        )
+    })?;
+    Ok(Resolved {
+        provider: scope.provider.clone(),
+        owner: Owner {
+            uid: md.uid(),
+            gid: md.gid(),
+        },
+        home,
+        files,
+    })
+}
+
+/// The wire error for a refused or failed path operation. Paths are not secrets; contents never
+/// reach these messages.
+fn path_error(e: CredPathError) -> ErrorBody {
+    let code = match &e {
+        CredPathError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            ErrorCode::NotFound
+        }
+        CredPathError::Io { .. } => ErrorCode::Io,
+        _ => ErrorCode::Forbidden,
+    };
+    ErrorBody::new(code, e.to_string())
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, format!("credential task failed: {e}"))
+}
+
+/// Serves `creds_put`.
+pub async fn put(
+    agent: Arc<Agent>,
+    request: CredsPutRequest,
+) -> Result<CredsPutResponse, ErrorBody> {
+    let resolved = resolve(&agent, &request.scope)?;
+    tokio::task::spawn_blocking(move || put_blocking(&resolved, request))
+        .await
+        .map_err(blocking_failed)?
+}
+
+fn put_blocking(
+    resolved: &Resolved,
+    request: CredsPutRequest,
+) -> Result<CredsPutResponse, ErrorBody> {
+    if request.files.is_empty() {
+        return Err(ErrorBody::new(ErrorCode::BadRequest, "no files to put"));
+    }
+    let roots = resolved.roots();
+    // Check everything before writing anything, so a bad file does not leave a half-done push.
+    let mut plan = Vec::with_capacity(request.files.len());
+    for file in request.files {
+        let path = under_home(&resolved.home, &file.path);
+        confine::ConfinedPath::new(&roots, &path).map_err(path_error)?;
+        if let Some(rule) = resolved.files.iter().find(|r| r.path == path) {
+            let complete = serde_json::from_slice::<serde_json::Value>(&file.content)
+                .map(|v| watch::has_required(&v, &rule.required_any_of))
+                .unwrap_or(false);
+            if !complete {
+                return Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "{} is not a complete {} credential file (JSON with the required fields)",
+                        path.display(),
+                        resolved.provider
+                    ),
+                ));
+            }
+        }
+        plan.push((path, file.content));
+    }
+    let mut written = Vec::with_capacity(plan.len());
+    for (path, content) in plan {
+        let out = write::put_file(&roots, &path, &content, resolved.owner).map_err(path_error)?;
+        info!(provider = %resolved.provider, path = %out.path.display(), sha256 = %out.sha256, "credential file pushed");
+        written.push(WrittenFile {
+            path: out.path.display().to_string(),
+            len: out.len as u64,
+            sha256: out.sha256,
+            created_dirs: out
+                .created_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect(),
+        });
+    }
+    Ok(CredsPutResponse { written })
+}
+
+/// `~/x` and `x` are relative to the home; absolute paths stay as given (and must still be under
+/// it).
+fn under_home(home: &Path, path: &str) -> PathBuf {
+    let rel = path.strip_prefix("~/").unwrap_or(path);
+    if Path::new(rel).is_absolute() {
+        PathBuf::from(rel)
+    } else {
+        home.join(rel)
+    }
+}
+
+/// Serves `creds_wipe`.
+pub async fn wipe(agent: Arc<Agent>, scope: CredsScope) -> Result<CredsWipeResponse, ErrorBody> {
+    let resolved = resolve(&agent, &scope)?;
+    tokio::task::spawn_blocking(move || {
+        let roots = resolved.roots();
+        let mut removed = Vec::new();
+        for file in &resolved.files {
+            for path in wipe::wipe_file(&roots, &file.path).map_err(path_error)? {
+                removed.push(path.display().to_string());
+            }
+        }
+        info!(provider = %resolved.provider, count = removed.len(), "credential files wiped");
+        Ok(CredsWipeResponse { removed })
+    })
+    .await
+    .map_err(blocking_failed)?
+}
+
+/// Serves one `creds_watch` call: a [`CredsEvent::Watching`] message, then a
+/// [`CredsEvent::Captured`] message per capture, until the caller goes away.
+pub async fn serve_watch(agent: Arc<Agent>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let mut reader = FrameReader::new(req.into_body(), DEFAULT_MAX_FRAME);
+    let request: CredsWatchRequest = match reader.next().await {
+        Ok(Some(frame)) if frame.kind == FrameKind::Message => match frame.json() {
+            Ok(r) => r,
+            Err(e) => return error(&e.to_error_body()),
+        },
+        Ok(Some(frame)) => {
+            return error(&ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "creds_watch must open with a message frame, got {:?}",
+                    frame.kind
+                ),
+            ))
+        }
+        Ok(None) => {
+            return error(&ErrorBody::new(
+                ErrorCode::BadRequest,
+                "empty creds_watch request",
+            ))
+        }
+        Err(protocol::body::ReadError::Frame(e)) => return error(&e.to_error_body()),
+        Err(protocol::body::ReadError::Body(e)) => {
+            return error(&ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
+        }
+    };
+    let resolved = match resolve(&agent, &request.scope) {
+        Ok(r) => r,
+        Err(e) => return error(&e),
+    };
+    let paths: Vec<String> = resolved
+        .files
+        .iter()
+        .map(|f| f.path.display().to_string())
+        .collect();
+    let (capture_tx, mut captures) = mpsc::channel(CAPTURE_DEPTH);
+    let watching = match watch::watch(
+        resolved.roots(),
+        resolved.files.clone(),
+        request.include_existing,
+        capture_tx,
+    ) {
+        Ok(w) => w,
+        Err(watch::WatchError::Path(e)) => return error(&path_error(e)),
+        Err(e) => return error(&ErrorBody::new(ErrorCode::Io, e.to_string())),
+    };
+    let (tx, body) = ChannelBody::channel(CAPTURE_DEPTH);
+    let provider = resolved.provider;
+    tokio::spawn(async move {
+        let _watching = watching;
+        if tx
+            .send_message(&CredsEvent::Watching { paths })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            tokio::select! {
+                capture = captures.recv() => {
+                    let Some(c) = capture else { return };
+                    let event = CredsEvent::Captured(CapturedCredential {
+                        provider: provider.clone(),
+                        path: c.path.display().to_string(),
+                        content: c.content.0,
+                        sha256: c.sha256,
+                        mtime_ms: c.mtime_ms,
+                    });
+                    if tx.send_message(&event).await.is_err() {
+                        return;
+                    }
+                }
+                () = tx.closed() => {
+                    debug!(%provider, "credential watch ended by the caller");
+                    return;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .body(body.boxed())
+        .unwrap_or_else(|_| error(&ErrorBody::new(ErrorCode::Internal, "response")))
+}
