@@ -2,6 +2,7 @@
 
 mod agent;
 mod bench;
+mod clis;
 mod demo;
 mod setup;
 mod shell;

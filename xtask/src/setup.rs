@@ -13,6 +13,10 @@ pub const APT_PACKAGES: &[&str] = &[
     // `file` proves the agent is statically linked; musl-tools links C code into the static agent.
     "file",
     "musl-tools",
+    // mkfs.ext4 and mount make ext4/tmpfs scratch file systems for the credential tests when the
+    // machine has none; unshare runs the provider CLIs without network.
+    "e2fsprogs",
+    "util-linux",
 ];
 
 /// Rust targets the project builds for.
@@ -54,7 +58,7 @@ pub fn run() -> Result<()> {
             sh(Command::new("rustup").args(["target", "add", t]))?;
         }
     }
-    Ok(())
+    crate::clis::install()
 }
 
 fn installed(package: &str) -> bool {

@@ -1,0 +1,181 @@
+//! The real provider CLIs accept pushed credentials: credentials pushed into the agent's home with
+//! `creds_put` make `claude auth status` / `codex login status` (run by the agent's `exec`, with
+//! no network: `unshare -n`) report a login; before the push and after a wipe they do not.
+//! Gemini CLI has no offline status command, so it cannot be checked this way.
+//!
+//! The CLIs are the npm packages pinned in `tests/fixtures/provider-clis/package.json`, installed
+//! by `cargo xtask setup` into `target/provider-clis` (installed here too when missing, so a plain
+//! `cargo test` works).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use orchestrator::AgentClient;
+use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope};
+use tests::AgentProcess;
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// `target/provider-clis/node_modules/.bin`, installing the pinned CLIs when they are missing.
+fn cli_bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = workspace_root();
+        let dest = root.join("target/provider-clis");
+        let bin = dest.join("node_modules/.bin");
+        let pins = std::fs::read(root.join("tests/fixtures/provider-clis/package.json"))
+            .expect("pinned CLI versions");
+        let same_pins = std::fs::read(dest.join("package.json")).ok().as_deref() == Some(&pins[..]);
+        if !(same_pins && bin.join("claude").exists() && bin.join("codex").exists()) {
+            eprintln!(
+                "installing the provider CLIs into {} (cargo xtask setup does this)",
+                dest.display()
+            );
+            std::fs::create_dir_all(&dest).expect("target/provider-clis");
+            std::fs::write(dest.join("package.json"), &pins).expect("package.json");
+            let status = Command::new("npm")
+                .args([
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--no-save",
+                    "--prefix",
+                ])
+                .arg(&dest)
+                .status()
+                .expect("npm is needed for the provider CLIs (cargo xtask setup installs it)");
+            assert!(
+                status.success(),
+                "npm install of the provider CLIs failed: {status}"
+            );
+        }
+        bin
+    })
+}
+
+/// Runs a CLI through the agent, without network; returns (exit code, stdout).
+async fn offline(client: &AgentClient, argv: &[&str]) -> (i32, String) {
+    let mut full = vec!["unshare", "-n"];
+    full.extend_from_slice(argv);
+    let out = client.exec_collect(&full, None).await.expect("exec");
+    (
+        out.status.shell_code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn push(client: &AgentClient, provider: &str, path: &str, content: String) {
+    client
+        .creds_put(&CredsPutRequest {
+            scope: CredsScope {
+                provider: provider.into(),
+                ..Default::default()
+            },
+            files: vec![CredentialFile {
+                path: path.into(),
+                content: content.into_bytes(),
+            }],
+        })
+        .await
+        .expect("push");
+}
+
+async fn wipe(client: &AgentClient, provider: &str) -> usize {
+    client
+        .creds_wipe(&CredsScope {
+            provider: provider.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("wipe")
+        .removed
+        .len()
+}
+
+#[tokio::test]
+async fn claude_auth_status_accepts_a_pushed_credential_offline() {
+    let claude = cli_bin_dir().join("claude").display().to_string();
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let status = [claude.as_str(), "auth", "status"];
+
+    let (code, out) = offline(&client, &status).await;
+    assert_eq!(code, 1, "not logged in before the push: {out}");
+
+    push(
+        &client,
+        "claude_code",
+        ".claude/.credentials.json",
+        r#"{"claudeAiOauth":{"accessToken":"fake-access-token-0001","refreshToken":"fake-refresh-token-0001","expiresAt":1767225600000,"scopes":["user:inference","user:profile"],"subscriptionType":"max"}}"#.into(),
+    )
+    .await;
+    let (code, out) = offline(&client, &status).await;
+    assert_eq!(code, 0, "logged in after the push: {out}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON status");
+    assert_eq!(report["loggedIn"], true, "{out}");
+
+    assert_eq!(wipe(&client, "claude_code").await, 1);
+    let (code, out) = offline(&client, &status).await;
+    assert_eq!(code, 1, "logged out after the wipe: {out}");
+}
+
+/// base64url without padding, for a fake JWT.
+fn b64url(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &c)| acc | (u32::from(c) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn codex_login_status_accepts_a_pushed_credential_offline() {
+    let codex = cli_bin_dir().join("codex").display().to_string();
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let status = [codex.as_str(), "login", "status"];
+
+    let (code, out) = offline(&client, &status).await;
+    assert_eq!(code, 1, "not logged in before the push: {out}");
+
+    // codex parses the id_token as a JWT; an unsigned one with an obviously fake payload will do.
+    let id_token = format!(
+        "{}.{}.fake-signature",
+        b64url(r#"{"alg":"none","typ":"JWT"}"#),
+        b64url(r#"{"email":"user@example.invalid"}"#)
+    );
+    push(
+        &client,
+        "codex",
+        ".codex/auth.json",
+        format!(
+            r#"{{"auth_mode":"chatgpt","OPENAI_API_KEY":null,"tokens":{{"id_token":"{id_token}","access_token":"fake-access-token-0001","refresh_token":"fake-refresh-token-0001","account_id":"fake-account-0001"}},"last_refresh":"2026-01-01T00:00:00Z"}}"#
+        ),
+    )
+    .await;
+    let (code, out) = offline(&client, &status).await;
+    assert_eq!(code, 0, "logged in after the push: {out}");
+    assert!(out.contains("Logged in using ChatGPT"), "{out}");
+
+    assert_eq!(wipe(&client, "codex").await, 1);
+    let (code, out) = offline(&client, &status).await;
+    assert_eq!(code, 1, "logged out after the wipe: {out}");
+}
