@@ -270,6 +270,21 @@ async fn watch_does_not_read_through_a_symlinked_directory() {
     assert_eq!(next(&mut rx).await.content.0, claude_json("10").as_bytes());
 }
 
+#[tokio::test]
+async fn watch_ignores_a_hard_link_to_another_file() {
+    let h = home_in(fs_kinds::tmpfs());
+    let other = h.root.join("other-users-creds.json");
+    std::fs::write(&other, claude_json("12")).unwrap();
+    std::fs::create_dir(h.home.join(".claude")).unwrap();
+    let (_w, mut rx) = start(&h, HashMap::new()).await;
+    std::fs::hard_link(&other, claude_path(&h)).unwrap();
+    none_for(&mut rx, 500).await;
+    // The CLI replacing it with its own file is captured.
+    std::fs::remove_file(claude_path(&h)).unwrap();
+    std::fs::write(claude_path(&h), claude_json("13")).unwrap();
+    assert_eq!(next(&mut rx).await.content.0, claude_json("13").as_bytes());
+}
+
 #[test]
 fn wipe_removes_temp_leftovers_too() {
     let h = home_in(fs_kinds::tmpfs());

@@ -297,6 +297,12 @@ fn read_valid(t: &Target) -> Option<(Capture, [u8; 32])> {
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return None;
     }
+    // A CLI's credential file has one name. A second one means a hard link planted to make the
+    // agent (often root) read someone else's file: not captured.
+    if st.st_nlink != 1 {
+        tracing::warn!(path = %t.rule.path.display(), "credential file has several hard links; ignored");
+        return None;
+    }
     let mut content = Vec::new();
     std::fs::File::from(fd)
         .take(MAX_CREDENTIAL_FILE + 1)
