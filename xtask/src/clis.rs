@@ -21,6 +21,7 @@ pub fn install() -> Result<()> {
     }
     if Command::new("npm").arg("--version").output().is_err() {
         step("installing nodejs and npm (the provider CLIs come from the npm registry)");
+        sh(Command::new("apt-get").args(["update", "-q"]))?;
         sh(Command::new("apt-get")
             .args([
                 "install",
