@@ -10,8 +10,10 @@
 
 pub mod config;
 pub mod creds;
+pub mod detect;
 pub mod exec;
 pub mod files;
+pub mod providers;
 pub mod rpc;
 pub mod state;
 pub mod system;

@@ -1,0 +1,539 @@
+//! OAuth/login URL detection on the output of a terminal program.
+//!
+//! CLIs print their login URL through colour codes, OSC 8 hyperlinks, soft wraps at the terminal
+//! width, hard wraps they insert themselves (newline plus indentation inside the URL) and cursor-moving
+//! redraws, and the bytes arrive in arbitrary reads. Regexes on raw bytes break on all of these, so the
+//! detector keeps a screen model ([`screen`]) fed by the `vte` parser and looks for URLs in the rendered
+//! rows, joining rows that continue each other.
+//!
+//! Determinism: the result must not depend on how the stream was split into reads. The screen is only
+//! examined at *checkpoints* defined by the byte stream itself (just before and after every control
+//! function, and at [`UrlDetector::finish`]), never at the end of a read. A URL whose end touches the
+//! cursor or the last column may still be growing; it is held back as *pending* until the cursor leaves.
+
+mod screen;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use base64::Engine as _;
+
+use crate::providers::ProviderRules;
+use screen::Screen;
+
+/// Largest OSC string kept (OSC 8 targets and OSC 52 clipboard payloads); longer ones are cut, which
+/// bounds memory whatever the program writes.
+const OSC_MAX: usize = 16 * 1024;
+/// How many distinct URLs one detector remembers (and so reports); protects memory against a flood.
+const MAX_SEEN: usize = 4096;
+/// How far up a logical line is followed when looking for its start.
+const MAX_LINE_ROWS: usize = 64;
+/// The most indentation a hard-wrapped continuation row may carry.
+const MAX_INDENT: usize = 8;
+
+/// Where a URL was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UrlSource {
+    /// Rendered text on the screen.
+    Screen,
+    /// The target of an OSC 8 hyperlink.
+    Hyperlink,
+    /// An OSC 52 clipboard write (the CLI's "copy" action).
+    Clipboard,
+    /// The CLI called `$BROWSER` / `xdg-open` (the agent's shim).
+    Browser,
+}
+
+/// A login URL found in a session, reported once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetectedUrl {
+    /// The URL exactly as the CLI meant it.
+    pub url: String,
+    /// The id of the provider rule it matched (`claude_code`, `codex`, `gemini_cli`, `generic_oauth`).
+    pub provider: String,
+    /// Where it was first seen.
+    pub source: UrlSource,
+}
+
+/// Finds login URLs in one terminal session's output. One per PTY session.
+pub struct UrlDetector {
+    parser: vte::Parser<OSC_MAX>,
+    term: Term,
+}
+
+impl std::fmt::Debug for UrlDetector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UrlDetector")
+            .field("cols", &self.term.screen.cols)
+            .field("rows", &self.term.screen.rows)
+            .field("reported", &self.term.seen.len())
+            .finish()
+    }
+}
+
+impl UrlDetector {
+    /// A detector for a terminal of `cols` x `rows` using `rules` to decide which URLs count.
+    pub fn new(cols: u16, rows: u16, rules: Arc<ProviderRules>) -> UrlDetector {
+        UrlDetector {
+            parser: vte::Parser::<OSC_MAX>::new_with_size(),
+            term: Term {
+                screen: Screen::new(cols, rows),
+                rules,
+                dirty: None,
+                pending: Vec::new(),
+                seen: HashSet::new(),
+                found: Vec::new(),
+                replies: Vec::new(),
+                answer_queries: true,
+            },
+        }
+    }
+
+    /// Feeds output bytes (any split) and returns the URLs that became complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<DetectedUrl> {
+        self.parser.advance(&mut self.term, bytes);
+        std::mem::take(&mut self.term.found)
+    }
+
+    /// Declares the stream ended (or idle): URLs still held back as possibly incomplete are reported.
+    pub fn finish(&mut self) -> Vec<DetectedUrl> {
+        self.term.checkpoint(true);
+        std::mem::take(&mut self.term.found)
+    }
+
+    /// Reports a URL that reached the agent some other way (the `$BROWSER` shim). Returns it if it
+    /// matches a provider rule and was not reported before; the same URL later on screen is not
+    /// reported again.
+    pub fn report_external(&mut self, url: &str, source: UrlSource) -> Option<DetectedUrl> {
+        self.term.consider(url, source);
+        self.term.found.pop()
+    }
+
+    /// The terminal changed size.
+    pub fn resize(&mut self, cols: u16, rows: u16) {
+        self.term.checkpoint(false);
+        self.term.screen.resize(cols, rows);
+        self.term.dirty = None;
+        self.term.pending.clear();
+    }
+
+    /// Whether terminal queries (cursor position, device attributes, colours) get answers in
+    /// [`UrlDetector::take_replies`]. Off while a person's terminal is attached and answers itself.
+    pub fn set_answer_queries(&mut self, on: bool) {
+        self.term.answer_queries = on;
+    }
+
+    /// Bytes to write back to the program: answers to the terminal queries seen so far.
+    pub fn take_replies(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.term.replies)
+    }
+
+    /// The rendered screen as text rows (for auto-response patterns and debugging).
+    pub fn screen_text(&self) -> String {
+        let mut out = String::new();
+        for row in &self.term.screen.grid {
+            let line: String = row
+                .cells
+                .iter()
+                .filter(|c| c.ch != '\0')
+                .map(|c| c.ch)
+                .collect();
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A URL candidate that may still grow (its end touches the cursor or the last column).
+#[derive(Clone, Debug)]
+struct Pending {
+    start_row: usize,
+    end_row: usize,
+    text: String,
+}
+
+/// The `vte` performer: the screen plus detection state.
+struct Term {
+    screen: Screen,
+    rules: Arc<ProviderRules>,
+    /// Rows printed on since the last checkpoint.
+    dirty: Option<(usize, usize)>,
+    pending: Vec<Pending>,
+    seen: HashSet<String>,
+    found: Vec<DetectedUrl>,
+    replies: Vec<u8>,
+    answer_queries: bool,
+}
+
+fn is_url_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b)
+}
+
+/// One logical line: rows joined where one continues the next.
+struct Line {
+    /// ASCII text; non-URL or non-ASCII cells become a space, linked cells a `\x01` (never in a URL).
+    text: Vec<u8>,
+    /// Screen position of each byte of `text`.
+    pos: Vec<(usize, usize)>,
+    first_row: usize,
+    last_row: usize,
+}
+
+impl Term {
+    fn mark_dirty(&mut self, row: usize) {
+        self.dirty = Some(match self.dirty {
+            None => (row, row),
+            Some((lo, hi)) => (lo.min(row), hi.max(row)),
+        });
+    }
+
+    fn scrolled(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if let Some((lo, hi)) = self.dirty {
+            self.dirty = if hi < n {
+                None
+            } else {
+                Some((lo.saturating_sub(n), hi - n))
+            };
+        }
+        let mut gone = Vec::new();
+        self.pending.retain_mut(|p| {
+            if p.end_row < n {
+                gone.push(std::mem::take(&mut p.text));
+                false
+            } else {
+                p.start_row = p.start_row.saturating_sub(n);
+                p.end_row -= n;
+                true
+            }
+        });
+        // A held-back URL scrolled off the screen: the cursor certainly left it.
+        for text in gone {
+            self.consider(&text, UrlSource::Screen);
+        }
+    }
+
+    fn cell_byte(&self, row: usize, col: usize) -> u8 {
+        let c = self.screen.grid[row].cells[col];
+        if c.linked {
+            0x01
+        } else if c.ch.is_ascii() && is_url_char(c.ch as u8) {
+            c.ch as u8
+        } else {
+            b' '
+        }
+    }
+
+    fn first_nonspace(&self, row: usize) -> usize {
+        let cells = &self.screen.grid[row].cells;
+        cells
+            .iter()
+            .position(|c| c.ch != ' ')
+            .unwrap_or(cells.len())
+    }
+
+    /// Whether row `a + 1` continues row `a` (soft wrap, or a hard wrap inside a URL-looking run).
+    fn continues(&self, a: usize) -> bool {
+        let s = &self.screen;
+        if a + 1 >= s.rows {
+            return false;
+        }
+        if s.grid[a].wrapped {
+            return true;
+        }
+        if !is_url_char(self.cell_byte(a, s.cols - 1)) {
+            return false;
+        }
+        let indent = self.first_nonspace(a + 1);
+        indent < s.cols
+            && indent <= self.first_nonspace(a).min(MAX_INDENT)
+            && is_url_char(self.cell_byte(a + 1, indent))
+    }
+
+    fn line_at(&self, row: usize) -> Line {
+        let mut first = row;
+        while first > 0 && row - first < MAX_LINE_ROWS && self.continues(first - 1) {
+            first -= 1;
+        }
+        let mut line = Line {
+            text: Vec::new(),
+            pos: Vec::new(),
+            first_row: first,
+            last_row: first,
+        };
+        let mut r = first;
+        loop {
+            let soft = r > first && self.screen.grid[r - 1].wrapped;
+            let start = if r > first && !soft {
+                self.first_nonspace(r)
+            } else {
+                0
+            };
+            for col in start..self.screen.cols {
+                if self.screen.grid[r].cells[col].ch == '\0' {
+                    continue;
+                }
+                line.text.push(self.cell_byte(r, col));
+                line.pos.push((r, col));
+            }
+            line.last_row = r;
+            if r - first >= MAX_LINE_ROWS || !self.continues(r) {
+                break;
+            }
+            r += 1;
+        }
+        line
+    }
+
+    /// Examines rows touched since the last checkpoint and the held-back URLs.
+    fn checkpoint(&mut self, force: bool) {
+        let mut rows: Vec<usize> = Vec::new();
+        if let Some((lo, hi)) = self.dirty.take() {
+            rows.extend(lo..=hi);
+        }
+        for p in std::mem::take(&mut self.pending) {
+            rows.extend(p.start_row..=(p.end_row + 1).min(self.screen.rows - 1));
+        }
+        if rows.is_empty() {
+            return;
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        let mut done_until = None;
+        for row in rows {
+            if done_until.is_some_and(|d| row <= d) {
+                continue;
+            }
+            let line = self.line_at(row);
+            done_until = Some(line.last_row);
+            self.scan_line(&line, force);
+        }
+    }
+
+    fn scan_line(&mut self, line: &Line, force: bool) {
+        let text = &line.text;
+        let mut i = 0;
+        while let Some(off) = find_scheme(&text[i..]) {
+            let start = i + off;
+            let mut end = start;
+            while end < text.len() && is_url_char(text[end]) {
+                end += 1;
+            }
+            i = end.max(start + 1);
+            let url_end = trim_trailing(&text[start..end]) + start;
+            if url_end <= start + 8 {
+                continue;
+            }
+            let url = String::from_utf8_lossy(&text[start..url_end]).into_owned();
+            let (end_row, end_col) = line.pos[url_end - 1];
+            let touches_cursor = end == url_end && self.touches_cursor(end_row, end_col);
+            // Ends exactly on the last column: a hard-wrapped continuation may still follow on the next
+            // row, or the row below is being redrawn (CLIs erase and rewrite the first cells of a
+            // wrapped URL when they repaint). Held back until the line grows or the stream ends.
+            let may_continue =
+                end == text.len() && end_col == self.screen.cols - 1 && end_row == line.last_row;
+            if !force && (touches_cursor || may_continue) {
+                self.pending.push(Pending {
+                    start_row: line.first_row,
+                    end_row,
+                    text: url,
+                });
+            } else {
+                self.consider(&url, UrlSource::Screen);
+            }
+        }
+    }
+
+    fn touches_cursor(&self, row: usize, col: usize) -> bool {
+        let s = &self.screen;
+        s.row == row && (s.col == col + 1 || (s.wrap_pending && s.col == col))
+    }
+
+    /// Reports `url` if a rule matches and it is new.
+    fn consider(&mut self, url: &str, source: UrlSource) {
+        if self.seen.len() >= MAX_SEEN || self.seen.iter().any(|s| s.starts_with(url)) {
+            // Already reported, or a cut-off copy of a reported URL (a repaint in progress).
+            return;
+        }
+        let Some(provider) = self.rules.classify(url) else {
+            return;
+        };
+        self.seen.insert(url.to_owned());
+        self.found.push(DetectedUrl {
+            url: url.to_owned(),
+            provider: provider.to_owned(),
+            source,
+        });
+    }
+
+    fn before_control(&mut self) {
+        if self.dirty.is_some() || !self.pending.is_empty() {
+            self.checkpoint(false);
+        }
+    }
+
+    fn after_control(&mut self) {
+        if !self.pending.is_empty() {
+            self.checkpoint(false);
+        }
+    }
+
+    fn reply(&mut self, bytes: &[u8]) {
+        if self.answer_queries && self.replies.len() < 64 * 1024 {
+            self.replies.extend_from_slice(bytes);
+        }
+    }
+
+    fn osc(&mut self, params: &[&[u8]], bell_terminated: bool) {
+        let terminator: &[u8] = if bell_terminated { b"\x07" } else { b"\x1b\\" };
+        match params {
+            [b"8", _, uri @ ..] => {
+                let uri = uri.join(&b';');
+                self.screen.link_open = !uri.is_empty();
+                if let Ok(uri) = std::str::from_utf8(&uri) {
+                    self.consider(uri, UrlSource::Hyperlink);
+                }
+            }
+            [b"52", _, data] if *data != b"?" => {
+                let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(data) else {
+                    return;
+                };
+                let text = String::from_utf8_lossy(&decoded);
+                for word in text.split(|c: char| !c.is_ascii() || !is_url_char(c as u8)) {
+                    if find_scheme(word.as_bytes()) == Some(0) {
+                        let end = trim_trailing(word.as_bytes());
+                        self.consider(&word[..end], UrlSource::Clipboard);
+                    }
+                }
+            }
+            [which @ (b"10" | b"11"), b"?"] => {
+                let colour: &[u8] = if *which == b"10" {
+                    b"rgb:ffff/ffff/ffff"
+                } else {
+                    b"rgb:0000/0000/0000"
+                };
+                let mut r = b"\x1b]".to_vec();
+                r.extend_from_slice(which);
+                r.push(b';');
+                r.extend_from_slice(colour);
+                r.extend_from_slice(terminator);
+                self.reply(&r);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn find_scheme(text: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 7 <= text.len() {
+        let t = &text[i..];
+        if t.starts_with(b"https://") || t.starts_with(b"http://") {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Length of `url` without trailing punctuation that belongs to the sentence, not the URL.
+fn trim_trailing(url: &[u8]) -> usize {
+    let mut end = url.len();
+    while end > 0 {
+        let c = url[end - 1];
+        let unbalanced = |open: u8, close: u8| {
+            c == close
+                && url[..end].iter().filter(|&&b| b == open).count()
+                    < url[..end].iter().filter(|&&b| b == close).count()
+        };
+        if b".,;:!?'\"".contains(&c) || unbalanced(b'(', b')') || unbalanced(b'[', b']') {
+            end -= 1;
+        } else {
+            break;
+        }
+    }
+    end
+}
+
+impl vte::Perform for Term {
+    fn print(&mut self, c: char) {
+        let scrolled = self.screen.print(c);
+        self.scrolled(scrolled);
+        self.mark_dirty(self.screen.row);
+    }
+
+    fn execute(&mut self, byte: u8) {
+        self.before_control();
+        let scrolled = match byte {
+            b'\r' => {
+                self.screen.carriage_return();
+                0
+            }
+            b'\n' | 0x0b | 0x0c => self.screen.line_feed(),
+            0x08 => {
+                self.screen.backspace();
+                0
+            }
+            b'\t' => {
+                self.screen.tab();
+                0
+            }
+            _ => 0,
+        };
+        self.scrolled(scrolled);
+        self.after_control();
+    }
+
+    fn csi_dispatch(
+        &mut self,
+        params: &vte::Params,
+        intermediates: &[u8],
+        ignore: bool,
+        action: char,
+    ) {
+        if ignore {
+            return;
+        }
+        self.before_control();
+        let values: Vec<u16> = params
+            .iter()
+            .map(|p| p.first().copied().unwrap_or(0))
+            .collect();
+        let first = values.first().copied().unwrap_or(0);
+        match (intermediates, action) {
+            ([], 'n') | ([b'?'], 'n') if first == 6 => {
+                let q = if intermediates.is_empty() { "" } else { "?" };
+                let r = format!("\x1b[{q}{};{}R", self.screen.row + 1, self.screen.col + 1);
+                self.reply(r.as_bytes());
+            }
+            ([], 'n') if first == 5 => self.reply(b"\x1b[0n"),
+            ([], 'c') if first == 0 => self.reply(b"\x1b[?1;2c"),
+            ([b'>'], 'c') if first == 0 => self.reply(b"\x1b[>0;276;0c"),
+            _ => {
+                let scrolled = self.screen.csi(&values, intermediates, action);
+                self.scrolled(scrolled);
+            }
+        }
+        self.after_control();
+    }
+
+    fn esc_dispatch(&mut self, intermediates: &[u8], ignore: bool, byte: u8) {
+        if ignore {
+            return;
+        }
+        self.before_control();
+        let scrolled = self.screen.esc(intermediates, byte);
+        self.scrolled(scrolled);
+        self.after_control();
+    }
+
+    fn osc_dispatch(&mut self, params: &[&[u8]], bell_terminated: bool) {
+        self.before_control();
+        self.osc(params, bell_terminated);
+        self.after_control();
+    }
+}

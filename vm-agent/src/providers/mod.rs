@@ -1,0 +1,451 @@
+//! Provider rules as data: how each CLI logs in, which URLs are its login URLs, which first-run
+//! prompts to answer, and where its credential files live.
+//!
+//! The default set (`providers.toml`, next to this file) is compiled in; a file of the same shape can
+//! replace it at runtime, so a new CLI or a moved path is a configuration change, not a code change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde::Deserialize;
+
+/// The compiled-in provider rules.
+pub const DEFAULT_RULES_TOML: &str = include_str!("providers.toml");
+
+/// Why a rules file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The file is not valid TOML of the expected shape.
+    #[error("provider rules are not valid: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A URL or prompt pattern is not a valid regular expression.
+    #[error("provider {provider}: bad pattern {pattern:?}: {source}")]
+    Pattern {
+        /// The provider the pattern belongs to.
+        provider: String,
+        /// The pattern as written.
+        pattern: String,
+        /// What the regex compiler said.
+        source: regex::Error,
+    },
+    /// Two providers share one id.
+    #[error("provider id {0:?} is defined twice")]
+    DuplicateId(String),
+    /// The rules file could not be read.
+    #[error("cannot read provider rules {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    generic: Option<GenericDef>,
+    #[serde(default)]
+    provider: Vec<ProviderDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenericDef {
+    id: String,
+    #[serde(default)]
+    required_params: Vec<String>,
+    #[serde(default)]
+    any_params: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderDef {
+    id: String,
+    name: String,
+    login_argv: Vec<String>,
+    #[serde(default)]
+    login_env: BTreeMap<String, String>,
+    url_patterns: Vec<String>,
+    #[serde(default)]
+    required_params: Vec<String>,
+    #[serde(default)]
+    seed_files: Vec<SeedFile>,
+    #[serde(default)]
+    auto_responses: Vec<AutoResponseDef>,
+    #[serde(default)]
+    credentials: Vec<CredentialFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutoResponseDef {
+    pattern: String,
+    keys: String,
+    #[serde(default = "one")]
+    max: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn mode_0600() -> u32 {
+    0o600
+}
+
+/// A file the login flow needs before it starts (e.g. Claude's onboarding flag).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SeedFile {
+    /// Path, `~/` meaning the login user's home.
+    pub path: String,
+    /// Exact content to write when the file does not exist yet.
+    pub content: String,
+    /// Unix mode of the file.
+    #[serde(default = "mode_0600")]
+    pub mode: u32,
+}
+
+/// A first-run prompt and the keys that answer it.
+#[derive(Clone, Debug)]
+pub struct AutoResponse {
+    /// Matched against the rendered screen text.
+    pub pattern: Regex,
+    /// Bytes sent to the program when the pattern appears.
+    pub keys: String,
+    /// How many times at most this answer is sent in one session.
+    pub max: u32,
+}
+
+/// One credential file of a provider, with the environment variables that move it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialFile {
+    /// Default directory, `~/` meaning the user's home.
+    pub dir: String,
+    /// When this variable is set, it *is* the directory (`CLAUDE_CONFIG_DIR`, `CODEX_HOME`).
+    #[serde(default)]
+    pub dir_env: Option<String>,
+    /// When this variable is set, it replaces the home in `dir` (`GEMINI_CLI_HOME`).
+    #[serde(default)]
+    pub home_env: Option<String>,
+    /// File name inside the directory.
+    pub file: String,
+    /// Unix mode the CLI gives the file (and a push must give it).
+    #[serde(default = "mode_0600")]
+    pub mode: u32,
+    /// The file is a complete login when, for at least one alternative, every JSON pointer (RFC 6901)
+    /// in it names a non-empty string or another non-null value (a partial write fails this).
+    #[serde(default)]
+    pub required_any_of: Vec<Vec<String>>,
+}
+
+impl CredentialFile {
+    /// Where the file is for a user with `home`, given the CLI's environment (`env` looks a variable up).
+    pub fn resolve(&self, home: &Path, env: impl Fn(&str) -> Option<String>) -> PathBuf {
+        let set = |name: &Option<String>| name.as_deref().and_then(&env).filter(|v| !v.is_empty());
+        if let Some(dir) = set(&self.dir_env) {
+            return PathBuf::from(dir).join(&self.file);
+        }
+        let home = set(&self.home_env)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.to_path_buf());
+        expand_home(&self.dir, &home).join(&self.file)
+    }
+
+    /// Whether `json` has every required field (a complete login, not a partial write).
+    pub fn is_complete(&self, json: &serde_json::Value) -> bool {
+        self.required_fields
+            .iter()
+            .all(|p| json.pointer(p).is_some_and(|v| !v.is_null()))
+    }
+}
+
+/// `~/x` under `home`; other paths unchanged.
+pub fn expand_home(path: &str, home: &Path) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => home.join(rest),
+        None if path == "~" => home.to_path_buf(),
+        None => PathBuf::from(path),
+    }
+}
+
+/// One CLI's rules, compiled.
+#[derive(Clone, Debug)]
+pub struct Provider {
+    /// Stable id used on the wire (`claude_code`, `codex`, `gemini_cli`).
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// The command that starts the login flow.
+    pub login_argv: Vec<String>,
+    /// Extra environment for the login flow.
+    pub login_env: BTreeMap<String, String>,
+    /// A login URL of this provider matches one of these.
+    pub url_patterns: Vec<Regex>,
+    /// Query parameters a login URL must carry (guards against a cut-off URL).
+    pub required_params: Vec<String>,
+    /// Files to create before the login starts.
+    pub seed_files: Vec<SeedFile>,
+    /// First-run prompts to answer.
+    pub auto_responses: Vec<AutoResponse>,
+    /// Where the CLI keeps its credentials.
+    pub credentials: Vec<CredentialFile>,
+}
+
+impl Provider {
+    fn matches(&self, url: &str) -> bool {
+        self.url_patterns.iter().any(|p| p.is_match(url))
+            && has_params(url, &self.required_params, &[])
+    }
+}
+
+/// The catch-all rule for OAuth authorize URLs of CLIs without their own rule.
+#[derive(Clone, Debug)]
+pub struct GenericRule {
+    /// Provider id reported for such URLs.
+    pub id: String,
+    /// All of these query parameters must be present.
+    pub required_params: Vec<String>,
+    /// At least one of these must be present too.
+    pub any_params: Vec<String>,
+}
+
+/// The full rule set.
+#[derive(Clone, Debug)]
+pub struct ProviderRules {
+    providers: Vec<Provider>,
+    generic: Option<GenericRule>,
+}
+
+impl ProviderRules {
+    /// The compiled-in rules.
+    pub fn builtin() -> ProviderRules {
+        // The compiled-in file is checked by a unit test, so this cannot fail at run time; fall back to
+        // an empty set rather than panic if it ever did.
+        ProviderRules::from_toml(DEFAULT_RULES_TOML).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "compiled-in provider rules are invalid");
+            ProviderRules {
+                providers: Vec::new(),
+                generic: None,
+            }
+        })
+    }
+
+    /// Rules from TOML text of the same shape as `providers.toml`.
+    pub fn from_toml(text: &str) -> Result<ProviderRules, ProviderError> {
+        let file: RulesFile = toml::from_str(text)?;
+        let mut providers: Vec<Provider> = Vec::new();
+        for def in file.provider {
+            if providers.iter().any(|p| p.id == def.id) {
+                return Err(ProviderError::DuplicateId(def.id));
+            }
+            let compile = |pattern: &str| {
+                Regex::new(pattern).map_err(|source| ProviderError::Pattern {
+                    provider: def.id.clone(),
+                    pattern: pattern.to_owned(),
+                    source,
+                })
+            };
+            let url_patterns = def
+                .url_patterns
+                .iter()
+                .map(|p| compile(p))
+                .collect::<Result<_, _>>()?;
+            let auto_responses = def
+                .auto_responses
+                .iter()
+                .map(|a| {
+                    Ok(AutoResponse {
+                        pattern: compile(&a.pattern)?,
+                        keys: a.keys.clone(),
+                        max: a.max,
+                    })
+                })
+                .collect::<Result<_, ProviderError>>()?;
+            providers.push(Provider {
+                id: def.id,
+                name: def.name,
+                login_argv: def.login_argv,
+                login_env: def.login_env,
+                url_patterns,
+                required_params: def.required_params,
+                seed_files: def.seed_files,
+                auto_responses,
+                credentials: def.credentials,
+            });
+        }
+        let generic = file.generic.map(|g| GenericRule {
+            id: g.id,
+            required_params: g.required_params,
+            any_params: g.any_params,
+        });
+        Ok(ProviderRules { providers, generic })
+    }
+
+    /// Rules from a file (the runtime override).
+    pub fn load(path: &Path) -> Result<ProviderRules, ProviderError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ProviderError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ProviderRules::from_toml(&text)
+    }
+
+    /// All providers, in file order.
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    /// The provider with this id.
+    pub fn get(&self, id: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.id == id)
+    }
+
+    /// Which provider's login URL `url` is, if any (the generic OAuth rule last).
+    pub fn classify(&self, url: &str) -> Option<&str> {
+        if let Some(p) = self.providers.iter().find(|p| p.matches(url)) {
+            return Some(&p.id);
+        }
+        let g = self.generic.as_ref()?;
+        (url.starts_with("https://") && has_params(url, &g.required_params, &g.any_params))
+            .then_some(g.id.as_str())
+    }
+}
+
+/// Whether the query of `url` has every name in `all` and, if `any` is not empty, one of `any`.
+fn has_params(url: &str, all: &[String], any: &[String]) -> bool {
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(""))
+        .unwrap_or("");
+    let names: Vec<&str> = query
+        .split('&')
+        .map(|kv| kv.split('=').next().unwrap_or(""))
+        .collect();
+    all.iter().all(|n| names.contains(&n.as_str()))
+        && (any.is_empty() || any.iter().any(|n| names.contains(&n.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_rules_parse_and_cover_the_three_clis() {
+        let rules = ProviderRules::from_toml(DEFAULT_RULES_TOML).expect("compiled-in rules parse");
+        let ids: Vec<&str> = rules.providers().iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["claude_code", "codex", "gemini_cli"]);
+        for p in rules.providers() {
+            assert!(!p.credentials.is_empty(), "{} has credential paths", p.id);
+            assert!(p
+                .credentials
+                .iter()
+                .all(|c| c.mode == 0o600 && !c.required_any_of.is_empty()));
+        }
+    }
+
+    #[test]
+    fn classify_knows_each_cli_and_the_generic_rule() {
+        let r = ProviderRules::builtin();
+        assert_eq!(r.classify("https://claude.com/cai/oauth/authorize?code=true&client_id=x&code_challenge=y&state=z"), Some("claude_code"));
+        assert_eq!(r.classify("https://auth.openai.com/oauth/authorize?response_type=code&client_id=x&code_challenge=y&state=z"), Some("codex"));
+        assert_eq!(
+            r.classify("https://accounts.google.com/o/oauth2/v2/auth?state=s&client_id=c"),
+            Some("gemini_cli")
+        );
+        assert_eq!(
+            r.classify("https://idp.example/authorize?client_id=a&response_type=code"),
+            Some("generic_oauth")
+        );
+        // A cut-off claude URL (no state yet) is generic at most, never claude's.
+        assert_eq!(
+            r.classify(
+                "https://claude.com/cai/oauth/authorize?code=true&client_id=x&code_challenge=y"
+            ),
+            Some("generic_oauth")
+        );
+        assert_eq!(
+            r.classify("http://localhost:1455/auth/callback?client_id=a&response_type=code"),
+            None
+        );
+        assert_eq!(
+            r.classify("https://geminicli.com/docs/resources/tos-privacy/"),
+            None
+        );
+    }
+
+    #[test]
+    fn credential_paths_follow_the_env_overrides() {
+        let r = ProviderRules::builtin();
+        let home = Path::new("/home/u");
+        let none = |_: &str| None;
+        let path = |id: &str, env: &dyn Fn(&str) -> Option<String>| {
+            r.get(id).map(|p| p.credentials[0].resolve(home, env))
+        };
+        assert_eq!(
+            path("claude_code", &none),
+            Some(PathBuf::from("/home/u/.claude/.credentials.json"))
+        );
+        assert_eq!(
+            path("codex", &none),
+            Some(PathBuf::from("/home/u/.codex/auth.json"))
+        );
+        assert_eq!(
+            path("gemini_cli", &none),
+            Some(PathBuf::from("/home/u/.gemini/oauth_creds.json"))
+        );
+        let env = |k: &str| match k {
+            "CLAUDE_CONFIG_DIR" => Some("/cfg/claude".to_owned()),
+            "CODEX_HOME" => Some("/cfg/codex".to_owned()),
+            "GEMINI_CLI_HOME" => Some("/cfg/g".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            path("claude_code", &env),
+            Some(PathBuf::from("/cfg/claude/.credentials.json"))
+        );
+        assert_eq!(
+            path("codex", &env),
+            Some(PathBuf::from("/cfg/codex/auth.json"))
+        );
+        assert_eq!(
+            path("gemini_cli", &env),
+            Some(PathBuf::from("/cfg/g/.gemini/oauth_creds.json"))
+        );
+    }
+
+    #[test]
+    fn required_fields_decide_completeness() {
+        let r = ProviderRules::builtin();
+        let c = &r
+            .get("claude_code")
+            .map(|p| p.credentials[0].clone())
+            .expect("claude rule");
+        let full = serde_json::json!({"claudeAiOauth":{"accessToken":"fake-access-token-0001","refreshToken":"fake-refresh-token-0001","expiresAt":1,"scopes":["user:inference"]}});
+        let partial = serde_json::json!({"claudeAiOauth":{"accessToken":"fake-access-token-0001"}});
+        assert!(c.is_complete(&full));
+        assert!(!c.is_complete(&partial));
+    }
+
+    #[test]
+    fn bad_rules_are_typed_errors() {
+        assert!(matches!(
+            ProviderRules::from_toml("provider = 3"),
+            Err(ProviderError::Parse(_))
+        ));
+        let bad = "[[provider]]\nid='x'\nname='x'\nlogin_argv=['x']\nurl_patterns=['(']\n";
+        assert!(matches!(
+            ProviderRules::from_toml(bad),
+            Err(ProviderError::Pattern { .. })
+        ));
+        let dup = "[[provider]]\nid='x'\nname='x'\nlogin_argv=['x']\nurl_patterns=[]\n[[provider]]\nid='x'\nname='y'\nlogin_argv=['y']\nurl_patterns=[]\n";
+        assert!(matches!(
+            ProviderRules::from_toml(dup),
+            Err(ProviderError::DuplicateId(_))
+        ));
+    }
+}
