@@ -156,11 +156,17 @@ impl CredentialFile {
         expand_home(&self.dir, &home).join(&self.file)
     }
 
-    /// Whether `json` has every required field (a complete login, not a partial write).
+    /// Whether `json` is a complete login, not a partial write: one alternative of
+    /// `required_any_of` is fully present.
     pub fn is_complete(&self, json: &serde_json::Value) -> bool {
-        self.required_fields
+        let present = |p: &String| match json.pointer(p) {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::String(s)) => !s.is_empty(),
+            Some(_) => true,
+        };
+        self.required_any_of
             .iter()
-            .all(|p| json.pointer(p).is_some_and(|v| !v.is_null()))
+            .any(|alt| alt.iter().all(present))
     }
 }
 
@@ -429,6 +435,14 @@ mod tests {
         let partial = serde_json::json!({"claudeAiOauth":{"accessToken":"fake-access-token-0001"}});
         assert!(c.is_complete(&full));
         assert!(!c.is_complete(&partial));
+        let codex = r
+            .get("codex")
+            .map(|p| p.credentials[0].clone())
+            .expect("codex rule");
+        assert!(
+            codex.is_complete(&serde_json::json!({"OPENAI_API_KEY":"fake-openai-api-key-0001"}))
+        );
+        assert!(!codex.is_complete(&serde_json::json!({"OPENAI_API_KEY":"","tokens":{"access_token":"fake-access-token-0001"}})));
     }
 
     #[test]
