@@ -111,7 +111,7 @@ async fn run(mut child: Child, mut reader: FrameReader<Incoming>, tx: FrameSende
         .map(|s| pump(s, FrameKind::Stderr, tx.clone()));
     let stdin = child.stdin.take();
     let work = async {
-        let feed = feed_stdin(&mut reader, stdin, &tx);
+        let feed = feed_stdin(&mut reader, stdin);
         let outputs = async {
             if let Some(f) = stdout {
                 f.await;
@@ -151,7 +151,6 @@ async fn run(mut child: Child, mut reader: FrameReader<Incoming>, tx: FrameSende
 async fn feed_stdin(
     reader: &mut FrameReader<Incoming>,
     mut stdin: Option<ChildStdin>,
-    tx: &FrameSender,
 ) -> Result<(), ErrorBody> {
     loop {
         let frame = match reader.next().await {
@@ -176,7 +175,6 @@ async fn feed_stdin(
                 }
             }
             other => {
-                let _ = tx;
                 return Err(ErrorBody::new(
                     ErrorCode::BadRequest,
                     format!("unexpected {other:?} frame on exec input"),
