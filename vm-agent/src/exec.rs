@@ -25,6 +25,8 @@ use crate::state::Agent;
 
 /// Read size for process output: large reads mean fewer frames and more throughput.
 const READ_CHUNK: usize = 256 * 1024;
+/// Size asked for the output pipes of a process.
+const PIPE_BYTES: i32 = 1024 * 1024;
 /// Frames buffered per call before the producer waits for the client.
 const CHANNEL_DEPTH: usize = 16;
 
@@ -100,6 +102,12 @@ async fn run(mut child: Child, mut reader: FrameReader<Incoming>, tx: FrameSende
             kill_group(pid);
             return;
         }
+    }
+    if let Some(out) = child.stdout.as_ref() {
+        widen_pipe(out);
+    }
+    if let Some(err) = child.stderr.as_ref() {
+        widen_pipe(err);
     }
     let stdout = child
         .stdout
@@ -197,6 +205,14 @@ async fn pump<R: AsyncRead + Unpin>(mut pipe: R, kind: FrameKind, tx: FrameSende
             }
         }
     }
+}
+
+/// Producers often write in small pieces (8 KiB for coreutils). A wider pipe lets those pile up
+/// while a frame is in flight, so each read carries more and per-frame costs shrink.
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    // Best effort: above /proc/sys/fs/pipe-max-size the kernel refuses and the default stays.
+    let _ = fcntl(pipe.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
 }
 
 fn kill_group(pid: u32) {

@@ -113,7 +113,7 @@ async fn measure(agent_bin: &Path) -> Result<()> {
     );
     let exec_mb_s = STREAM_BYTES as f64 / 1e6 / exec_secs;
 
-    step("baseline: the same bytes through a plain Unix socket pair (blocking threads)");
+    step("baseline: the same producer into a plain Unix socket pair");
     let raw_mb_s = tokio::task::spawn_blocking(raw_socket_pair_mb_s).await??;
     figure("exec_stream_mb_s", format!("{exec_mb_s:.0}"));
     figure("raw_unix_stream_mb_s", format!("{raw_mb_s:.0}"));
@@ -125,30 +125,26 @@ async fn measure(agent_bin: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The best a Unix socket pair does on this machine: one blocking writer thread, one reader.
+/// The same producer writing the same bytes straight into a plain Unix socket pair: what streaming
+/// process output costs with no agent and no protocol in between.
 fn raw_socket_pair_mb_s() -> Result<f64> {
-    use std::io::{Read, Write};
-    let (mut a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    use std::io::Read;
+    let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
     let t = Instant::now();
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
-        let chunk = vec![0u8; 256 * 1024];
-        let mut left = STREAM_BYTES;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            a.write_all(&chunk[..n])?;
-            left -= n as u64;
-        }
-        Ok(())
-    });
+    let mut producer = Command::new("head")
+        .args(["-c", &STREAM_BYTES.to_string(), "/dev/zero"])
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(a)))
+        .spawn()?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0u64;
-    while got < STREAM_BYTES {
+    loop {
         let n = b.read(&mut buf)?;
-        anyhow::ensure!(n > 0, "baseline stream ended early");
+        if n == 0 {
+            break;
+        }
         got += n as u64;
     }
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("baseline writer panicked"))??;
+    producer.wait()?;
+    anyhow::ensure!(got == STREAM_BYTES, "baseline got {got} bytes");
     Ok(STREAM_BYTES as f64 / 1e6 / t.elapsed().as_secs_f64())
 }
