@@ -23,8 +23,10 @@ use tracing::{debug, warn};
 use crate::rpc::body::{error, ResponseBody};
 use crate::state::Agent;
 
-/// Read size for process output: large reads mean fewer frames and more throughput.
-const READ_CHUNK: usize = 256 * 1024;
+/// Read size for process output: large reads mean fewer frames, but each frame is a fresh
+/// allocation and musl's allocator serves blocks over ~128 KiB with mmap (page faults on every
+/// frame), so stay just under that.
+const READ_CHUNK: usize = 120 * 1024;
 /// Size asked for the output pipes of a process.
 const PIPE_BYTES: i32 = 1024 * 1024;
 /// Frames buffered per call before the producer waits for the client.
