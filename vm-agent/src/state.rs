@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use protocol::Hello;
 
 use crate::config::{AgentConfig, ListenAddr};
+use crate::providers::ProviderRules;
 use crate::system;
 
 /// Capabilities of this build, announced in the hello.
@@ -21,6 +22,7 @@ pub struct Agent {
     listen_port: Option<u32>,
     configured: RwLock<Configured>,
     running: AtomicU32,
+    providers: Arc<ProviderRules>,
 }
 
 /// Environment and session set by the host with `configure`.
@@ -45,7 +47,13 @@ impl Agent {
             listen_port,
             configured: RwLock::new(Configured::default()),
             running: AtomicU32::new(0),
+            providers: Arc::new(ProviderRules::builtin()),
         }
+    }
+
+    /// The provider rules (login flows, URL patterns, credential files).
+    pub fn providers(&self) -> &Arc<ProviderRules> {
+        &self.providers
     }
 
     /// Milliseconds since start.

@@ -11,6 +11,7 @@ use vm_agent::creds::rules::credential_rules;
 use vm_agent::creds::watch::{watch, Capture, CredentialWatch};
 use vm_agent::creds::wipe::wipe_file;
 use vm_agent::creds::write::put_file;
+use vm_agent::providers::ProviderRules;
 
 fn claude_json(tag: &str) -> String {
     format!(
@@ -36,7 +37,13 @@ fn home_in(fs: fs_kinds::FsDir) -> Home {
 }
 
 fn claude_path(h: &Home) -> PathBuf {
-    credential_rules("claude_code", &h.home, &HashMap::new()).unwrap()[0]
+    credential_rules(
+        &ProviderRules::builtin(),
+        "claude_code",
+        &h.home,
+        &HashMap::new(),
+    )
+    .unwrap()[0]
         .path
         .clone()
 }
@@ -45,7 +52,7 @@ async fn start(
     h: &Home,
     env: HashMap<String, String>,
 ) -> (CredentialWatch, mpsc::Receiver<Capture>) {
-    let files = credential_rules("claude_code", &h.home, &env).unwrap();
+    let files = credential_rules(&ProviderRules::builtin(), "claude_code", &h.home, &env).unwrap();
     let (tx, rx) = mpsc::channel(16);
     let w = watch(vec![h.home.clone()], files, false, tx).unwrap();
     (w, rx)

@@ -92,12 +92,13 @@ fn resolve(agent: &Agent, scope: &CredsScope) -> Result<Resolved, ErrorBody> {
             format!("home {home:?} is not a directory"),
         ));
     }
-    let files = rules::credential_rules(&scope.provider, &home, &env).ok_or_else(|| {
-        ErrorBody::new(
-            ErrorCode::BadRequest,
-            format!("unknown provider {:?}", scope.provider),
-        )
-    })?;
+    let files = rules::credential_rules(agent.providers(), &scope.provider, &home, &env)
+        .ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("unknown provider {:?}", scope.provider),
+            )
+        })?;
     Ok(Resolved {
         provider: scope.provider.clone(),
         owner: Owner {

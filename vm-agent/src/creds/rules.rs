@@ -1,10 +1,10 @@
-//! Where each provider keeps its credential files and what a complete file must contain.
-//!
-//! Stand-in for the shared `providers` module: everything the `creds` code needs goes through
-//! [`credential_rules`], so switching to the shared provider data is a one-line change.
+//! Which credential files a provider has, resolved for one user: the paths and required fields come
+//! from the shared provider rules ([`crate::providers`]), so a new CLI or a moved file is data.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use crate::providers::ProviderRules;
 
 /// One credential file of a provider, resolved for a given home directory and environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,46 +20,20 @@ pub struct CredentialFile {
 /// environment overrides (`CLAUDE_CONFIG_DIR`, `CODEX_HOME`, `GEMINI_CLI_HOME`) found in `env`.
 /// `None` when the provider is unknown.
 pub fn credential_rules(
+    rules: &ProviderRules,
     provider: &str,
     home: &Path,
     env: &BTreeMap<String, String>,
 ) -> Option<Vec<CredentialFile>> {
-    let dir_or = |var: &str, default: PathBuf| -> PathBuf {
-        match env.get(var) {
-            Some(v) if !v.is_empty() => PathBuf::from(v),
-            _ => default,
-        }
-    };
-    let ptrs = |alts: &[&[&str]]| -> Vec<Vec<String>> {
-        alts.iter()
-            .map(|alt| alt.iter().map(|p| (*p).to_string()).collect())
-            .collect()
-    };
-    match provider {
-        "claude_code" => Some(vec![CredentialFile {
-            path: dir_or("CLAUDE_CONFIG_DIR", home.join(".claude")).join(".credentials.json"),
-            required_any_of: ptrs(&[&[
-                "/claudeAiOauth/accessToken",
-                "/claudeAiOauth/refreshToken",
-            ]]),
-        }]),
-        "codex" => Some(vec![CredentialFile {
-            path: dir_or("CODEX_HOME", home.join(".codex")).join("auth.json"),
-            required_any_of: ptrs(&[
-                &[
-                    "/tokens/id_token",
-                    "/tokens/access_token",
-                    "/tokens/refresh_token",
-                ],
-                &["/OPENAI_API_KEY"],
-            ]),
-        }]),
-        "gemini_cli" => Some(vec![CredentialFile {
-            path: dir_or("GEMINI_CLI_HOME", home.to_path_buf())
-                .join(".gemini")
-                .join("oauth_creds.json"),
-            required_any_of: ptrs(&[&["/access_token", "/refresh_token"]]),
-        }]),
-        _ => None,
-    }
+    let provider = rules.get(provider)?;
+    Some(
+        provider
+            .credentials
+            .iter()
+            .map(|c| CredentialFile {
+                path: c.resolve(home, |name| env.get(name).cloned()),
+                required_any_of: c.required_any_of.clone(),
+            })
+            .collect(),
+    )
 }
