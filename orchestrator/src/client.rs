@@ -175,6 +175,11 @@ impl AgentClient {
         self.call::<Health>(&Empty {}).await
     }
 
+    /// Asks an agent that is the VM's init to power the VM off; answered before the VM goes away.
+    pub async fn poweroff(&self) -> Result<protocol::power::PoweroffResponse, ClientError> {
+        self.call::<protocol::power::Poweroff>(&Empty {}).await
+    }
+
     /// Resource usage.
     pub async fn stats(&self) -> Result<StatsResponse, ClientError> {
         self.call::<Stats>(&Empty {}).await

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod creds;
 pub mod transport;
+pub mod vm;
 
 pub use client::{AgentClient, ClientError};
 pub use transport::{Connector, HelloListener, TransportError};

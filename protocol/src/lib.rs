@@ -24,6 +24,7 @@ pub mod frame;
 pub mod hello;
 pub mod messages;
 pub mod method;
+pub mod power;
 pub mod secret;
 
 pub use error::{ErrorBody, ErrorCode};

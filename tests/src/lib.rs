@@ -9,6 +9,8 @@ use orchestrator::transport::UnixConnector;
 use orchestrator::{AgentClient, HelloListener};
 use protocol::Hello;
 
+pub mod vm;
+
 /// Path of a binary built from this workspace (`cargo build --workspace --bins`, which
 /// `cargo xtask test` runs first). Panics with the fix when it is missing.
 pub fn workspace_bin(name: &str) -> PathBuf {

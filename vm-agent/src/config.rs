@@ -114,6 +114,14 @@ pub struct AgentConfig {
     /// Do not dial the host at all (set from `--no-hello`).
     #[arg(skip)]
     pub hello: Option<HelloAddr>,
+
+    /// When the agent process started (set by `main`), so the hello can report start-to-hello.
+    #[arg(skip)]
+    pub started_at: Option<std::time::Instant>,
+
+    /// Whether this agent was started by its own PID 1 ([`crate::init`]): only then may it power off.
+    #[arg(skip)]
+    pub under_init: bool,
 }
 
 impl AgentConfig {
@@ -129,6 +137,15 @@ impl AgentConfig {
         T: Into<std::ffi::OsString> + Clone,
     {
         Self::try_parse_from(args).map(Self::from_parsed)
+    }
+
+    /// The configuration of an agent booted as the VM's init: defaults only (the kernel passes
+    /// unknown boot parameters as arguments, which must not be parsed).
+    pub fn for_init(started_at: std::time::Instant) -> Self {
+        let mut cfg = Self::from_parsed(Self::parse_from(["vm-agent"]));
+        cfg.started_at = Some(started_at);
+        cfg.under_init = true;
+        cfg
     }
 
     fn from_parsed(mut cfg: Self) -> Self {

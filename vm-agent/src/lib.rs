@@ -13,6 +13,7 @@ pub mod creds;
 pub mod detect;
 pub mod exec;
 pub mod files;
+pub mod init;
 pub mod providers;
 pub mod rpc;
 pub mod state;

@@ -3,13 +3,24 @@
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    let started = std::time::Instant::now();
+    let pid1 = vm_agent::init::is_pid1();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(!pid1)
         .init();
-    let config = vm_agent::AgentConfig::from_args();
+    let config = if pid1 {
+        // The kernel passes unknown boot parameters as arguments: ignore them, use the defaults.
+        vm_agent::init::boot(started);
+        vm_agent::AgentConfig::for_init(started)
+    } else {
+        let mut config = vm_agent::AgentConfig::from_args();
+        config.started_at = Some(started);
+        config
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -23,6 +23,7 @@ pub struct Agent {
     configured: RwLock<Configured>,
     running: AtomicU32,
     providers: Arc<ProviderRules>,
+    under_init: bool,
 }
 
 /// Environment and session set by the host with `configure`.
@@ -42,18 +43,24 @@ impl Agent {
             ListenAddr::Unix(_) => None,
         });
         Self {
-            started: Instant::now(),
+            started: config.started_at.unwrap_or_else(Instant::now),
             boot_id: system::boot_id(),
             listen_port,
             configured: RwLock::new(Configured::default()),
             running: AtomicU32::new(0),
             providers: Arc::new(ProviderRules::builtin()),
+            under_init: config.under_init,
         }
     }
 
     /// The provider rules (login flows, URL patterns, credential files).
     pub fn providers(&self) -> &Arc<ProviderRules> {
         &self.providers
+    }
+
+    /// Whether this agent runs under its own PID 1 and may power the VM off.
+    pub fn under_init(&self) -> bool {
+        self.under_init
     }
 
     /// Milliseconds since start.

@@ -1,105 +1,179 @@
-//! `cargo xtask demo`: the product's main flow with readable progress.
+//! `cargo xtask demo`: the product's main flow in real microVMs, with readable progress.
 //!
-//! Today it drives a real agent process over a Unix socket: wait for its hello, configure it, run a
-//! process with the configured environment, push and read back a file. The VM issue moves this into
-//! real microVMs over virtio-vsock.
+//! Builds the image (cached), boots a "browser VM" and a "CLI VM" side by side (QEMU, TCG where
+//! there is no real KVM), configures both with the user's proxy environment over vsock, captures a
+//! credential file from the browser VM and pushes it into the running CLI VM, shows the CLI VM
+//! seeing it, then powers both off and destroys them, checking nothing is left behind. The login
+//! itself (PTY, URL detection, callback) joins this walk when the login flow lands.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use orchestrator::transport::UnixConnector;
-use orchestrator::{AgentClient, HelloListener};
+use anyhow::{bail, Context, Result};
+use orchestrator::vm::{QemuBackend, QemuConfig, QemuVm};
+use orchestrator::AgentClient;
 use protocol::messages::{ConfigureRequest, WriteFileRequest};
 use protocol::secret::EnvVars;
 
-use crate::shell::{cargo, sh, step};
+use crate::shell::step;
+
+/// Obviously fake: demo data only.
+const FAKE_CREDENTIAL: &str = r#"{"fake_cli":{"accessToken":"fake-access-token-0001"}}"#;
+const CREDENTIAL_PATH: &str = "/root/.fake-cli/credentials.json";
 
 /// Runs the demo.
 pub fn run() -> Result<()> {
-    crate::setup::run()?;
-    step("building the agent");
-    sh(cargo().args(["build", "--package", "vm-agent", "--bin", "vm-agent"]))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let started = Instant::now();
+    let assets = crate::image::prepare(crate::image::Which::Minimal)?;
+    step(&format!(
+        "image ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    let config = QemuConfig::new(
+        &assets.vhost_device_vsock,
+        &assets.image.kernel,
+        &assets.image.initramfs,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(flow())
+    rt.block_on(flow(QemuBackend::new(config)))?;
+    step(&format!(
+        "demo done in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
-async fn flow() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let sock = dir.path().join("agent.sock");
-    let hello = HelloListener::bind(dir.path().join("hello.sock"))?;
-    let t0 = Instant::now();
-    step("starting the agent (it dials us to say hello)");
-    let mut child = Command::new(crate::shell::root().join("target/debug/vm-agent"))
-        .arg("--listen")
-        .arg(format!("unix:{}", sock.display()))
-        .arg("--hello")
-        .arg(format!("unix:{}", hello.path().display()))
-        .env("AGENT_LOG", "warn")
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let result = async {
-        let h = hello.wait(Duration::from_secs(30)).await?;
+fn timed(what: &str, since: Instant) {
+    step(&format!("{what} ({} ms)", since.elapsed().as_millis()));
+}
+
+async fn flow(backend: QemuBackend) -> Result<()> {
+    let t = Instant::now();
+    step(&format!(
+        "booting the browser VM and the CLI VM (accel {}; waiting for each agent's hello)",
+        backend.config().accel
+    ));
+    let (browser, cli) = tokio::join!(backend.create("browser-vm"), backend.create("cli-vm"));
+    let (mut browser, mut cli) = (browser.context("browser VM")?, cli.context("CLI VM")?);
+    for vm in [&browser, &cli] {
         step(&format!(
-            "hello after {} ms: agent {} protocol {} capabilities {:?}",
-            t0.elapsed().as_millis(),
-            h.agent_version,
-            h.protocol_version,
-            h.capabilities
+            "  {}: hello after {} ms (agent start to hello {} ms, guest clock), dir {}",
+            vm.name(),
+            vm.boot_to_hello().as_millis(),
+            vm.hello().start_to_hello_ms,
+            vm.dir().display()
         ));
-        let client = AgentClient::connect(&UnixConnector::new(&sock)).await?;
-        let t = Instant::now();
+    }
+    timed("state: vm_created -> ready", t);
+
+    let result = walk(&browser, &cli).await;
+
+    let t = Instant::now();
+    for vm in [&mut browser, &mut cli] {
+        let client = AgentClient::connect(&vm.connector()).await?;
+        client.poweroff().await?;
+        vm.wait_exit(Duration::from_secs(60)).await?;
+    }
+    timed("both guests powered off cleanly", t);
+    let t = Instant::now();
+    for vm in [browser, cli] {
+        let name = vm.name().to_string();
+        let dir = vm.dir().to_path_buf();
+        let report = vm.destroy().await?;
+        if dir.exists() {
+            bail!("{} left behind", dir.display());
+        }
+        step(&format!(
+            "  {name} destroyed: removed {} files and sockets and its directory",
+            report.removed.len() - 1
+        ));
+    }
+    timed("destroyed with zero traces", t);
+    result
+}
+
+async fn walk(browser_vm: &QemuVm, cli_vm: &QemuVm) -> Result<()> {
+    let browser = AgentClient::connect(&browser_vm.connector()).await?;
+    let cli = AgentClient::connect(&cli_vm.connector()).await?;
+
+    let t = Instant::now();
+    // Placeholder proxy of the demo user: real hosts and passwords are configuration, never code.
+    let env = EnvVars::from_pairs([
+        ("HTTPS_PROXY", "http://proxy.invalid:10001"),
+        ("HTTP_PROXY", "http://proxy.invalid:10001"),
+        ("NO_PROXY", "localhost,127.0.0.1"),
+    ]);
+    for client in [&browser, &cli] {
         client
             .configure(&ConfigureRequest {
-                env: EnvVars::from_pairs([("DEMO_GREETING", "hello from the host")]),
+                env: env.clone(),
                 session_id: Some("demo-session".into()),
                 ..Default::default()
             })
             .await?;
-        step(&format!(
-            "configured the environment in {} µs",
-            t.elapsed().as_micros()
-        ));
-        let t = Instant::now();
-        let out = client
-            .exec_collect(
-                &["sh", "-c", "echo \"$DEMO_GREETING ($AGENT_SESSION_ID)\""],
-                None,
-            )
-            .await?;
-        step(&format!(
-            "exec in {} ms -> {:?}, exit {}",
-            t.elapsed().as_millis(),
-            String::from_utf8_lossy(&out.stdout).trim(),
-            out.status.shell_code()
-        ));
-        let path = dir.path().join("pushed.json");
-        client
-            .write_file(&WriteFileRequest {
-                path: path.display().to_string(),
-                content: br#"{"demo":true}"#.to_vec(),
-                mode: Some(0o600),
-                create_dirs: false,
-            })
-            .await?;
-        let back = client.read_file(&path.display().to_string()).await?;
-        step(&format!(
-            "pushed a file and read it back: {} bytes, mode {:o}",
-            back.content.len(),
-            back.mode
-        ));
-        let stats = client.stats().await?;
-        step(&format!(
-            "summary: total {} ms, agent RSS {} KiB",
-            t0.elapsed().as_millis(),
-            stats.agent_rss_kb
-        ));
-        anyhow::Ok(())
     }
-    .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+    timed(
+        "configured both VMs with the proxy environment over vsock",
+        t,
+    );
+
+    let t = Instant::now();
+    // Stands in for the CLI's login writing its credential file in the browser VM.
+    browser
+        .exec_collect(
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "mkdir -p /root/.fake-cli && printf '%s' '{FAKE_CREDENTIAL}' > {CREDENTIAL_PATH}.tmp && mv {CREDENTIAL_PATH}.tmp {CREDENTIAL_PATH}"
+                ),
+            ],
+            None,
+        )
+        .await?;
+    let captured = browser.read_file(CREDENTIAL_PATH).await?;
+    timed(
+        &format!(
+            "captured {} bytes of credentials from the browser VM",
+            captured.content.len()
+        ),
+        t,
+    );
+
+    let t = Instant::now();
+    cli.write_file(&WriteFileRequest {
+        path: CREDENTIAL_PATH.into(),
+        content: captured.content,
+        mode: Some(0o600),
+        create_dirs: true,
+    })
+    .await?;
+    timed("pushed them into the running CLI VM (0600)", t);
+
+    let t = Instant::now();
+    let out = cli
+        .exec_collect(
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "test -s {CREDENTIAL_PATH} && echo \"logged in (session $AGENT_SESSION_ID, proxy $HTTPS_PROXY, mode $(stat -c %a {CREDENTIAL_PATH}))\""
+                ),
+            ],
+            None,
+        )
+        .await?;
+    if out.status.shell_code() != 0 {
+        bail!(
+            "the CLI VM does not see the credentials: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    timed(
+        &format!("CLI VM: {}", String::from_utf8_lossy(&out.stdout).trim()),
+        t,
+    );
+    Ok(())
 }

@@ -4,9 +4,11 @@ mod agent;
 mod bench;
 mod clis;
 mod demo;
+mod image;
 mod setup;
 mod shell;
 mod test;
+mod vmtools;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,12 @@ enum Command {
     Setup,
     /// Build the static, stripped release agent and print its size.
     Agent,
+    /// Build a VM image (kernel + initramfs with the static agent as PID 1); prints its paths.
+    Image {
+        /// Which image.
+        #[command(subcommand)]
+        which: image::Which,
+    },
     /// The whole test suite: setup, formatting, lints, every test.
     Test,
     /// Run a benchmark; prints `name=value` lines.
@@ -40,6 +48,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Agent => agent::build().map(|_| ()),
+        Command::Image { which } => image::run(which),
         Command::Test => test::run(),
         Command::Bench { which } => bench::run(which),
         Command::Demo => demo::run(),

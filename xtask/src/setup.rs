@@ -17,6 +17,11 @@ pub const APT_PACKAGES: &[&str] = &[
     // machine has none; unshare runs the provider CLIs without network.
     "e2fsprogs",
     "util-linux",
+    // Real microVMs (issue 6): QEMU, a static busybox for the guest shell, xz to unpack Debian's
+    // guest kernel into a plain ELF.
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
 ];
 
 /// Rust targets the project builds for.

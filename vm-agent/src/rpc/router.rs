@@ -10,6 +10,7 @@ use protocol::messages::{
     Configure, ConfigureResponse, Exec, GetHello, Health, HealthResponse, ReadFile, Stats,
     StatsResponse, WriteFile,
 };
+use protocol::power::Poweroff;
 use protocol::{ErrorBody, ErrorCode, Method, PROTOCOL_HEADER, PROTOCOL_VERSION};
 use tracing::debug;
 
@@ -81,6 +82,9 @@ pub async fn route(
         }
         n if n == CredsWipe::NAME => {
             unary::<CredsWipe, _, _>(req, |r| creds::wipe(agent.clone(), r)).await
+        }
+        n if n == Poweroff::NAME => {
+            unary::<Poweroff, _, _>(req, |_| crate::init::serve_poweroff(&agent)).await
         }
         _ => error(&unknown(&name)),
     };

@@ -1,6 +1,7 @@
 //! `cargo xtask bench <name>`: figures as `name=value` lines on stdout, progress on stderr.
 //! Timings are compared with a baseline measured in the same run wherever one exists.
 
+mod boot;
 mod creds;
 mod rpc;
 pub mod stats;
@@ -15,6 +16,9 @@ pub enum Which {
     Creds,
     /// Round trip latency, exec streaming throughput vs a raw Unix socket, agent idle RSS.
     Rpc,
+    /// Real microVMs: QEMU launch to hello, agent start to hello (guest clock), guest agent RSS,
+    /// destroy time; with the accelerator that ran.
+    Boot,
 }
 
 /// Runs one benchmark.
@@ -22,6 +26,7 @@ pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Creds => creds::run(),
         Which::Rpc => rpc::run(),
+        Which::Boot => boot::run(),
     }
 }
 

@@ -1,0 +1,70 @@
+//! Real microVMs for the tests: the image, kernel and vsock backend come from
+//! `cargo xtask image minimal` (cached under `target/`: seconds when nothing changed, a few minutes
+//! on a fresh machine), and VMs boot with the orchestrator's QEMU backend.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use orchestrator::vm::{QemuBackend, QemuConfig};
+
+/// What `cargo xtask image minimal` printed.
+#[derive(Debug, Clone)]
+pub struct VmAssets {
+    /// Plain ELF guest kernel.
+    pub kernel: PathBuf,
+    /// Initramfs with the static agent as PID 1.
+    pub initramfs: PathBuf,
+    /// The vhost-user vsock backend.
+    pub vhost_device_vsock: PathBuf,
+}
+
+/// Builds (or finds cached) the test image once per test binary. Panics with the build's output
+/// when it fails: a VM test never skips.
+pub fn assets() -> &'static VmAssets {
+    static ASSETS: OnceLock<VmAssets> = OnceLock::new();
+    ASSETS.get_or_init(build_assets)
+}
+
+fn build_assets() -> VmAssets {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["xtask", "image", "minimal"])
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run `cargo xtask image minimal`");
+    assert!(
+        out.status.success(),
+        "`cargo xtask image minimal` failed ({}); see its output above",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> PathBuf {
+        let prefix = format!("{name}=");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("`cargo xtask image minimal` printed no {name}=: {text}"))
+    };
+    VmAssets {
+        kernel: field("kernel"),
+        initramfs: field("initramfs"),
+        vhost_device_vsock: field("vhost_device_vsock"),
+    }
+}
+
+/// A QEMU backend for the test image (accelerator detected: TCG on machines without real KVM).
+pub fn backend() -> QemuBackend {
+    let a = assets();
+    QemuBackend::new(QemuConfig::new(
+        &a.vhost_device_vsock,
+        &a.kernel,
+        &a.initramfs,
+    ))
+}

@@ -1,0 +1,234 @@
+//! `cargo xtask image minimal`: the test image. Debian's guest kernel as a plain ELF, and an initramfs
+//! holding the static agent as PID 1 (`/init`), static busybox for a shell, and the vsock modules the
+//! agent loads at boot. Cached under `target/vm-image/`, keyed by a hash of every input, so an
+//! unchanged image costs nothing and a changed agent is picked up.
+
+pub mod cpio;
+pub mod kernel;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// Bumped when the layout below changes, so old cached images are not reused.
+const LAYOUT_VERSION: &str = "minimal-1";
+
+/// Where the agent finds the module load order in the image (one file name per line).
+pub const MODULE_ORDER_PATH: &str = "/lib/modules/load-order";
+
+/// A built image: what a VM boots.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Plain ELF kernel.
+    pub kernel: PathBuf,
+    /// Uncompressed newc initramfs.
+    pub initramfs: PathBuf,
+}
+
+/// The images `cargo xtask image` builds.
+#[derive(clap::Subcommand, Debug, Clone, Copy)]
+pub enum Which {
+    /// Test image: Debian's kernel, the static agent as PID 1, busybox, vsock modules.
+    Minimal,
+}
+
+/// Everything needed to boot a test VM, as printed by `cargo xtask image minimal`.
+#[derive(Debug, Clone)]
+pub struct VmAssets {
+    /// The image.
+    pub image: Image,
+    /// The vhost-user vsock backend binary.
+    pub vhost_device_vsock: PathBuf,
+}
+
+/// Builds the static agent, the image around it and installs the vsock backend (all cached).
+pub fn prepare(which: Which) -> Result<VmAssets> {
+    let agent = crate::agent::build()?;
+    let vhost_device_vsock = crate::vmtools::vhost_device_vsock()?;
+    let cache = crate::shell::root().join("target").join("vm-image");
+    let image = match which {
+        Which::Minimal => minimal(&cache, &agent)?,
+    };
+    Ok(VmAssets {
+        image,
+        vhost_device_vsock,
+    })
+}
+
+/// `cargo xtask image <which>`: builds and prints `kernel=`, `initramfs=` and
+/// `vhost_device_vsock=` lines (the VM tests read them).
+pub fn run(which: Which) -> Result<()> {
+    let assets = prepare(which)?;
+    println!("kernel={}", assets.image.kernel.display());
+    println!("initramfs={}", assets.image.initramfs.display());
+    println!("vhost_device_vsock={}", assets.vhost_device_vsock.display());
+    Ok(())
+}
+
+/// Prints one progress line on stderr (stdout is kept for results).
+pub fn progress(msg: &str) {
+    crate::shell::step(&format!("image: {msg}"));
+}
+
+/// Builds (or finds cached) the minimal image around the static `agent` binary.
+pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
+    fs::create_dir_all(cache)?;
+    let kernel = kernel::ensure(&cache.join("kernel"))?;
+    let busybox = find_static_busybox()?;
+
+    let agent_bytes = fs::read(agent).with_context(|| format!("reading {}", agent.display()))?;
+    let busybox_bytes = fs::read(&busybox)?;
+    let applets = busybox_applets(&busybox)?;
+    let mut modules = Vec::new();
+    for path in &kernel.modules {
+        let name = path
+            .file_name()
+            .context("module path")?
+            .to_string_lossy()
+            .into_owned();
+        modules.push((name, fs::read(path)?));
+    }
+
+    let mut hash = Sha256::new();
+    hash.update(LAYOUT_VERSION);
+    hash.update(&agent_bytes);
+    hash.update(&busybox_bytes);
+    for (name, bytes) in &modules {
+        hash.update(name);
+        hash.update(bytes);
+    }
+    let key: String = hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out_dir = cache.join(format!("minimal-{key}"));
+    let initramfs = out_dir.join("initramfs.cpio");
+    if initramfs.exists() {
+        progress(&format!("initramfs: {} (cached)", initramfs.display()));
+        return Ok(Image {
+            kernel: kernel.vmlinux,
+            initramfs,
+        });
+    }
+    progress(&format!(
+        "initramfs: packing agent ({} KiB), busybox, {} modules",
+        agent_bytes.len() / 1024,
+        modules.len()
+    ));
+    fs::create_dir_all(&out_dir)?;
+    let partial = out_dir.join(format!("initramfs.cpio.partial-{}", std::process::id()));
+    let mut w = cpio::CpioWriter::new(std::io::BufWriter::new(fs::File::create(&partial)?));
+    for dir in [
+        "/bin",
+        "/sbin",
+        "/usr",
+        "/usr/bin",
+        "/usr/sbin",
+        "/dev",
+        "/proc",
+        "/sys",
+        "/tmp",
+        "/root",
+        "/etc",
+        "/lib",
+        "/lib/modules",
+        "/run",
+        "/var",
+        "/home",
+    ] {
+        let mode = if dir == "/tmp" { 0o1777 } else { 0o755 };
+        w.dir(dir, mode)?;
+    }
+    w.char_device("/dev/console", 0o600, 5, 1)?;
+    w.char_device("/dev/null", 0o666, 1, 3)?;
+    w.file("/usr/bin/vm-agent", 0o755, &agent_bytes)?;
+    w.symlink("/init", "/usr/bin/vm-agent")?;
+    w.file("/bin/busybox", 0o755, &busybox_bytes)?;
+    for applet in &applets {
+        if applet != "bin/busybox" {
+            w.symlink(&format!("/{applet}"), "/bin/busybox")?;
+        }
+    }
+    let mut order = String::new();
+    for (name, bytes) in &modules {
+        w.file(&format!("/lib/modules/{name}"), 0o644, bytes)?;
+        order.push_str(name);
+        order.push('\n');
+    }
+    w.file(MODULE_ORDER_PATH, 0o644, order.as_bytes())?;
+    w.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
+    w.file("/etc/group", 0o644, b"root:x:0:\n")?;
+    w.finish()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    fs::rename(&partial, &initramfs)?;
+    progress(&format!("initramfs: {}", initramfs.display()));
+    Ok(Image {
+        kernel: kernel.vmlinux,
+        initramfs,
+    })
+}
+
+/// Debian's `busybox-static` binary; refuses a dynamically linked busybox (it would not run in
+/// an image without a libc).
+fn find_static_busybox() -> Result<PathBuf> {
+    let path = PathBuf::from("/bin/busybox");
+    let data = fs::read(&path).context("no /bin/busybox: install busybox-static")?;
+    if has_interpreter(&data) {
+        bail!("/bin/busybox is dynamically linked: install busybox-static");
+    }
+    Ok(path)
+}
+
+/// Whether an ELF64 file names a program interpreter (i.e. is dynamically linked).
+fn has_interpreter(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let rd16 = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let rd64 = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (rd64(0x20), rd16(0x36), rd16(0x38)) else {
+        return false;
+    };
+    (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        elf.get(o..o + 4)
+            .is_some_and(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == PT_INTERP)
+    })
+}
+
+/// Applet paths (`bin/sh`, `usr/bin/awk`, ...) as busybox lists them.
+fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
+    let out = std::process::Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .context("running busybox --list-full")?;
+    if !out.status.success() {
+        bail!("busybox --list-full failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && !l.contains(".."))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_static_from_dynamic() {
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        // Test binaries are dynamically linked on glibc hosts.
+        assert!(has_interpreter(&me));
+        assert!(!has_interpreter(b"not an elf"));
+    }
+}
