@@ -65,8 +65,8 @@ async fn destroy_without_traces(vm: QemuVm) {
     for pid in pids {
         assert!(!process_alive(pid as i32), "process {pid} left running");
     }
-    // (vhost.sock is unlinked by the backend itself once QEMU is connected.)
-    for name in ["vm.vsock", "serial.log"] {
+    // The backend unlinks its own sockets when QEMU goes away, racing the kill; the logs are ours.
+    for name in ["serial.log", "qemu.log"] {
         assert!(
             report.removed.contains(&dir.join(name)),
             "{name} not in the destroy report: {:?}",

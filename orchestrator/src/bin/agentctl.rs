@@ -39,6 +39,8 @@ enum Verb {
     Health,
     /// Resource usage.
     Stats,
+    /// Power the VM off (only an agent running as the VM's init accepts).
+    Poweroff,
     /// Environment for everything the agent spawns from now on.
     Configure {
         /// NAME=VALUE to set (repeatable).
@@ -180,6 +182,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Verb::Hello => emit(json!(client.hello().await?)),
         Verb::Health => emit(json!(client.health().await?)),
         Verb::Stats => emit(json!(client.stats().await?)),
+        Verb::Poweroff => emit(json!(client.poweroff().await?)),
         Verb::Configure {
             env,
             unset,
