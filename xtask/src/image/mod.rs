@@ -105,6 +105,7 @@ pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
         .collect();
     let out_dir = cache.join(format!("minimal-{key}"));
     let initramfs = out_dir.join("initramfs.cpio");
+    prune_old_images(cache, &out_dir);
     if initramfs.exists() {
         progress(&format!("initramfs: {} (cached)", initramfs.display()));
         return Ok(Image {
@@ -170,6 +171,20 @@ pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
         kernel: kernel.vmlinux,
         initramfs,
     })
+}
+
+/// Removes initramfs builds of earlier inputs (every agent change makes one), keeping `current`.
+fn prune_old_images(cache: &Path, current: &Path) {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        let old = entry.file_name().to_string_lossy().starts_with("minimal-") && path != current;
+        if old && fs::remove_dir_all(&path).is_ok() {
+            progress(&format!("removed the outdated image {}", path.display()));
+        }
+    }
 }
 
 /// Debian's `busybox-static` binary; refuses a dynamically linked busybox (it would not run in
