@@ -292,6 +292,58 @@ async fn watch_ignores_a_hard_link_to_another_file() {
     assert_eq!(next(&mut rx).await.content.0, claude_json("13").as_bytes());
 }
 
+#[tokio::test]
+async fn existing_file_is_a_baseline_unless_asked_for() {
+    let h = home_in(fs_kinds::tmpfs());
+    std::fs::create_dir(h.home.join(".claude")).unwrap();
+    std::fs::write(claude_path(&h), claude_json("14")).unwrap();
+    let files = credential_rules(
+        &ProviderRules::builtin(),
+        "claude_code",
+        &h.home,
+        &HashMap::new(),
+    )
+    .unwrap();
+    let (tx, mut with_existing) = mpsc::channel(4);
+    let _a = watch(roots(&h), files.clone(), true, tx).unwrap();
+    assert_eq!(
+        next(&mut with_existing).await.content.0,
+        claude_json("14").as_bytes()
+    );
+    let (tx, mut baseline) = mpsc::channel(4);
+    let _b = watch(roots(&h), files, false, tx).unwrap();
+    none_for(&mut baseline, 400).await;
+    std::fs::write(claude_path(&h), claude_json("15")).unwrap();
+    assert_eq!(
+        next(&mut baseline).await.content.0,
+        claude_json("15").as_bytes()
+    );
+    assert_eq!(
+        next(&mut with_existing).await.content.0,
+        claude_json("15").as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn directory_moved_away_and_recreated_is_followed() {
+    let h = home_in(fs_kinds::ext4());
+    std::fs::create_dir(h.home.join(".claude")).unwrap();
+    let (_w, mut rx) = start(&h, HashMap::new()).await;
+    std::fs::write(claude_path(&h), claude_json("16")).unwrap();
+    assert_eq!(next(&mut rx).await.content.0, claude_json("16").as_bytes());
+    // The old directory (still watched by inode) goes away; a new one takes its name.
+    std::fs::rename(h.home.join(".claude"), h.home.join(".claude.bak")).unwrap();
+    std::fs::write(
+        h.home.join(".claude.bak/.credentials.json"),
+        claude_json("17"),
+    )
+    .unwrap();
+    std::fs::create_dir(h.home.join(".claude")).unwrap();
+    std::fs::write(claude_path(&h), claude_json("18")).unwrap();
+    assert_eq!(next(&mut rx).await.content.0, claude_json("18").as_bytes());
+    none_for(&mut rx, 300).await;
+}
+
 #[test]
 fn wipe_removes_temp_leftovers_too() {
     let h = home_in(fs_kinds::tmpfs());
