@@ -212,6 +212,15 @@ impl AgentClient {
         self.open::<Exec>(req).await
     }
 
+    /// Starts (or attaches to) a PTY session; stream it with [`StreamCall::next`], send keys as
+    /// `Stdin` frames and controls with [`crate::pty::control`].
+    pub async fn pty(
+        &self,
+        req: &protocol::pty::PtyRequest,
+    ) -> Result<StreamCall<protocol::pty::Pty>, ClientError> {
+        self.open::<protocol::pty::Pty>(req).await
+    }
+
     /// Runs a process to completion, feeding it `stdin`, and collects its output.
     pub async fn exec_collect(
         &self,

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod creds;
+pub mod pty;
 pub mod transport;
 pub mod vm;
 

@@ -25,6 +25,7 @@ pub mod hello;
 pub mod messages;
 pub mod method;
 pub mod power;
+pub mod pty;
 pub mod secret;
 
 pub use error::{ErrorBody, ErrorCode};

@@ -15,7 +15,9 @@ pub mod exec;
 pub mod files;
 pub mod init;
 pub mod providers;
+pub mod pty;
 pub mod rpc;
+pub mod shim;
 pub mod state;
 pub mod system;
 pub mod transport;
@@ -46,7 +48,23 @@ pub enum RunError {
 /// Runs the agent until every listener fails: binds the listeners first, then says hello (so the host
 /// can connect as soon as it hears from us), then serves.
 pub async fn run(config: AgentConfig) -> Result<(), RunError> {
-    let agent = Arc::new(Agent::new(&config));
+    let mut agent = Agent::new(&config);
+    // The `$BROWSER`/`xdg-open` shim for PTY programs; without it URLs still come from the screen.
+    match std::env::current_exe()
+        .and_then(|exe| shim::ShimServer::start(&std::env::temp_dir(), &exe))
+    {
+        Ok(shim) => agent = agent.with_shim(shim),
+        Err(e) => warn!(error = %e, "browser shim unavailable"),
+    }
+    let agent = Arc::new(agent);
+    if agent.shim().is_some() {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Some(shim) = agent.shim() {
+                shim.serve(agent.clone()).await;
+            }
+        });
+    }
     if config.listen.is_empty() {
         return Err(RunError::NoListener);
     }

@@ -3,6 +3,20 @@
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    // Invoked as `$BROWSER` or `xdg-open` by a program in one of our PTYs: hand the URL over, exit.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .first()
+        .is_some_and(|a| vm_agent::shim::invoked_as_shim(a))
+    {
+        return match vm_agent::shim::run_client(&args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vm-agent shim: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let started = std::time::Instant::now();
     let pid1 = vm_agent::init::is_pid1();
     tracing_subscriber::fmt()

@@ -12,7 +12,7 @@ use crate::providers::ProviderRules;
 use crate::system;
 
 /// Capabilities of this build, announced in the hello.
-pub const CAPABILITIES: &[&str] = &["exec", "files", "configure", "stats", "creds"];
+pub const CAPABILITIES: &[&str] = &["exec", "files", "configure", "stats", "creds", "pty"];
 
 /// Agent-wide state. Not a global: created by [`crate::run`] and shared by reference count.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub struct Agent {
     running: AtomicU32,
     providers: Arc<ProviderRules>,
     under_init: bool,
+    pty: crate::pty::PtySessions,
+    shim: Option<crate::shim::ShimServer>,
 }
 
 /// Environment and session set by the host with `configure`.
@@ -42,14 +44,43 @@ impl Agent {
             ListenAddr::Vsock(port) => Some(*port),
             ListenAddr::Unix(_) => None,
         });
+        // One rule set for PTY sessions and credentials: compiled in, or the override file.
+        let providers = Arc::new(ProviderRules::from_env());
         Self {
             started: config.started_at.unwrap_or_else(Instant::now),
             boot_id: system::boot_id(),
             listen_port,
             configured: RwLock::new(Configured::default()),
             running: AtomicU32::new(0),
-            providers: Arc::new(ProviderRules::builtin()),
+            providers: providers.clone(),
             under_init: config.under_init,
+            pty: crate::pty::PtySessions::new(providers),
+            shim: None,
+        }
+    }
+
+    /// The PTY sessions.
+    pub fn pty(&self) -> &crate::pty::PtySessions {
+        &self.pty
+    }
+
+    /// Starts the `$BROWSER`/`xdg-open` shim listener (see [`crate::shim`]); without it spawned PTY
+    /// programs get no shim.
+    pub fn with_shim(mut self, shim: crate::shim::ShimServer) -> Self {
+        self.shim = Some(shim);
+        self
+    }
+
+    /// The shim listener, when it started.
+    pub fn shim(&self) -> Option<&crate::shim::ShimServer> {
+        self.shim.as_ref()
+    }
+
+    /// Adds the shim's variables to a PTY program's environment: `BROWSER`, `PATH` (so `xdg-open`
+    /// resolves to the shim) and the socket to report to.
+    pub fn pty_shim_env(&self, env: &mut BTreeMap<String, String>) {
+        if let Some(shim) = &self.shim {
+            shim.program_env(env);
         }
     }
 

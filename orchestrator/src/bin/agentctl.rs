@@ -96,6 +96,8 @@ enum Verb {
         #[arg(long)]
         create_dirs: bool,
     },
+    /// Run a program on a PTY: JSON lines of output, login URLs and exit; or `--interactive`.
+    Pty(orchestrator::pty::PtyArgs),
     /// Provider credential files in the guest: watch, put, wipe.
     Creds {
         #[command(subcommand)]
@@ -137,6 +139,8 @@ enum CliError {
     Client(#[from] orchestrator::ClientError),
     #[error(transparent)]
     Creds(#[from] orchestrator::creds::CredsCommandError),
+    #[error(transparent)]
+    Pty(#[from] orchestrator::pty::PtyCommandError),
     #[error(transparent)]
     Transport(#[from] orchestrator::TransportError),
     #[error(transparent)]
@@ -242,6 +246,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             emit(json!({"path": path, "bytes": res.bytes}));
         }
         Verb::Creds { cmd } => cmd.run(&client, &mut emit).await?,
+        Verb::Pty(args) => {
+            let code = args.run(&client, &mut emit).await?;
+            return Ok(ExitCode::from(
+                u8::try_from(code.clamp(0, 255)).unwrap_or(255),
+            ));
+        }
         Verb::WaitHello { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)

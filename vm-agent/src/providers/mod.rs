@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 use serde::Deserialize;
 
+/// Environment variable naming a provider rules file that replaces the compiled-in rules.
+pub const RULES_ENV: &str = "AGENT_PROVIDER_RULES";
+
 /// The compiled-in provider rules.
 pub const DEFAULT_RULES_TOML: &str = include_str!("providers.toml");
 
@@ -290,6 +293,24 @@ impl ProviderRules {
             any_params: g.any_params,
         });
         Ok(ProviderRules { providers, generic })
+    }
+
+    /// The compiled-in rules, or the file named by [`RULES_ENV`] when set. A bad file is logged and
+    /// the compiled-in rules are used, so the agent still serves.
+    pub fn from_env() -> ProviderRules {
+        let Some(path) = std::env::var_os(RULES_ENV) else {
+            return ProviderRules::builtin();
+        };
+        match ProviderRules::load(Path::new(&path)) {
+            Ok(rules) => {
+                tracing::info!(path = %Path::new(&path).display(), "provider rules loaded");
+                rules
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "provider rules override refused, using the compiled-in rules");
+                ProviderRules::builtin()
+            }
+        }
     }
 
     /// Rules from a file (the runtime override).

@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::body::{error, unary, ResponseBody};
 use crate::state::Agent;
-use crate::{creds, exec, files, system};
+use crate::{creds, exec, files, pty, system};
 
 /// Entry point of every request.
 pub async fn route(
@@ -76,6 +76,7 @@ pub async fn route(
         n if n == ReadFile::NAME => unary::<ReadFile, _, _>(req, files::read).await,
         n if n == WriteFile::NAME => unary::<WriteFile, _, _>(req, files::write).await,
         n if n == Exec::NAME => exec::serve(agent.clone(), req).await,
+        n if n == protocol::pty::Pty::NAME => pty::serve::serve(agent.clone(), req).await,
         n if n == CredsWatch::NAME => creds::serve_watch(agent.clone(), req).await,
         n if n == CredsPut::NAME => {
             unary::<CredsPut, _, _>(req, |r| creds::put(agent.clone(), r)).await

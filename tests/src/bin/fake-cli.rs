@@ -1,0 +1,321 @@
+//! `fake-cli`: replays a recorded login flow of a real CLI (tests/fixtures/cli/<provider>/<case>/)
+//! byte for byte on its terminal, in a chosen chunking, and then behaves like the real login.
+//!
+//! Like the real CLIs it puts its terminal in raw mode, asks the terminal questions at the recorded
+//! points and blocks until they are answered, waits for the keys the recording shows a person (or the
+//! agent's auto-responses) typing, hands the recorded URL to `$BROWSER` or `xdg-open`, then waits for
+//! the pasted code (a line of input) and writes the provider's credential file (temp file + rename,
+//! mode 0600). Ctrl-C at any wait exits 130.
+//!
+//! usage: fake-cli FIXTURE_DIR [--chunks whole|bytes|fixed:N|seed:S] [--cred PATH] [--no-wait]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+enum Chunks {
+    Whole,
+    Fixed(usize),
+    Seed(u64),
+}
+
+struct Args {
+    fixture: PathBuf,
+    chunks: Chunks,
+    cred: Option<PathBuf>,
+    no_wait: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let fixture = it
+        .next()
+        .ok_or("usage: fake-cli FIXTURE_DIR [--chunks SPEC] [--cred PATH] [--no-wait]")?;
+    let mut args = Args {
+        fixture: fixture.into(),
+        chunks: Chunks::Whole,
+        cred: None,
+        no_wait: false,
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--chunks" => {
+                let spec = it.next().ok_or("--chunks needs a value")?;
+                args.chunks = match spec.split_once(':') {
+                    None if spec == "whole" => Chunks::Whole,
+                    None if spec == "bytes" => Chunks::Fixed(1),
+                    Some(("fixed", n)) => Chunks::Fixed(n.parse().map_err(|_| "bad fixed size")?),
+                    Some(("seed", s)) => Chunks::Seed(s.parse().map_err(|_| "bad seed")?),
+                    _ => return Err(format!("unknown chunking {spec:?}")),
+                };
+            }
+            "--cred" => args.cred = Some(it.next().ok_or("--cred needs a path")?.into()),
+            "--no-wait" => args.no_wait = true,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+/// A point in the recording where the real CLI waited.
+enum Wait {
+    /// For the terminal's answer to a query.
+    Answer,
+    /// For these keys.
+    Keys(Vec<u8>),
+}
+
+struct Terminal {
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl Terminal {
+    fn raw() -> Terminal {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok();
+        if let Some(t) = &saved {
+            let mut raw = t.clone();
+            cfmakeraw(&mut raw);
+            let _ = tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+        }
+        Terminal { saved }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                t,
+            );
+        }
+    }
+}
+
+/// Exit code 130: the user pressed Ctrl-C.
+struct Interrupted;
+
+/// The terminal's input: typed keys that arrive while a query answer is awaited are kept for later,
+/// as a real CLI's input parser does.
+#[derive(Default)]
+struct Input {
+    typed: std::collections::VecDeque<u8>,
+}
+
+impl Input {
+    fn raw_byte(&mut self) -> Result<u8, Interrupted> {
+        let mut b = [0u8; 1];
+        match std::io::stdin().read(&mut b) {
+            Ok(1) if b[0] == 0x03 => Err(Interrupted),
+            Ok(1) => Ok(b[0]),
+            _ => Err(Interrupted),
+        }
+    }
+
+    /// Reads one terminal answer: `ESC [ ... final` or `ESC ] ... BEL|ST`.
+    fn answer(&mut self) -> Result<Vec<u8>, Interrupted> {
+        let mut first = self.raw_byte()?;
+        while first != 0x1b {
+            self.typed.push_back(first);
+            first = self.raw_byte()?;
+        }
+        let mut got = vec![first, self.raw_byte()?];
+        loop {
+            let b = self.raw_byte()?;
+            got.push(b);
+            let done = match got[1] {
+                b'[' => (0x40..=0x7e).contains(&b),
+                _ => b == 0x07 || got.ends_with(b"\x1b\\"),
+            };
+            if done {
+                return Ok(got);
+            }
+        }
+    }
+
+    /// Waits for `keys` (Enter may arrive as CR or, typed before raw mode, as LF).
+    fn keys(&mut self, keys: &[u8]) -> Result<(), Interrupted> {
+        let mut got = Vec::new();
+        loop {
+            let b = match self.typed.pop_front() {
+                Some(b) => b,
+                None => self.raw_byte()?,
+            };
+            got.push(if b == b'\n' { b'\r' } else { b });
+            if got.ends_with(keys) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+struct Chunker {
+    chunks: Chunks,
+    state: u64,
+}
+
+impl Chunker {
+    fn next_len(&mut self, left: usize) -> usize {
+        let n = match self.chunks {
+            Chunks::Whole => left,
+            Chunks::Fixed(n) => n.max(1),
+            Chunks::Seed(_) => {
+                // xorshift64: reproducible sizes 1..=97 from the seed.
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 7;
+                self.state ^= self.state << 17;
+                (self.state % 97) as usize + 1
+            }
+        };
+        n.min(left)
+    }
+}
+
+fn write_out(out: &mut impl Write, chunker: &mut Chunker, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        let n = chunker.next_len(bytes.len());
+        let _ = out.write_all(&bytes[..n]).and_then(|()| out.flush());
+        bytes = &bytes[n..];
+    }
+}
+
+fn fake_credentials(cli: &str) -> String {
+    match cli {
+        "claude" => r#"{"claudeAiOauth":{"accessToken":"fake-access-token-0001","refreshToken":"fake-refresh-token-0001","expiresAt":4102444800000,"scopes":["user:inference","user:profile"],"subscriptionType":"max"}}"#.into(),
+        "codex" => {
+            // A JWT in form only: header {"alg":"none"}, payload {}, signature "fake-signature".
+            r#"{"auth_mode":"chatgpt","OPENAI_API_KEY":null,"tokens":{"id_token":"eyJhbGciOiJub25lIn0.e30.fake-signature","access_token":"fake-access-token-0001","refresh_token":"fake-refresh-token-0001","account_id":"fake-account-0001"},"last_refresh":"2026-01-01T00:00:00Z"}"#.into()
+        }
+        _ => r#"{"access_token":"fake-access-token-0001","refresh_token":"fake-refresh-token-0001","scope":"https://www.googleapis.com/auth/cloud-platform","token_type":"Bearer","id_token":"fake-id-token-0001","expiry_date":4102444800000}"#.into(),
+    }
+}
+
+/// Writes like the real CLIs: temp file in the same directory, then rename.
+fn write_credentials(path: &Path, content: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("cred"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn open_browser(calls: &[Value]) {
+    for call in calls {
+        let Some(url) = call["argv"][0].as_str() else {
+            continue;
+        };
+        let program = match call["name"].as_str() {
+            Some("xdg-open") => Some("xdg-open".to_owned()),
+            _ => std::env::var("BROWSER").ok(),
+        };
+        if let Some(program) = program {
+            // Like the real CLIs: a failing browser is not fatal, the URL is printed anyway.
+            let _ = std::process::Command::new(program).arg(url).status();
+        }
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode, String> {
+    let output =
+        std::fs::read(args.fixture.join("output.bin")).map_err(|e| format!("output.bin: {e}"))?;
+    let meta: Value = serde_json::from_slice(
+        &std::fs::read(args.fixture.join("session.json"))
+            .map_err(|e| format!("session.json: {e}"))?,
+    )
+    .map_err(|e| format!("session.json: {e}"))?;
+    let cli = meta["argv"][0].as_str().unwrap_or("").to_owned();
+    let mut stop = output.len();
+    let mut waits: Vec<(usize, Wait)> = Vec::new();
+    for q in meta["queries_answered"].as_array().into_iter().flatten() {
+        waits.push((q["offset"].as_u64().unwrap_or(0) as usize, Wait::Answer));
+    }
+    for i in meta["inputs"].as_array().into_iter().flatten() {
+        let at = i["offset"].as_u64().unwrap_or(0) as usize;
+        if i["pattern"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("<stop"))
+        {
+            stop = stop.min(at);
+        } else {
+            let keys: Vec<u8> = i["keys"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .map(|c| c as u32 as u8)
+                .collect();
+            waits.push((at, Wait::Keys(keys)));
+        }
+    }
+    waits.retain(|(at, _)| *at <= stop);
+    waits.sort_by_key(|(at, _)| *at);
+    let seed = match args.chunks {
+        Chunks::Seed(s) => s.max(1),
+        _ => 1,
+    };
+    let mut chunker = Chunker {
+        chunks: args.chunks,
+        state: seed,
+    };
+    let _terminal = Terminal::raw();
+    let browser: Vec<Value> = meta["browser_calls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    open_browser(&browser);
+    let mut out = std::io::stdout().lock();
+    let mut pos = 0;
+    let mut input = Input::default();
+    let result = (|| -> Result<(), Interrupted> {
+        for (at, wait) in &waits {
+            write_out(&mut out, &mut chunker, &output[pos..*at]);
+            pos = *at;
+            match wait {
+                Wait::Answer => {
+                    input.answer()?;
+                }
+                Wait::Keys(keys) => input.keys(keys)?,
+            }
+        }
+        write_out(&mut out, &mut chunker, &output[pos..stop]);
+        if args.no_wait {
+            return Ok(());
+        }
+        // The real login now waits for the pasted code (or the browser's callback).
+        input.keys(b"\r")?;
+        if let Some(path) = &args.cred {
+            if let Err(e) = write_credentials(path, &fake_credentials(&cli)) {
+                let _ = write!(out, "\r\ncannot write credentials: {e}\r\n");
+            }
+        }
+        let _ = write!(out, "\r\nLogin successful.\r\n");
+        let _ = out.flush();
+        Ok(())
+    })();
+    Ok(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Interrupted) => ExitCode::from(130),
+    })
+}
+
+fn main() -> ExitCode {
+    match parse_args().and_then(run) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fake-cli: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

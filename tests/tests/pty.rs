@@ -1,0 +1,367 @@
+//! PTY sessions as the login flow uses them: the real agent binary, real PTYs, and `fake-cli`
+//! replaying what the real CLIs wrote (tests/fixtures/cli), answering their terminal queries, passing
+//! their first-run prompts, catching their URL from the screen and from `$BROWSER`/`xdg-open`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use orchestrator::client::{StreamCall, StreamItem};
+use protocol::frame::FrameKind;
+use protocol::pty::{Pty, PtyControl, PtyEvent, PtyRequest, PtySpawn, UrlSource};
+use protocol::secret::EnvVars;
+use tests::{process_alive, AgentProcess};
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/cli")
+        .join(case)
+}
+
+fn expected_url(case: &str) -> String {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(case).join("session.json")).expect("json"))
+            .expect("parse");
+    meta["expected_urls"][0]["url"]
+        .as_str()
+        .expect("url")
+        .to_owned()
+}
+
+fn recorded_browser_url(case: &str) -> Option<String> {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(case).join("session.json")).expect("json"))
+            .expect("parse");
+    meta["browser_calls"][0]["argv"][0]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    output: Vec<u8>,
+    urls: Vec<(String, String, UrlSource)>,
+    exit: Option<i32>,
+    session: Option<String>,
+}
+
+/// Reads events until the program exits; sends `keys` once the output contains `needle` and a URL
+/// was reported (a person pastes the code once the prompt is there).
+async fn drive(call: &mut StreamCall<Pty>, keys_after_url: Option<(&[u8], &[u8])>) -> Seen {
+    let mut seen = Seen::default();
+    let mut sent = false;
+    let deadline = Duration::from_secs(60);
+    loop {
+        let item = tokio::time::timeout(deadline, call.next())
+            .await
+            .expect("pty stream stalled")
+            .expect("pty stream");
+        match item {
+            None => break,
+            Some(StreamItem::Data(FrameKind::Stdout, b)) => seen.output.extend_from_slice(&b),
+            Some(StreamItem::Data(..)) => {}
+            Some(StreamItem::Event(PtyEvent::Started { session, .. })) => {
+                seen.session = Some(session)
+            }
+            Some(StreamItem::Event(PtyEvent::Attached { session, .. })) => {
+                seen.session = Some(session)
+            }
+            Some(StreamItem::Event(PtyEvent::Url {
+                url,
+                provider,
+                source,
+            })) => {
+                seen.urls.push((provider, url, source));
+            }
+            Some(StreamItem::Event(PtyEvent::Exited(status))) => {
+                seen.exit = Some(status.shell_code());
+            }
+        }
+        if let (Some((needle, keys)), false) = (keys_after_url, sent) {
+            if !seen.urls.is_empty() && seen.output.windows(needle.len()).any(|w| w == needle) {
+                sent = true;
+                call.send(FrameKind::Stdin, Bytes::copy_from_slice(keys))
+                    .await
+                    .expect("send keys");
+            }
+        }
+    }
+    seen
+}
+
+/// The last bytes the fake CLI replays before it waits for the code.
+fn replay_tail(case: &str) -> Vec<u8> {
+    let out = std::fs::read(fixture(case).join("output.bin")).expect("output.bin");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(case).join("session.json")).expect("json"))
+            .expect("parse");
+    let stop = meta["inputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| {
+            i["pattern"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("<stop"))
+        })
+        .filter_map(|i| i["offset"].as_u64())
+        .map(|o| o as usize)
+        .min()
+        .unwrap_or(out.len());
+    out[stop.saturating_sub(8)..stop].to_vec()
+}
+
+fn fake_spawn(case: &str, chunks: &str, cred: &Path, provider: &str) -> PtySpawn {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(case).join("session.json")).expect("json"))
+            .expect("parse");
+    let mut spawn = PtySpawn::new([
+        env!("CARGO_BIN_EXE_fake-cli").to_owned(),
+        fixture(case).display().to_string(),
+        "--chunks".into(),
+        chunks.into(),
+        "--cred".into(),
+        cred.display().to_string(),
+    ]);
+    spawn.cols = meta["cols"].as_u64().expect("cols") as u16;
+    spawn.rows = meta["rows"].as_u64().expect("rows") as u16;
+    spawn.provider = Some(provider.into());
+    spawn
+}
+
+async fn login_with_fake(agent: &AgentProcess, case: &str, chunks: &str, provider: &str) -> Seen {
+    let cred = agent
+        .dir()
+        .join(format!("cred-{}.json", case.replace('/', "-")));
+    let client = agent.client().await;
+    let mut call = client
+        .pty(&PtyRequest::Spawn(fake_spawn(
+            case, chunks, &cred, provider,
+        )))
+        .await
+        .expect("spawn");
+    // After the URL, the person pastes the code: the fake CLI then writes its credential file.
+    let seen = drive(&mut call, Some((&replay_tail(case), b"fake-code-0001\r"))).await;
+    assert_eq!(
+        seen.exit,
+        Some(0),
+        "{case}: {}",
+        String::from_utf8_lossy(&seen.output)
+    );
+    let cred = std::fs::read_to_string(&cred).expect("credential file written");
+    assert!(cred.contains("fake-access-token-0001"));
+    seen
+}
+
+#[tokio::test]
+async fn codex_tui_login_answers_queries_passes_the_prompt_and_reports_one_url() {
+    let agent = AgentProcess::start().await;
+    for (case, chunks) in [("codex/tui-100x30", "seed:7"), ("codex/tui-80x24", "bytes")] {
+        let seen = login_with_fake(&agent, case, chunks, "codex").await;
+        // The screen (OSC 8 target) and the $BROWSER shim carry the same URL: one event.
+        let urls: Vec<&str> = seen.urls.iter().map(|(_, u, _)| u.as_str()).collect();
+        assert_eq!(urls, vec![expected_url(case).as_str()], "{case}");
+        assert_eq!(seen.urls[0].0, "codex");
+        assert!(matches!(
+            seen.urls[0].2,
+            UrlSource::Hyperlink | UrlSource::Browser
+        ));
+    }
+}
+
+#[tokio::test]
+async fn claude_login_reports_the_printed_url_and_the_browser_variant() {
+    let agent = AgentProcess::start().await;
+    for case in [
+        "claude_code/setup-token-100x30",
+        "claude_code/auth-login-80x24",
+    ] {
+        let seen = login_with_fake(&agent, case, "fixed:13", "claude_code").await;
+        let mut urls: Vec<(String, UrlSource)> = seen
+            .urls
+            .iter()
+            .map(|(p, u, s)| {
+                assert_eq!(p, "claude_code");
+                (u.clone(), *s)
+            })
+            .collect();
+        urls.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut expected = vec![
+            (expected_url(case), UrlSource::Screen),
+            (
+                recorded_browser_url(case).expect("browser url"),
+                UrlSource::Browser,
+            ),
+        ];
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(urls, expected, "{case}");
+    }
+}
+
+#[tokio::test]
+async fn gemini_login_gets_past_its_prompts_and_its_xdg_open_reaches_the_agent() {
+    let agent = AgentProcess::start().await;
+    let case = "gemini_cli/display-100x30";
+    let seen = login_with_fake(&agent, case, "seed:3", "gemini_cli").await;
+    let urls: Vec<&str> = seen.urls.iter().map(|(_, u, _)| u.as_str()).collect();
+    assert_eq!(urls, vec![expected_url(case).as_str()]);
+}
+
+#[tokio::test]
+async fn a_program_blocked_on_a_cursor_query_completes() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    // codex/login has no query; the TUI recording blocks on five of them before drawing anything.
+    let mut spawn = fake_spawn(
+        "codex/tui-80x24",
+        "whole",
+        &agent.dir().join("c.json"),
+        "codex",
+    );
+    spawn.argv.push("--no-wait".into());
+    let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+    let seen = drive(&mut call, None).await;
+    assert_eq!(seen.exit, Some(0));
+    assert!(String::from_utf8_lossy(&seen.output).contains("Sign in with ChatGPT"));
+}
+
+async fn read_until(call: &mut StreamCall<Pty>, needle: &str) -> String {
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        match tokio::time::timeout(Duration::from_secs(30), call.next())
+            .await
+            .expect("stalled")
+            .expect("stream")
+        {
+            Some(StreamItem::Data(_, b)) => out.extend_from_slice(&b),
+            Some(_) => {}
+            None => panic!("ended before {needle:?}"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn pids_in(text: &str) -> Vec<i32> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .filter(|p| *p > 1)
+        .collect()
+}
+
+#[tokio::test]
+async fn closing_a_session_kills_its_whole_process_group() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let script =
+        "sleep 1000 & echo kid=$!; sh -c 'sleep 1000 & echo grandkid=$!; wait' & echo ready; wait";
+    let mut call = client
+        .pty(&PtyRequest::Spawn(PtySpawn::new(["sh", "-c", script])))
+        .await
+        .expect("spawn");
+    let mut text = read_until(&mut call, "ready").await;
+    if !text.contains("grandkid") {
+        text.push_str(&read_until(&mut call, "grandkid").await);
+    }
+    let pids = pids_in(&text);
+    assert_eq!(pids.len(), 2, "{text}");
+    assert!(pids.iter().all(|p| process_alive(*p)));
+    orchestrator::pty::control(&call, &PtyControl::Close)
+        .await
+        .expect("close");
+    let seen = drive(&mut call, None).await;
+    assert!(seen.exit.is_some());
+    for _ in 0..100 {
+        if pids.iter().all(|p| !process_alive(*p)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for pid in pids {
+        assert!(!process_alive(pid), "process {pid} of the group survived");
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_client_reattaches_and_gets_the_scrollback_first() {
+    let agent = AgentProcess::start().await;
+    let session;
+    {
+        let client = agent.client().await;
+        let mut spawn = PtySpawn::new(["sh", "-c", "echo before-drop; read x; echo after-$x"]);
+        spawn.keep_on_detach = true;
+        let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+        match call.next().await.expect("event") {
+            Some(StreamItem::Event(PtyEvent::Started { session: s, .. })) => session = s,
+            other => panic!("expected started, got {other:?}"),
+        }
+        read_until(&mut call, "before-drop").await;
+        drop(call);
+        drop(client);
+    }
+    let client = agent.client().await;
+    let mut call = client
+        .pty(&PtyRequest::Attach {
+            session: session.clone(),
+            interactive: false,
+        })
+        .await
+        .expect("attach");
+    match call.next().await.expect("event") {
+        Some(StreamItem::Event(PtyEvent::Attached {
+            session: s,
+            scrollback_bytes,
+        })) => {
+            assert_eq!(s, session);
+            assert!(scrollback_bytes > 0);
+        }
+        other => panic!("expected attached, got {other:?}"),
+    }
+    read_until(&mut call, "before-drop").await;
+    call.send(FrameKind::Stdin, Bytes::from_static(b"again\n"))
+        .await
+        .expect("keys");
+    let seen = drive(&mut call, None).await;
+    assert!(String::from_utf8_lossy(&seen.output).contains("after-again"));
+    assert_eq!(seen.exit, Some(0));
+}
+
+#[tokio::test]
+async fn resize_signals_env_and_bad_input_behave() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let mut spawn = PtySpawn::new([
+        "sh",
+        "-c",
+        "echo var=$DEMO; stty size; trap 'stty size; exit 7' WINCH; echo ready; while :; do sleep 0.05; done",
+    ]);
+    spawn.env = EnvVars::from_pairs([("DEMO", "per-call")]);
+    spawn.cols = 90;
+    spawn.rows = 20;
+    let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+    let text = read_until(&mut call, "ready").await;
+    assert!(text.contains("var=per-call"), "{text}");
+    assert!(text.contains("20 90"), "{text}");
+    orchestrator::pty::control(
+        &call,
+        &PtyControl::Resize {
+            cols: 120,
+            rows: 40,
+        },
+    )
+    .await
+    .expect("resize");
+    let seen = drive(&mut call, None).await;
+    assert!(String::from_utf8_lossy(&seen.output).contains("40 120"));
+    assert_eq!(seen.exit, Some(7));
+
+    // An unknown provider or an empty argv is a typed error; the connection stays usable.
+    let mut bad = PtySpawn::new(["true"]);
+    bad.provider = Some("nope".into());
+    let err = client.pty(&PtyRequest::Spawn(bad)).await;
+    let err = match err {
+        Ok(mut call) => call.next().await.expect_err("refused"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("nope"), "{err}");
+    assert!(client.health().await.is_ok());
+}

@@ -1,0 +1,261 @@
+//! The `pty` call: spawn or attach, then pump output and events out and keys and controls in.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use nix::sys::signal::Signal;
+use protocol::body::{ChannelBody, FrameReader, FrameSender};
+use protocol::frame::{Frame, FrameKind, DEFAULT_MAX_FRAME};
+use protocol::messages::ExitStatus;
+use protocol::pty::{PtyControl, PtyEvent, PtyRequest, PtySpawn, UrlSource};
+use protocol::{ErrorBody, ErrorCode};
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{debug, warn};
+
+use super::session::{Attachment, Exit, InteractiveGuard, PtyError, PtySession, SessionEvent};
+use super::SpawnOptions;
+use crate::detect::{self, DetectedUrl};
+use crate::rpc::body::{error, ResponseBody};
+use crate::state::Agent;
+
+/// Frames buffered per call before output waits for the client.
+const CHANNEL_DEPTH: usize = 64;
+
+impl From<PtyError> for ErrorBody {
+    fn from(e: PtyError) -> ErrorBody {
+        let code = match &e {
+            PtyError::EmptyArgv | PtyError::BadSize { .. } | PtyError::UnknownProvider(_) => {
+                ErrorCode::BadRequest
+            }
+            PtyError::Spawn { .. } => ErrorCode::NotFound,
+            PtyError::Ended => ErrorCode::BadRequest,
+            PtyError::Io(_) => ErrorCode::Io,
+        };
+        ErrorBody::new(code, e.to_string())
+    }
+}
+
+fn url_event(u: DetectedUrl) -> PtyEvent {
+    PtyEvent::Url {
+        url: u.url,
+        provider: u.provider,
+        source: match u.source {
+            detect::UrlSource::Screen => UrlSource::Screen,
+            detect::UrlSource::Hyperlink => UrlSource::Hyperlink,
+            detect::UrlSource::Clipboard => UrlSource::Clipboard,
+            detect::UrlSource::Browser => UrlSource::Browser,
+        },
+    }
+}
+
+fn exit_status(e: Exit) -> ExitStatus {
+    ExitStatus {
+        code: e.code,
+        signal: e.signal,
+    }
+}
+
+/// Parses `INT`, `SIGINT` or a number.
+pub fn parse_signal(name: &str) -> Result<Signal, ErrorBody> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.trim()
+        .parse::<i32>()
+        .ok()
+        .and_then(|n| Signal::try_from(n).ok())
+        .or_else(|| Signal::from_str(&full).ok())
+        .ok_or_else(|| ErrorBody::new(ErrorCode::BadRequest, format!("unknown signal {name:?}")))
+}
+
+/// Serves one `pty` call.
+pub async fn serve(agent: Arc<Agent>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let mut reader = FrameReader::new(req.into_body(), DEFAULT_MAX_FRAME);
+    let request: PtyRequest = match reader.next().await {
+        Ok(Some(frame)) if frame.kind == FrameKind::Message => match frame.json() {
+            Ok(r) => r,
+            Err(e) => return error(&e.to_error_body()),
+        },
+        Ok(Some(frame)) => {
+            return error(&ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("pty must open with a message frame, got {:?}", frame.kind),
+            ))
+        }
+        Ok(None) => return error(&ErrorBody::new(ErrorCode::BadRequest, "empty pty request")),
+        Err(protocol::body::ReadError::Frame(e)) => return error(&e.to_error_body()),
+        Err(protocol::body::ReadError::Body(e)) => {
+            return error(&ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
+        }
+    };
+    let (session, first, keep, interactive) = match request {
+        PtyRequest::Spawn(spawn) => match start(&agent, &spawn) {
+            Ok(s) => {
+                let first = PtyEvent::Started {
+                    session: s.id().to_owned(),
+                    pid: s.pid(),
+                };
+                (s, first, spawn.keep_on_detach, spawn.interactive)
+            }
+            Err(e) => return error(&e),
+        },
+        PtyRequest::Attach {
+            session,
+            interactive,
+        } => match agent.pty().get(&session) {
+            // An attached session stays when this client goes: someone kept it on purpose.
+            Some(s) => (
+                s,
+                PtyEvent::Attached {
+                    session,
+                    scrollback_bytes: 0,
+                },
+                true,
+                interactive,
+            ),
+            None => {
+                return error(&ErrorBody::new(
+                    ErrorCode::NotFound,
+                    format!("no pty session {session:?}"),
+                ))
+            }
+        },
+    };
+    let (tx, body) = ChannelBody::channel(CHANNEL_DEPTH);
+    let (attachment, guard) = session.attach(interactive);
+    tokio::spawn(async move {
+        let _running = agent.track_process();
+        run(&agent, session, attachment, guard, first, keep, reader, tx).await;
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .body(body.boxed())
+        .unwrap_or_else(|_| error(&ErrorBody::new(ErrorCode::Internal, "response")))
+}
+
+fn start(agent: &Agent, spawn: &PtySpawn) -> Result<Arc<PtySession>, ErrorBody> {
+    let mut env = agent.process_env(&spawn.env);
+    agent.pty_shim_env(&mut env);
+    let opts = SpawnOptions {
+        argv: spawn.argv.clone(),
+        env,
+        cwd: spawn.cwd.as_ref().map(Into::into),
+        cols: spawn.cols,
+        rows: spawn.rows,
+        provider: spawn.provider.clone(),
+        scrollback: super::session::DEFAULT_SCROLLBACK,
+    };
+    Ok(agent.pty().spawn(opts)?)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    agent: &Agent,
+    session: Arc<PtySession>,
+    attachment: Attachment,
+    _guard: InteractiveGuard,
+    first: PtyEvent,
+    keep: bool,
+    mut reader: FrameReader<Incoming>,
+    tx: FrameSender,
+) {
+    let id = session.id().to_owned();
+    let Attachment {
+        scrollback,
+        urls,
+        exit,
+        mut events,
+    } = attachment;
+    let first = match first {
+        PtyEvent::Attached { session, .. } => PtyEvent::Attached {
+            session,
+            scrollback_bytes: scrollback.len() as u64,
+        },
+        other => other,
+    };
+    let mut ok = tx.send_message(&first).await.is_ok();
+    if ok && !scrollback.is_empty() {
+        ok = tx
+            .send(Frame::data(FrameKind::Stdout, Bytes::from(scrollback)))
+            .await
+            .is_ok();
+    }
+    for u in urls {
+        ok = ok && tx.send_message(&url_event(u)).await.is_ok();
+    }
+    if let Some(exit) = exit {
+        let _ = tx.send_message(&PtyEvent::Exited(exit_status(exit))).await;
+        agent.pty().remove(&id);
+        return;
+    }
+    let mut input_open = true;
+    while ok {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(SessionEvent::Output(bytes)) => {
+                    ok = tx.send(Frame::data(FrameKind::Stdout, bytes)).await.is_ok();
+                }
+                Ok(SessionEvent::Url(u)) => ok = tx.send_message(&url_event(u)).await.is_ok(),
+                Ok(SessionEvent::Exited(exit)) => {
+                    let _ = tx.send_message(&PtyEvent::Exited(exit_status(exit))).await;
+                    agent.pty().remove(&id);
+                    return;
+                }
+                Err(RecvError::Lagged(n)) => {
+                    warn!(session = %id, missed = n, "client too slow, pty output skipped");
+                }
+                Err(RecvError::Closed) => break,
+            },
+            frame = reader.next(), if input_open => match frame {
+                Ok(Some(frame)) => {
+                    if let Err(e) = handle_input(agent, &session, frame).await {
+                        warn!(session = %id, error = %e, "bad pty input");
+                        let _ = tx.send(Frame::error(&e)).await;
+                        break;
+                    }
+                }
+                // The client finished sending (or reset its half): keep streaming output.
+                Ok(None) | Err(protocol::body::ReadError::Body(_)) => input_open = false,
+                Err(protocol::body::ReadError::Frame(e)) => {
+                    let _ = tx.send(Frame::error(&e.to_error_body())).await;
+                    break;
+                }
+            },
+            () = tx.closed() => break,
+        }
+    }
+    if !keep {
+        debug!(session = %id, "client went away, closing the pty session");
+        session.kill_all();
+        agent.pty().remove(&id);
+    }
+}
+
+async fn handle_input(agent: &Agent, session: &PtySession, frame: Frame) -> Result<(), ErrorBody> {
+    match frame.kind {
+        FrameKind::Stdin => Ok(session.write(frame.payload.to_vec()).await?),
+        FrameKind::Message => {
+            let control: PtyControl = frame.json().map_err(|e| e.to_error_body())?;
+            match control {
+                PtyControl::Resize { cols, rows } => Ok(session.resize(cols, rows)?),
+                PtyControl::Signal { signal } => Ok(session.signal(parse_signal(&signal)?)?),
+                PtyControl::Close => {
+                    session.kill_all();
+                    let _ = agent;
+                    Ok(())
+                }
+            }
+        }
+        other => Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("unexpected {other:?} frame on pty input"),
+        )),
+    }
+}

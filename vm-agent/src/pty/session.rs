@@ -1,0 +1,540 @@
+//! One PTY session: a process on a real pseudo-terminal, its output fanned out to any number of
+//! attached clients (each first gets the scrollback), its login URLs detected, its terminal queries
+//! answered.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc as async_mpsc;
+
+use bytes::Bytes;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use portable_pty::{CommandBuilder, MasterPty, PtySize};
+use tokio::sync::broadcast;
+use tracing::{debug, warn};
+
+use crate::detect::{DetectedUrl, UrlDetector, UrlSource};
+use crate::providers::{AutoResponse, ProviderRules};
+
+/// Bytes of recent output kept for clients that attach late.
+pub const DEFAULT_SCROLLBACK: usize = 256 * 1024;
+/// Read size from the PTY master.
+const READ_CHUNK: usize = 64 * 1024;
+/// Events buffered per attached client before it counts as lagging.
+const EVENT_DEPTH: usize = 4096;
+/// Input chunks queued for the PTY before writers wait.
+const INPUT_DEPTH: usize = 256;
+
+/// How a session's process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal number, when a signal killed it.
+    pub signal: Option<i32>,
+}
+
+/// What a session tells its attached clients.
+#[derive(Clone, Debug)]
+pub enum SessionEvent {
+    /// Bytes the program wrote to the terminal.
+    Output(Bytes),
+    /// A login URL, reported once per session.
+    Url(DetectedUrl),
+    /// The process ended and all its output has been delivered.
+    Exited(Exit),
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct SpawnOptions {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// The complete environment of the process.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+    /// Terminal width.
+    pub cols: u16,
+    /// Terminal height.
+    pub rows: u16,
+    /// Provider whose auto-responses apply (URL detection uses every rule regardless).
+    pub provider: Option<String>,
+    /// Bytes of scrollback to keep.
+    pub scrollback: usize,
+}
+
+/// Why a session could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum PtyError {
+    /// `argv` was empty.
+    #[error("argv is empty")]
+    EmptyArgv,
+    /// The terminal size is zero.
+    #[error("terminal size {cols}x{rows} is invalid")]
+    BadSize {
+        /// Requested columns.
+        cols: u16,
+        /// Requested rows.
+        rows: u16,
+    },
+    /// The provider is not in the rules.
+    #[error("unknown provider {0:?}")]
+    UnknownProvider(String),
+    /// Opening the PTY or starting the program failed.
+    #[error("cannot start {program:?} on a pty: {reason}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        reason: String,
+    },
+    /// The session has ended; input, resize and signals no longer apply.
+    #[error("the session has ended")]
+    Ended,
+    /// The PTY refused an operation.
+    #[error("pty: {0}")]
+    Io(String),
+}
+
+/// Answers first-run prompts: each rule fires when its pattern newly appears on screen, at most
+/// `max` times.
+#[derive(Debug)]
+struct AutoResponder {
+    rules: Vec<(AutoResponse, u32, bool)>,
+}
+
+impl AutoResponder {
+    fn new(rules: &[AutoResponse]) -> AutoResponder {
+        AutoResponder {
+            rules: rules.iter().map(|r| (r.clone(), 0, false)).collect(),
+        }
+    }
+
+    fn keys_for(&mut self, screen: &str) -> Vec<u8> {
+        let mut keys = Vec::new();
+        for (rule, fired, present) in &mut self.rules {
+            let now = rule.pattern.is_match(screen);
+            if now && !*present && *fired < rule.max {
+                *fired += 1;
+                keys.extend_from_slice(rule.keys.as_bytes());
+            }
+            *present = now;
+        }
+        keys
+    }
+}
+
+/// Fixed-size buffer of the most recent output.
+#[derive(Debug)]
+struct Scrollback {
+    buf: VecDeque<u8>,
+    cap: usize,
+}
+
+impl Scrollback {
+    fn push(&mut self, bytes: &[u8]) {
+        let bytes = if bytes.len() > self.cap {
+            &bytes[bytes.len() - self.cap..]
+        } else {
+            bytes
+        };
+        let overflow = (self.buf.len() + bytes.len()).saturating_sub(self.cap);
+        self.buf.drain(..overflow);
+        self.buf.extend(bytes);
+    }
+}
+
+/// State shared by the reader thread and the clients, under one lock so an attaching client sees
+/// every byte exactly once (scrollback, then live events).
+struct Shared {
+    scrollback: Scrollback,
+    urls: Vec<DetectedUrl>,
+    exit: Option<Exit>,
+    detector: UrlDetector,
+    auto: Option<AutoResponder>,
+    /// Clients that answer terminal queries themselves (a person's terminal).
+    interactive: usize,
+}
+
+/// A running (or ended) PTY session.
+pub struct PtySession {
+    id: String,
+    pid: u32,
+    master: Mutex<Box<dyn MasterPty + Send>>,
+    input: async_mpsc::Sender<Vec<u8>>,
+    shared: Mutex<Shared>,
+    events: broadcast::Sender<SessionEvent>,
+}
+
+impl std::fmt::Debug for PtySession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PtySession")
+            .field("id", &self.id)
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+/// A client's view when it attaches: what happened so far, then the live stream.
+#[derive(Debug)]
+pub struct Attachment {
+    /// Recent output, oldest first.
+    pub scrollback: Vec<u8>,
+    /// URLs reported before the client attached.
+    pub urls: Vec<DetectedUrl>,
+    /// Set when the process had already ended.
+    pub exit: Option<Exit>,
+    /// Everything after the snapshot.
+    pub events: broadcast::Receiver<SessionEvent>,
+}
+
+impl PtySession {
+    /// Starts `opts.argv` on a new PTY. `id` names the session.
+    pub fn spawn(
+        id: String,
+        opts: SpawnOptions,
+        rules: Arc<ProviderRules>,
+    ) -> Result<Arc<PtySession>, PtyError> {
+        let Some(program) = opts.argv.first().cloned() else {
+            return Err(PtyError::EmptyArgv);
+        };
+        if opts.cols == 0 || opts.rows == 0 {
+            return Err(PtyError::BadSize {
+                cols: opts.cols,
+                rows: opts.rows,
+            });
+        }
+        let auto = match &opts.provider {
+            Some(p) => Some(AutoResponder::new(
+                &rules
+                    .get(p)
+                    .ok_or_else(|| PtyError::UnknownProvider(p.clone()))?
+                    .auto_responses,
+            )),
+            None => None,
+        };
+        let spawn_err = |reason: String| PtyError::Spawn {
+            program: program.clone(),
+            reason,
+        };
+        let pair = portable_pty::native_pty_system()
+            .openpty(PtySize {
+                rows: opts.rows,
+                cols: opts.cols,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .map_err(|e| spawn_err(e.to_string()))?;
+        let mut cmd = CommandBuilder::from_argv(opts.argv.iter().map(Into::into).collect());
+        cmd.env_clear();
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        if !opts.env.contains_key("TERM") {
+            cmd.env("TERM", "xterm-256color");
+        }
+        if let Some(cwd) = &opts.cwd {
+            cmd.cwd(cwd);
+        }
+        let child = pair
+            .slave
+            .spawn_command(cmd)
+            .map_err(|e| spawn_err(e.to_string()))?;
+        drop(pair.slave);
+        let pid = child
+            .process_id()
+            .ok_or_else(|| spawn_err("no process id".into()))?;
+        // The child is reaped by our own waitpid (exact code and signal); dropping the handle
+        // neither kills nor waits.
+        drop(child);
+        let reader = pair
+            .master
+            .try_clone_reader()
+            .map_err(|e| spawn_err(e.to_string()))?;
+        let writer = pair
+            .master
+            .take_writer()
+            .map_err(|e| spawn_err(e.to_string()))?;
+        let (input, input_rx) = async_mpsc::channel::<Vec<u8>>(INPUT_DEPTH);
+        let (events, _) = broadcast::channel(EVENT_DEPTH);
+        let session = Arc::new(PtySession {
+            id,
+            pid,
+            master: Mutex::new(pair.master),
+            input,
+            shared: Mutex::new(Shared {
+                scrollback: Scrollback {
+                    buf: VecDeque::new(),
+                    cap: opts.scrollback.max(1),
+                },
+                urls: Vec::new(),
+                exit: None,
+                detector: UrlDetector::new(opts.cols, opts.rows, rules),
+                auto,
+                interactive: 0,
+            }),
+            events,
+        });
+        std::thread::Builder::new()
+            .name(format!("pty-in-{pid}"))
+            .spawn(move || write_input(writer, input_rx))
+            .map_err(|e| spawn_err(e.to_string()))?;
+        let (exit_tx, exit_rx) = mpsc::sync_channel(1);
+        let s = session.clone();
+        std::thread::Builder::new()
+            .name(format!("pty-out-{pid}"))
+            .spawn(move || s.read_output(reader, exit_rx))
+            .map_err(|e| spawn_err(e.to_string()))?;
+        let s = session.clone();
+        std::thread::Builder::new()
+            .name(format!("pty-wait-{pid}"))
+            .spawn(move || {
+                let exit = wait_exit(s.pid);
+                let _ = exit_tx.send(exit);
+                // Whatever the program left running goes with it; this also closes the terminal so
+                // the reader sees the end of the output.
+                s.kill_all();
+            })
+            .map_err(|e| spawn_err(e.to_string()))?;
+        debug!(session = %session.id, pid, "pty session started");
+        Ok(session)
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The process id (also its process group and session id).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches a client. An `interactive` client answers terminal queries itself, so the agent stops
+    /// answering them until it detaches (drop the returned guard).
+    pub fn attach(self: &Arc<Self>, interactive: bool) -> (Attachment, InteractiveGuard) {
+        let mut shared = self.lock();
+        if interactive {
+            shared.interactive += 1;
+            shared.detector.set_answer_queries(false);
+        }
+        let (a, b) = shared.scrollback.buf.as_slices();
+        let attachment = Attachment {
+            scrollback: [a, b].concat(),
+            urls: shared.urls.clone(),
+            exit: shared.exit,
+            events: self.events.subscribe(),
+        };
+        (
+            attachment,
+            InteractiveGuard {
+                session: interactive.then(|| self.clone()),
+            },
+        )
+    }
+
+    /// Whether the process has ended.
+    pub fn exit(&self) -> Option<Exit> {
+        self.lock().exit
+    }
+
+    /// Sends bytes to the program (as typed on its terminal); waits while the program does not read.
+    pub async fn write(&self, bytes: Vec<u8>) -> Result<(), PtyError> {
+        if self.lock().exit.is_some() {
+            return Err(PtyError::Ended);
+        }
+        self.input.send(bytes).await.map_err(|_| PtyError::Ended)
+    }
+
+    /// Changes the terminal size (the program gets SIGWINCH).
+    pub fn resize(&self, cols: u16, rows: u16) -> Result<(), PtyError> {
+        if cols == 0 || rows == 0 {
+            return Err(PtyError::BadSize { cols, rows });
+        }
+        let mut shared = self.lock();
+        if shared.exit.is_some() {
+            return Err(PtyError::Ended);
+        }
+        let master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+        master
+            .resize(PtySize {
+                rows,
+                cols,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .map_err(|e| PtyError::Io(e.to_string()))?;
+        shared.detector.resize(cols, rows);
+        Ok(())
+    }
+
+    /// Sends a signal to the session's process group.
+    pub fn signal(&self, signal: Signal) -> Result<(), PtyError> {
+        if self.lock().exit.is_some() {
+            return Err(PtyError::Ended);
+        }
+        killpg(self.pgid(), signal).map_err(|e| PtyError::Io(e.to_string()))
+    }
+
+    /// A URL the program handed to `$BROWSER`/`xdg-open`. Reported unless already seen on screen.
+    pub fn report_browser_url(&self, url: &str) -> Option<DetectedUrl> {
+        let mut shared = self.lock();
+        let found = shared.detector.report_external(url, UrlSource::Browser)?;
+        shared.urls.push(found.clone());
+        let _ = self.events.send(SessionEvent::Url(found.clone()));
+        Some(found)
+    }
+
+    /// Kills every process of the session: its process group, and anything that left the group but
+    /// stayed in the terminal session (a daemonising child).
+    pub fn kill_all(&self) {
+        let _ = killpg(self.pgid(), Signal::SIGKILL);
+        for pid in session_members(self.pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
+    fn pgid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX))
+    }
+
+    fn read_output(
+        self: Arc<Self>,
+        mut reader: Box<dyn Read + Send>,
+        exited: mpsc::Receiver<Exit>,
+    ) {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // EIO: every process closed the terminal.
+                Err(_) => break,
+            };
+            let chunk = &buf[..n];
+            let mut shared = self.lock();
+            let urls = shared.detector.feed(chunk);
+            let mut reply = shared.detector.take_replies();
+            if shared.auto.is_some() {
+                // The rendered screen, not raw bytes: prompts drawn with cursor moves still match.
+                let screen = shared.detector.screen_text();
+                if let Some(auto) = shared.auto.as_mut() {
+                    reply.extend(auto.keys_for(&screen));
+                }
+            }
+            shared.scrollback.push(chunk);
+            let _ = self
+                .events
+                .send(SessionEvent::Output(Bytes::copy_from_slice(chunk)));
+            for url in urls {
+                shared.urls.push(url.clone());
+                let _ = self.events.send(SessionEvent::Url(url));
+            }
+            drop(shared);
+            if !reply.is_empty() && self.input.try_send(reply).is_err() {
+                warn!(session = %self.id, "input queue full, terminal answer dropped");
+            }
+        }
+        let exit = exited.recv().unwrap_or(Exit {
+            code: None,
+            signal: None,
+        });
+        let mut shared = self.lock();
+        for url in shared.detector.finish() {
+            shared.urls.push(url.clone());
+            let _ = self.events.send(SessionEvent::Url(url));
+        }
+        shared.exit = Some(exit);
+        let _ = self.events.send(SessionEvent::Exited(exit));
+        drop(shared);
+        debug!(session = %self.id, ?exit, "pty session ended");
+    }
+}
+
+/// Restores query answering when an interactive client leaves.
+#[derive(Debug)]
+pub struct InteractiveGuard {
+    session: Option<Arc<PtySession>>,
+}
+
+impl Drop for InteractiveGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let mut shared = s.lock();
+            shared.interactive = shared.interactive.saturating_sub(1);
+            if shared.interactive == 0 {
+                shared.detector.set_answer_queries(true);
+            }
+        }
+    }
+}
+
+fn write_input(mut writer: Box<dyn Write + Send>, mut rx: async_mpsc::Receiver<Vec<u8>>) {
+    while let Some(bytes) = rx.blocking_recv() {
+        if writer
+            .write_all(&bytes)
+            .and_then(|()| writer.flush())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn wait_exit(pid: u32) -> Exit {
+    let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Exit {
+                    code: Some(code),
+                    signal: None,
+                }
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Exit {
+                    code: None,
+                    signal: Some(sig as i32),
+                }
+            }
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => {
+                return Exit {
+                    code: None,
+                    signal: None,
+                }
+            }
+        }
+    }
+}
+
+/// Processes whose terminal session is `sid` (read from `/proc/<pid>/stat`).
+fn session_members(sid: u32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // Fields after the command name (which may hold spaces) start after the last ')'.
+                    let rest = stat.rsplit_once(')')?.1;
+                    rest.split_whitespace().nth(3)?.parse::<u32>().ok()
+                })
+                == Some(sid)
+        })
+        .collect()
+}

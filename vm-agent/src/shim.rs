@@ -1,0 +1,194 @@
+//! The `$BROWSER` / `xdg-open` shim: the agent binary, invoked under another name (a symlink), hands
+//! the URL a CLI wants opened to the running agent and exits 0. Beats scraping the screen whenever the
+//! CLI uses it, and the URL lands in the same per-session detector, so the same URL from the shim and
+//! from the screen is one event.
+//!
+//! The agent listens on a Unix socket in a private directory (0700) with mode 0600 (owner only), and
+//! gives every PTY program `BROWSER=<dir>/bin/vm-agent-browser`, `PATH=<dir>/bin:...` (gemini runs
+//! `xdg-open` from `PATH`), [`SOCKET_ENV`] and [`SESSION_ENV`].
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, warn};
+
+use crate::state::Agent;
+
+/// Names the agent binary answers to as the shim.
+pub const SHIM_NAMES: &[&str] = &["vm-agent-browser", "xdg-open"];
+/// Variable telling the shim where the agent listens.
+pub const SOCKET_ENV: &str = "AGENT_SHIM_SOCKET";
+/// Variable telling the shim which PTY session it runs in (set per session by the agent).
+pub const SESSION_ENV: &str = "AGENT_PTY_SESSION";
+/// Longest request line accepted from a shim.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Why the shim could not hand its URL over.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// No URL argument.
+    #[error("usage: {0} URL")]
+    Usage(String),
+    /// Not started by the agent (no socket variable).
+    #[error("{SOCKET_ENV} is not set: not running under the vm-agent")]
+    NoSocket,
+    /// Talking to the agent failed.
+    #[error("cannot reach the agent: {0}")]
+    Io(#[from] std::io::Error),
+    /// The agent refused the URL.
+    #[error("agent refused: {0}")]
+    Refused(String),
+}
+
+/// Whether the binary was started under a shim name.
+pub fn invoked_as_shim(argv0: &std::ffi::OsStr) -> bool {
+    Path::new(argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| SHIM_NAMES.contains(&n))
+}
+
+/// The shim side: sends the URL in `args` (after the program name) to the agent.
+pub fn run_client(args: &[OsString]) -> Result<(), ShimError> {
+    let name = args
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let url = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy())
+        .find(|a| !a.starts_with('-'))
+        .ok_or_else(|| ShimError::Usage(name.clone()))?;
+    let socket = std::env::var_os(SOCKET_ENV).ok_or(ShimError::NoSocket)?;
+    let session = std::env::var(SESSION_ENV).unwrap_or_default();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let line = serde_json::json!({ "session": session, "url": url, "via": name });
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply)?;
+    match reply.trim_end() {
+        "ok" => Ok(()),
+        other => Err(ShimError::Refused(other.to_owned())),
+    }
+}
+
+/// The agent side: the private directory, its symlinks and the listening socket.
+#[derive(Debug)]
+pub struct ShimServer {
+    dir: PathBuf,
+    socket: PathBuf,
+    listener: Mutex<Option<std::os::unix::net::UnixListener>>,
+}
+
+impl ShimServer {
+    /// Creates a private directory under `parent` with the shim symlinks to `exe` and binds the
+    /// socket (mode 0600).
+    pub fn start(parent: &Path, exe: &Path) -> std::io::Result<ShimServer> {
+        let dir = parent.join(format!("vm-agent-shim-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(dir.join("bin"))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        for name in SHIM_NAMES {
+            std::os::unix::fs::symlink(exe, dir.join("bin").join(name))?;
+        }
+        let socket = dir.join("shim.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket)?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        Ok(ShimServer {
+            dir,
+            socket,
+            listener: Mutex::new(Some(listener)),
+        })
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sets the variables a PTY program needs to reach the shim.
+    pub fn program_env(&self, env: &mut BTreeMap<String, String>) {
+        let bin = self.dir.join("bin");
+        env.insert(
+            "BROWSER".into(),
+            bin.join("vm-agent-browser").display().to_string(),
+        );
+        let path = env.get("PATH").cloned().unwrap_or_default();
+        env.insert("PATH".into(), format!("{}:{path}", bin.display()));
+        env.insert(SOCKET_ENV.into(), self.socket.display().to_string());
+    }
+
+    /// Accepts shim connections until the agent stops.
+    pub async fn serve(&self, agent: Arc<Agent>) {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(tokio::net::UnixListener::from_std);
+        let listener = match listener {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => return warn!(error = %e, "shim listener unusable"),
+            None => return,
+        };
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let agent = agent.clone();
+                    tokio::spawn(async move { handle(agent, stream).await });
+                }
+                Err(e) => {
+                    warn!(error = %e, "shim accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ShimServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn handle(agent: Arc<Agent>, stream: tokio::net::UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let mut reader = tokio::io::BufReader::new(read).take(MAX_LINE as u64);
+    let reply = match reader.read_until(b'\n', &mut line).await {
+        Ok(_) => answer(&agent, &line),
+        Err(e) => format!("error: {e}"),
+    };
+    let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+}
+
+fn answer(agent: &Agent, line: &[u8]) -> String {
+    let Ok(req) = serde_json::from_slice::<serde_json::Value>(line) else {
+        return "error: not a JSON line".into();
+    };
+    let (Some(session), Some(url)) = (req["session"].as_str(), req["url"].as_str()) else {
+        return "error: session and url required".into();
+    };
+    let Some(s) = agent.pty().get(session) else {
+        return format!("error: no pty session {session:?}");
+    };
+    let reported = s.report_browser_url(url);
+    debug!(
+        session,
+        new = reported.is_some(),
+        "url from the browser shim"
+    );
+    "ok".into()
+}
