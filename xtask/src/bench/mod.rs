@@ -3,6 +3,7 @@
 
 mod boot;
 mod creds;
+mod detect;
 mod rpc;
 pub mod stats;
 
@@ -14,6 +15,8 @@ use clap::Subcommand;
 pub enum Which {
     /// Credential capture latency (vs a 2 s poller) and push latency (vs plain write_file).
     Creds,
+    /// Login-URL detection latency over a PTY and PTY throughput vs a raw PTY read.
+    Detect,
     /// Round trip latency, exec streaming throughput vs a raw Unix socket, agent idle RSS.
     Rpc,
     /// Real microVMs: QEMU launch to hello, agent start to hello (guest clock), guest agent RSS,
@@ -25,6 +28,7 @@ pub enum Which {
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Creds => creds::run(),
+        Which::Detect => detect::run(),
         Which::Rpc => rpc::run(),
         Which::Boot => boot::run(),
     }
