@@ -293,7 +293,13 @@ impl Term {
     fn checkpoint(&mut self, force: bool) {
         let mut rows: Vec<usize> = Vec::new();
         if let Some((lo, hi)) = self.dirty.take() {
-            rows.extend(lo..=hi);
+            // Fast path for plain output: a new URL needs a "://" on a touched row, or continues a
+            // held-back one (then `pending` is not empty and its rows are scanned below).
+            let has_colon = (lo..=hi.min(self.screen.rows - 1))
+                .any(|r| self.screen.grid[r].cells.iter().any(|c| c.ch == ':'));
+            if has_colon || !self.pending.is_empty() {
+                rows.extend(lo..=hi);
+            }
         }
         for p in std::mem::take(&mut self.pending) {
             rows.extend(p.start_row..=(p.end_row + 1).min(self.screen.rows - 1));
