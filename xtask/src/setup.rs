@@ -22,6 +22,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "xz-utils",
+    // The store's tests and `bench egress` run against a real PostgreSQL server (started by xtask as
+    // a throwaway loopback-only cluster; the package's own cluster is not used).
+    "postgresql",
 ];
 
 /// Rust targets the project builds for.

@@ -20,8 +20,13 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    step("starting a throwaway PostgreSQL for the store tests (loopback only)");
+    let postgres = test_postgres::Cluster::start(&std::env::temp_dir())?;
     step("tests");
-    sh(cargo().args(["test", "--workspace"]))?;
+    sh(cargo()
+        .args(["test", "--workspace"])
+        .env(test_postgres::URL_ENV, postgres.url()))?;
+    drop(postgres);
     step("static agent");
     crate::agent::build()?;
     Ok(())

@@ -4,8 +4,10 @@
 mod boot;
 mod creds;
 mod detect;
+mod egress;
 mod rpc;
 pub mod stats;
+mod vault;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -22,6 +24,10 @@ pub enum Which {
     /// Real microVMs: QEMU launch to hello, agent start to hello (guest clock), guest agent RSS,
     /// destroy time; with the accelerator that ran.
     Boot,
+    /// Egress port assignment: SQLite, and two orchestrators racing on PostgreSQL.
+    Egress,
+    /// Sealing and opening a 4 KiB credential.
+    Vault,
 }
 
 /// Runs one benchmark.
@@ -31,6 +37,8 @@ pub fn run(which: Which) -> Result<()> {
         Which::Detect => detect::run(),
         Which::Rpc => rpc::run(),
         Which::Boot => boot::run(),
+        Which::Egress => egress::run(),
+        Which::Vault => vault::run(),
     }
 }
 
