@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod creds;
+pub mod desktop;
 pub mod egress;
 pub mod pty;
 pub mod store;

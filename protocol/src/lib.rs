@@ -19,6 +19,7 @@
 
 pub mod body;
 pub mod creds;
+pub mod desktop;
 pub mod error;
 pub mod frame;
 pub mod hello;

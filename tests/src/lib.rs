@@ -1,6 +1,8 @@
 //! Shared harness of the integration tests: start the real `vm-agent` binary as a local process on a
 //! Unix socket, with its own HOME, and wait for its hello like the host does.
 
+pub mod desktop;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod creds;
+pub mod desktop;
 pub mod detect;
 pub mod exec;
 pub mod files;

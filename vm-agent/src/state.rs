@@ -12,7 +12,7 @@ use crate::providers::ProviderRules;
 use crate::system;
 
 /// Capabilities of this build, announced in the hello.
-pub const CAPABILITIES: &[&str] = &["exec", "files", "configure", "stats", "creds", "pty"];
+pub const CAPABILITIES: &[&str] = &["exec", "files", "configure", "stats", "creds", "pty", "desktop"];
 
 /// Agent-wide state. Not a global: created by [`crate::run`] and shared by reference count.
 #[derive(Debug)]
@@ -26,6 +26,7 @@ pub struct Agent {
     under_init: bool,
     pty: crate::pty::PtySessions,
     shim: Option<crate::shim::ShimServer>,
+    desktops: Arc<crate::desktop::Desktops>,
 }
 
 /// Environment and session set by the host with `configure`.
@@ -56,6 +57,7 @@ impl Agent {
             under_init: config.under_init,
             pty: crate::pty::PtySessions::new(providers),
             shim: None,
+            desktops: Default::default(),
         }
     }
 
@@ -92,6 +94,11 @@ impl Agent {
     /// Whether this agent runs under its own PID 1 and may power the VM off.
     pub fn under_init(&self) -> bool {
         self.under_init
+    }
+
+    /// The displays being watched (`desktop` calls).
+    pub fn desktops(&self) -> Arc<crate::desktop::Desktops> {
+        self.desktops.clone()
     }
 
     /// Milliseconds since start.

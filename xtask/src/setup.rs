@@ -25,6 +25,14 @@ pub const APT_PACKAGES: &[&str] = &[
     // The store's tests and `bench egress` run against a real PostgreSQL server (started by xtask as
     // a throwaway loopback-only cluster; the package's own cluster is not used).
     "postgresql",
+    // Desktop (issue 7): nasm assembles OpenH264's SIMD kernels (without it the encoder silently
+    // falls back to slow C); the tests run a real X server, headless Chromium as the viewer,
+    // xdotool to find windows, and zenity as the GTK3 client that must receive typed keys.
+    "nasm",
+    "xvfb",
+    "chromium",
+    "xdotool",
+    "zenity",
 ];
 
 /// Rust targets the project builds for.

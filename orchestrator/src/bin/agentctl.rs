@@ -103,6 +103,11 @@ enum Verb {
         #[command(subcommand)]
         cmd: orchestrator::creds::CredsCommand,
     },
+    /// The VM desktop over WebRTC.
+    Desktop {
+        #[command(subcommand)]
+        action: DesktopVerb,
+    },
     /// Wait for an agent's hello and print it.
     WaitHello {
         /// unix:/path or hvsock:/path/to/uds:PORT (listens on /path/to/uds_PORT).
@@ -112,6 +117,44 @@ enum Verb {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum DesktopVerb {
+    /// Read an SDP offer on stdin; print the answer, then the session's events (candidates,
+    /// connected, control, closed) as JSON lines. The viewer watches until agentctl is stopped.
+    Offer {
+        /// X display (default: the agent's).
+        #[arg(long)]
+        display: Option<String>,
+        /// Highest frame rate.
+        #[arg(long)]
+        fps: Option<u32>,
+        /// Target bitrate, kbit/s.
+        #[arg(long)]
+        bitrate_kbps: Option<u32>,
+        /// Local address to offer a host candidate on (repeatable; default: every interface).
+        #[arg(long)]
+        bind: Vec<std::net::IpAddr>,
+        /// Public address mapped 1:1 onto the VM.
+        #[arg(long)]
+        nat_1to1_ip: Option<std::net::IpAddr>,
+        /// UDP port range LOW-HIGH for the media socket.
+        #[arg(long, value_parser = parse_range)]
+        udp_ports: Option<(u16, u16)>,
+    },
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("expected LOW-HIGH, got {s:?}"))?;
+    let lo: u16 = lo.parse().map_err(|e| format!("bad port {lo:?}: {e}"))?;
+    let hi: u16 = hi.parse().map_err(|e| format!("bad port {hi:?}: {e}"))?;
+    if lo > hi {
+        return Err(format!("empty range {s:?}"));
+    }
+    Ok((lo, hi))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -251,6 +294,35 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(
                 u8::try_from(code.clamp(0, 255)).unwrap_or(255),
             ));
+        }
+        Verb::Desktop {
+            action:
+                DesktopVerb::Offer {
+                    display,
+                    fps,
+                    bitrate_kbps,
+                    bind,
+                    nat_1to1_ip,
+                    udp_ports,
+                },
+        } => {
+            let mut sdp = String::new();
+            std::io::stdin().read_to_string(&mut sdp)?;
+            let offer = protocol::desktop::DesktopOffer {
+                sdp,
+                display,
+                video: protocol::desktop::VideoSettings { fps, bitrate_kbps },
+                ice: protocol::desktop::IceSettings {
+                    bind,
+                    nat_1to1_ip,
+                    udp_ports,
+                },
+            };
+            let mut session = client.desktop(&offer).await?;
+            emit(json!({"event": "answer", "sdp": session.answer()}));
+            while let Some(event) = session.next_event().await? {
+                emit(json!(event));
+            }
         }
         Verb::WaitHello { .. } => unreachable!("handled above"),
     }

@@ -87,6 +87,9 @@ pub async fn route(
         n if n == Poweroff::NAME => {
             unary::<Poweroff, _, _>(req, |_| crate::init::serve_poweroff(&agent)).await
         }
+        n if n == protocol::desktop::Desktop::NAME => {
+            crate::desktop::serve::serve(agent.desktops(), req).await
+        }
         _ => error(&unknown(&name)),
     };
     Ok(response)

@@ -1,0 +1,192 @@
+//! `desktop`: the VM's X11 desktop streamed to a viewer over WebRTC, input sent back.
+//!
+//! The call carries only the signalling; media and input travel peer to peer (UDP, DTLS-SRTP and an
+//! SCTP data channel) between the agent and the viewer's browser. Request body: a [`DesktopOffer`]
+//! message frame, then [`DesktopSignal`] message frames (the viewer's trickled ICE candidates).
+//! Response body: [`DesktopEvent`] message frames, the first one being [`DesktopEvent::Answer`]. The
+//! viewer's session lives as long as the call: dropping the call disconnects that viewer.
+//!
+//! The data channel (any label) carries [`InputEvent`]s as JSON text messages.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::method::{Method, Streaming};
+
+/// `desktop`: one viewer of the VM's desktop.
+#[derive(Debug)]
+pub struct Desktop;
+impl Method for Desktop {
+    const NAME: &'static str = "desktop";
+}
+impl Streaming for Desktop {
+    type Request = DesktopOffer;
+    type Event = DesktopEvent;
+}
+
+/// Opening message of [`Desktop`]: the viewer's SDP offer and how to serve it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesktopOffer {
+    /// The browser's SDP offer (a receive-only video transceiver and a data channel).
+    pub sdp: String,
+    /// X display to stream (default: the agent's `DISPLAY`, else `:0`).
+    #[serde(default)]
+    pub display: Option<String>,
+    /// Encoder settings; the first viewer of a display sets them.
+    #[serde(default)]
+    pub video: VideoSettings,
+    /// Where the agent's media socket can be reached.
+    #[serde(default)]
+    pub ice: IceSettings,
+}
+
+/// Encoder settings. Unset fields take the agent's defaults (30 fps, 4000 kbit/s).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoSettings {
+    /// Highest frame rate; frames are only produced when the screen changed.
+    #[serde(default)]
+    pub fps: Option<u32>,
+    /// Target bitrate in kbit/s.
+    #[serde(default)]
+    pub bitrate_kbps: Option<u32>,
+}
+
+/// ICE configuration from the host.
+///
+/// The agent gathers host candidates on `bind` (default: every non-loopback interface address, or
+/// loopback when there is none) and a server-reflexive one for `nat_1to1_ip` (the gateway forwards
+/// the same UDP port to the VM). STUN and TURN servers are for the browser side: a browser's relay or
+/// reflexive candidate reaches the agent's host or 1:1 candidate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceSettings {
+    /// Local addresses to gather host candidates on.
+    #[serde(default)]
+    pub bind: Vec<IpAddr>,
+    /// Public address that maps 1:1 onto the VM (same port numbers).
+    #[serde(default)]
+    pub nat_1to1_ip: Option<IpAddr>,
+    /// Fixed UDP port range (inclusive) for the media socket, e.g. the gateway's per-VM forward.
+    #[serde(default)]
+    pub udp_ports: Option<(u16, u16)>,
+}
+
+/// Messages after the offer in the request body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "signal", rename_all = "snake_case")]
+pub enum DesktopSignal {
+    /// A trickled ICE candidate of the viewer (`candidate:...` line, as in `RTCIceCandidate`).
+    Candidate {
+        /// The candidate attribute.
+        candidate: String,
+    },
+    /// The viewer gathered all its candidates.
+    EndOfCandidates,
+}
+
+/// Messages of the response body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum DesktopEvent {
+    /// The agent's SDP answer; it already lists the agent's candidates.
+    Answer {
+        /// SDP text.
+        sdp: String,
+    },
+    /// A candidate of the agent found after the answer.
+    Candidate {
+        /// The candidate attribute.
+        candidate: String,
+    },
+    /// The agent will send no more candidates.
+    EndOfCandidates,
+    /// Media is flowing to this viewer.
+    Connected,
+    /// Whether this viewer's input is injected (one viewer holds control at a time).
+    Control {
+        /// True when this viewer holds control.
+        held: bool,
+    },
+    /// The viewer's session ended (ICE failed, the peer closed, the display went away).
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Input from the viewer, as JSON text messages on the data channel. Coordinates are in desktop
+/// pixels (the video's own size).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InputEvent {
+    /// Pointer moved to `(x, y)`.
+    Move {
+        /// Column.
+        x: f64,
+        /// Row.
+        y: f64,
+    },
+    /// A pointer button changed; `button` is `MouseEvent.button` (0 left, 1 middle, 2 right, 3 back,
+    /// 4 forward).
+    Button {
+        /// Browser button number.
+        button: u8,
+        /// Pressed (true) or released.
+        down: bool,
+    },
+    /// Wheel scrolled, in `WheelEvent` pixels (positive: down / right).
+    Wheel {
+        /// Horizontal delta.
+        #[serde(default)]
+        dx: f64,
+        /// Vertical delta.
+        #[serde(default)]
+        dy: f64,
+    },
+    /// A key changed, as `KeyboardEvent.code` and `KeyboardEvent.key`.
+    Key {
+        /// Physical key (`KeyA`, `ShiftLeft`, ...).
+        code: String,
+        /// Produced character or key name (`a`, `A`, `Enter`, ...).
+        key: String,
+        /// Pressed (true) or released.
+        down: bool,
+    },
+    /// Text to type as it is (a paste).
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// Asks for input control.
+    TakeControl,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_events_parse_as_the_viewer_sends_them() {
+        let e: InputEvent =
+            serde_json::from_str(r#"{"type":"key","code":"KeyA","key":"a","down":true}"#).unwrap();
+        assert_eq!(
+            e,
+            InputEvent::Key {
+                code: "KeyA".into(),
+                key: "a".into(),
+                down: true
+            }
+        );
+        let e: InputEvent = serde_json::from_str(r#"{"type":"wheel","dy":120}"#).unwrap();
+        assert_eq!(e, InputEvent::Wheel { dx: 0.0, dy: 120.0 });
+        assert!(serde_json::from_str::<InputEvent>(r#"{"type":"teleport"}"#).is_err());
+    }
+
+    #[test]
+    fn an_offer_with_only_sdp_takes_defaults() {
+        let o: DesktopOffer = serde_json::from_str(r#"{"sdp":"v=0","future":1}"#).unwrap();
+        assert_eq!(o.sdp, "v=0");
+        assert_eq!(o.video, VideoSettings::default());
+        assert!(o.ice.bind.is_empty());
+    }
+}

@@ -1,0 +1,110 @@
+//! What a host service does for the viewer: serve the page and relay its offer to the agent's
+//! `desktop` call (a minimal HTTP/1.1 server on loopback).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use orchestrator::desktop::{DesktopSession, VIEWER_HTML};
+use orchestrator::AgentClient;
+use protocol::desktop::{DesktopOffer, IceSettings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The relay; viewer sessions live as long as it does.
+pub struct Relay {
+    /// Where the viewer page is served.
+    pub addr: SocketAddr,
+    /// The sessions opened so far (kept open: a viewer watches while its session lives).
+    pub sessions: Arc<Mutex<Vec<DesktopSession>>>,
+}
+
+impl Relay {
+    /// Serves `GET /` (the viewer) and `POST /offer` (offer SDP in, answer SDP out) for `display`.
+    /// `display: None` streams the agent's default display.
+    pub async fn start(client: AgentClient, display: Option<String>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let kept = sessions.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let client = client.clone();
+                let display = display.clone();
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let Some((head, body)) = read_request(&mut stream).await else {
+                        return;
+                    };
+                    let (status, ctype, out) = if head.starts_with("POST /offer") {
+                        let offer = DesktopOffer {
+                            sdp: String::from_utf8_lossy(&body).into_owned(),
+                            display,
+                            video: Default::default(),
+                            ice: IceSettings {
+                                bind: vec!["127.0.0.1".parse().unwrap()],
+                                ..Default::default()
+                            },
+                        };
+                        match client.desktop(&offer).await {
+                            Ok(session) => {
+                                let answer = session.answer().to_string();
+                                kept.lock().unwrap().push(session);
+                                ("201 Created", "application/sdp", answer)
+                            }
+                            Err(e) => ("502 Bad Gateway", "text/plain", e.to_string()),
+                        }
+                    } else if head.starts_with("GET / ") || head.starts_with("GET /?") {
+                        (
+                            "200 OK",
+                            "text/html; charset=utf-8",
+                            VIEWER_HTML.to_string(),
+                        )
+                    } else {
+                        ("404 Not Found", "text/plain", "not found".to_string())
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{out}",
+                        out.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Self { addr, sessions }
+    }
+}
+
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = buf[end + 4..].to_vec();
+            while body.len() < len {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            return Some((head, body));
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The desktop as a user sees it: a real X server (Xvfb), the agent serving the `desktop` call, the
+//! orchestrator relaying signalling, and the viewer page in real headless Chromium. The video must
+//! show what X clients paint, and a click and keys in the viewer must reach X clients (a bare X
+//! window, and a GTK3 dialog, since GTK treats synthetic keys differently).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tests::desktop::chromium::Chromium;
+use tests::desktop::relay::Relay;
+use tests::desktop::xserver::{Canvas, Xvfb};
+use tests::AgentProcess;
+
+const W: u32 = 1280;
+const H: u32 = 720;
+
+/// The real agent binary on the X display (its `DISPLAY`), and the relay a host service would run.
+fn start_agent(rt: &tokio::runtime::Runtime, display: &str) -> (AgentProcess, Relay) {
+    rt.block_on(async {
+        let agent = AgentProcess::start_with(&[("DISPLAY", display)]).await;
+        let relay = Relay::start(agent.client().await, None).await;
+        (agent, relay)
+    })
+}
+
+fn open_viewer(relay: &Relay) -> Chromium {
+    let mut browser = Chromium::launch();
+    browser.navigate(&format!("http://{}/", relay.addr));
+    browser.wait_for(
+        "!!(window.viewer && window.viewer.frames > 0 && window.viewer.connected)",
+        Duration::from_secs(60),
+    );
+    browser
+}
+
+/// Waits until the pixel at (x, y) is within `tol` of `rgb` on every channel; returns it.
+fn wait_colour(browser: &mut Chromium, x: u32, y: u32, rgb: u32, tol: i64) -> Vec<i64> {
+    let want = [(rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255].map(i64::from);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let px = browser.eval(&format!("viewer.sample({x}, {y})"));
+        let got: Vec<i64> = px
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_i64()).collect())
+            .unwrap_or_default();
+        if got.len() == 4 && got.iter().zip(want).all(|(g, w)| (g - w).abs() <= tol) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pixel ({x},{y}) is {got:?}, expected about {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_viewer_shows_the_colours_an_x_client_paints() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(W, H);
+    let canvas = Canvas::open(&x.display, 0xff0000);
+    let (_agent, relay) = start_agent(&rt, &x.display);
+    let mut browser = open_viewer(&relay);
+
+    assert_eq!(
+        browser.eval("[viewer.video.videoWidth, viewer.video.videoHeight]"),
+        json!([W, H]),
+        "the video has the desktop's size"
+    );
+    wait_colour(&mut browser, 640, 360, 0xff0000, 24);
+    for colour in [0x00ff00, 0x0000ff, 0xffffff, 0x336699] {
+        canvas.paint(colour);
+        wait_colour(&mut browser, 640, 360, colour, 24);
+        wait_colour(&mut browser, 5, 5, colour, 24);
+    }
+}
+
+#[test]
+fn a_click_and_keys_in_the_viewer_reach_x_clients() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(W, H);
+    let canvas = Canvas::open(&x.display, 0x202020);
+    let (_agent, relay) = start_agent(&rt, &x.display);
+    let mut browser = open_viewer(&relay);
+    browser.wait_for("viewer.dc.readyState === 'open'", Duration::from_secs(20));
+
+    // The page is 1280x720 like the desktop, so page and desktop coordinates agree.
+    browser.click(300.0, 200.0);
+    let click = canvas
+        .wait_click(Duration::from_secs(10))
+        .expect("the X client saw no click");
+    assert_eq!(click.0, 1, "left button");
+    assert!(
+        (click.1 - 300).abs() <= 1 && (click.2 - 200).abs() <= 1,
+        "click at {click:?}"
+    );
+    drop(canvas);
+
+    // A GTK3 dialog: the typed line comes back on its stdout when Enter is pressed.
+    let zenity = Command::new("zenity")
+        .args(["--entry", "--title=typing test", "--text=type here"])
+        .env("DISPLAY", &x.display)
+        .env("NO_AT_BRIDGE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("zenity from Debian's zenity package must be installed (cargo xtask setup)");
+    let (wx, wy, ww, wh) = wait_for_window(&x.display, "typing test");
+    // No window manager: keyboard focus follows the pointer, so click into the dialog.
+    browser.click(f64::from(wx + ww / 2), f64::from(wy + wh / 2));
+    browser.type_text("hello 42\n");
+    let out = wait_output(zenity, Duration::from_secs(20));
+    assert_eq!(
+        out.trim_end(),
+        "hello 42",
+        "the GTK dialog received the typed text"
+    );
+}
+
+/// Waits for a visible window named `title`; returns its geometry (x, y, width, height).
+fn wait_for_window(display: &str, title: &str) -> (i32, i32, i32, i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let out = Command::new("xdotool")
+            .args([
+                "search",
+                "--onlyvisible",
+                "--name",
+                title,
+                "getwindowgeometry",
+                "--shell",
+            ])
+            .env("DISPLAY", display)
+            .output()
+            .expect("xdotool from Debian's xdotool package must be installed (cargo xtask setup)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix('=')?.parse::<i32>().ok())
+        };
+        if let (true, Some(x), Some(y), Some(w), Some(h)) = (
+            out.status.success(),
+            field("X"),
+            field("Y"),
+            field("WIDTH"),
+            field("HEIGHT"),
+        ) {
+            return (x, y, w, h);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("window {title:?} never appeared");
+}
+
+fn wait_output(mut child: std::process::Child, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut out = String::new();
+            if let Some(mut stdout) = child.stdout.take() {
+                use std::io::Read;
+                let _ = stdout.read_to_string(&mut out);
+            }
+            assert!(
+                status.success(),
+                "zenity exited with {status}, output {out:?}"
+            );
+            return out;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("zenity did not finish: the typed Enter never arrived");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

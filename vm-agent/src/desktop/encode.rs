@@ -1,0 +1,150 @@
+//! H.264 encoding with OpenH264 (built from source into the static agent).
+//!
+//! Real-time settings: constrained baseline (no B-frames, what every browser decodes), bitrate rate
+//! control without frame skipping, no periodic keyframes: a keyframe comes when a viewer joins or asks
+//! (PLI/FIR). The colour conversion is BT.601 limited range and the stream says so (VUI), so browsers
+//! show the colours the X clients painted.
+
+use openh264::encoder::{
+    BitRate, Encoder as H264Encoder, EncoderConfig, FrameRate, IntraFramePeriod, Profile,
+    RateControlMode, UsageType, VuiConfig,
+};
+use openh264::formats::{BgraSliceU8, YUVBuffer};
+use openh264::OpenH264API;
+
+use super::DesktopError;
+
+/// Encoder settings after defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EncoderSettings {
+    /// Highest frame rate.
+    pub fps: u32,
+    /// Target bitrate, bit/s.
+    pub bitrate_bps: u32,
+}
+
+impl EncoderSettings {
+    /// Defaults: 30 fps, 4 Mbit/s (a 720p desktop with text stays sharp).
+    pub const DEFAULT: Self = Self {
+        fps: 30,
+        bitrate_bps: 4_000_000,
+    };
+
+    /// Applies a viewer's requested settings within sane bounds.
+    pub fn from_request(video: &protocol::desktop::VideoSettings) -> Self {
+        Self {
+            fps: video.fps.unwrap_or(Self::DEFAULT.fps).clamp(1, 60),
+            bitrate_bps: video
+                .bitrate_kbps
+                .map(|k| k.saturating_mul(1000))
+                .unwrap_or(Self::DEFAULT.bitrate_bps)
+                .clamp(100_000, 50_000_000),
+        }
+    }
+}
+
+/// One encoded frame: H.264 Annex B (start codes), ready for RTP packetization.
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    /// NAL units with start codes.
+    pub data: std::sync::Arc<[u8]>,
+    /// An IDR frame a new decoder can start from.
+    pub keyframe: bool,
+}
+
+/// Encoder state for one display.
+pub struct Encoder {
+    inner: H264Encoder,
+    yuv: YUVBuffer,
+    size: (usize, usize),
+    out: Vec<u8>,
+    force_keyframe: bool,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder").field("size", &self.size).finish()
+    }
+}
+
+impl Encoder {
+    /// A new encoder; the first frame is a keyframe.
+    pub fn new(settings: EncoderSettings) -> Result<Self, DesktopError> {
+        let config = EncoderConfig::new()
+            .bitrate(BitRate::from_bps(settings.bitrate_bps))
+            .max_frame_rate(FrameRate::from_hz(settings.fps as f32))
+            .usage_type(UsageType::ScreenContentRealTime)
+            .rate_control_mode(RateControlMode::Bitrate)
+            .profile(Profile::Baseline)
+            .skip_frames(false)
+            .intra_frame_period(IntraFramePeriod::from_num_frames(0))
+            .vui(VuiConfig::bt601());
+        let inner = H264Encoder::with_api_config(OpenH264API::from_source(), config)
+            .map_err(|e| DesktopError::Encode(e.to_string()))?;
+        Ok(Self {
+            inner,
+            yuv: YUVBuffer::new(2, 2),
+            size: (2, 2),
+            out: Vec::new(),
+            force_keyframe: true,
+        })
+    }
+
+    /// Makes the next frame a keyframe.
+    pub fn request_keyframe(&mut self) {
+        self.force_keyframe = true;
+    }
+
+    /// Encodes one BGRX screen of `width x height` (odd sizes lose their last row/column: H.264 4:2:0
+    /// needs even sizes). `None` when the encoder produced nothing for this frame.
+    pub fn encode(
+        &mut self,
+        bgrx: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<Option<EncodedFrame>, DesktopError> {
+        let (w, h) = (width & !1, height & !1);
+        if w < 2 || h < 2 || bgrx.len() < width * height * 4 {
+            return Err(DesktopError::Encode(format!("bad frame {width}x{height}")));
+        }
+        if (w, h) != self.size {
+            self.yuv = YUVBuffer::new(w, h);
+            self.size = (w, h);
+            self.force_keyframe = true;
+        }
+        if w == width {
+            self.yuv
+                .read_bgra8(BgraSliceU8::new(&bgrx[..w * h * 4], (w, h)));
+        } else {
+            let mut cropped = Vec::with_capacity(w * h * 4);
+            for row in bgrx.chunks_exact(width * 4).take(h) {
+                cropped.extend_from_slice(&row[..w * 4]);
+            }
+            self.yuv.read_bgra8(BgraSliceU8::new(&cropped, (w, h)));
+        }
+        let keyframe = std::mem::take(&mut self.force_keyframe);
+        if keyframe {
+            self.inner.force_intra_frame();
+        }
+        let stream = self
+            .inner
+            .encode(&self.yuv)
+            .map_err(|e| DesktopError::Encode(e.to_string()))?;
+        self.out.clear();
+        stream.write_vec(&mut self.out);
+        if self.out.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(EncodedFrame {
+            data: self.out.as_slice().into(),
+            keyframe: keyframe || matches!(stream.frame_type(), openh264::encoder::FrameType::IDR),
+        }))
+    }
+}
+
+/// The static musl agent links OpenH264 against the host's libstdc++, which was built for glibc and
+/// reads glibc's `__libc_single_threaded` flag (glibc 2.32+) to skip atomics. musl has no such flag;
+/// 0 ("maybe multi-threaded") is always correct, only forgoing that shortcut.
+#[cfg(target_env = "musl")]
+#[no_mangle]
+pub static __libc_single_threaded: u8 = 0;

@@ -1,0 +1,109 @@
+//! The VM's X11 desktop streamed to viewers over WebRTC, their input injected back.
+//!
+//! [`capture`] grabs the root window (MIT-SHM, XDamage), [`encode`] makes H.264 of it, [`screen`]
+//! runs both on a thread while someone watches and shares the frames, [`rtc`] is one viewer's WebRTC
+//! session, [`input`] injects its pointer and keys with XTEST ([`keymap`] translates browser keys), and
+//! [`serve`] is the `desktop` call that carries the signalling over the host connection.
+
+pub mod capture;
+pub mod encode;
+pub mod input;
+pub mod keymap;
+pub mod rtc;
+pub mod screen;
+pub mod serve;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use protocol::{ErrorBody, ErrorCode};
+
+use encode::EncoderSettings;
+use screen::Screen;
+
+/// Why the desktop could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum DesktopError {
+    /// The X display is missing, lacks an extension, or failed.
+    #[error("display: {0}")]
+    Display(String),
+    /// The encoder refused its settings or a frame.
+    #[error("encoder: {0}")]
+    Encode(String),
+    /// The viewer's offer cannot be answered.
+    #[error("bad offer: {0}")]
+    BadOffer(String),
+    /// No usable local candidate.
+    #[error("ice: {0}")]
+    Ice(String),
+    /// The WebRTC state machine failed.
+    #[error("webrtc: {0}")]
+    Rtc(String),
+    /// A socket call failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<x11rb::errors::ConnectionError> for DesktopError {
+    fn from(e: x11rb::errors::ConnectionError) -> Self {
+        DesktopError::Display(e.to_string())
+    }
+}
+
+impl From<x11rb::errors::ReplyError> for DesktopError {
+    fn from(e: x11rb::errors::ReplyError) -> Self {
+        DesktopError::Display(e.to_string())
+    }
+}
+
+impl From<x11rb::errors::ReplyOrIdError> for DesktopError {
+    fn from(e: x11rb::errors::ReplyOrIdError) -> Self {
+        DesktopError::Display(e.to_string())
+    }
+}
+
+impl DesktopError {
+    /// The error as the caller receives it.
+    pub fn to_error_body(&self) -> ErrorBody {
+        let code = match self {
+            DesktopError::BadOffer(_) => ErrorCode::BadRequest,
+            DesktopError::Display(_) => ErrorCode::NotFound,
+            DesktopError::Io(_) | DesktopError::Ice(_) => ErrorCode::Io,
+            DesktopError::Encode(_) | DesktopError::Rtc(_) => ErrorCode::Internal,
+        };
+        ErrorBody::new(code, self.to_string())
+    }
+}
+
+/// The displays being watched, shared by every connection of the agent. A display's capture runs
+/// while at least one viewer holds its [`Screen`].
+#[derive(Debug, Default)]
+pub struct Desktops {
+    screens: Mutex<HashMap<String, Weak<Screen>>>,
+}
+
+impl Desktops {
+    /// The watched screen of `display`, started with `settings` if nobody watches it yet.
+    pub fn screen(
+        &self,
+        display: &str,
+        settings: EncoderSettings,
+    ) -> Result<Arc<Screen>, DesktopError> {
+        let mut screens = self.screens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(screen) = screens.get(display).and_then(Weak::upgrade) {
+            return Ok(screen);
+        }
+        let screen = Arc::new(Screen::start(display, settings)?);
+        screens.retain(|_, s| s.strong_count() > 0);
+        screens.insert(display.to_string(), Arc::downgrade(&screen));
+        Ok(screen)
+    }
+}
+
+/// The display a request without one streams: the agent's `DISPLAY`, else `:0`.
+pub fn default_display() -> String {
+    std::env::var("DISPLAY")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| ":0".to_string())
+}

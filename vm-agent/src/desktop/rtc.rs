@@ -1,0 +1,365 @@
+//! One viewer's WebRTC session, driven by str0m's sans-I/O state machine.
+//!
+//! str0m (rather than the `webrtc` crate) because it is sans-I/O (we own the sockets and the clock,
+//! so one tokio task drives a viewer with no hidden threads), it packetizes H.264 and answers
+//! PLI/FIR/NACK itself, and its crypto builds into the static musl agent. The measured comparison is
+//! in the issue note.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::desktop::{DesktopEvent, DesktopSignal, IceSettings, InputEvent};
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::media::{MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, info, warn};
+
+use super::screen::{Screen, VideoFrame};
+use super::DesktopError;
+
+/// Largest UDP datagram we read.
+const MAX_DATAGRAM: usize = 2048;
+
+/// A viewer session after the offer was answered.
+pub struct Session {
+    rtc: Rtc,
+    sockets: Vec<Arc<UdpSocket>>,
+    screen: Arc<Screen>,
+    viewer: u64,
+    video: Option<Mid>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("viewer", &self.viewer)
+            .finish()
+    }
+}
+
+impl Session {
+    /// Binds the media sockets, accepts `offer`, and returns the session with its SDP answer.
+    pub async fn answer(
+        screen: Arc<Screen>,
+        offer: &str,
+        ice: &IceSettings,
+    ) -> Result<(Self, String), DesktopError> {
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| DesktopError::BadOffer(e.to_string()))?;
+        let mut rtc = RtcConfig::new()
+            .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+            .clear_codecs()
+            .enable_h264(true)
+            .build(Instant::now());
+        let sockets = bind_sockets(ice).await?;
+        for socket in &sockets {
+            let local = socket.local_addr().map_err(DesktopError::Io)?;
+            let host =
+                Candidate::host(local, "udp").map_err(|e| DesktopError::Ice(e.to_string()))?;
+            rtc.add_local_candidate(host);
+            if let Some(public) = ice.nat_1to1_ip.filter(|ip| ip.is_ipv4() == local.is_ipv4()) {
+                let mapped = Candidate::server_reflexive(
+                    SocketAddr::new(public, local.port()),
+                    local,
+                    "udp",
+                )
+                .map_err(|e| DesktopError::Ice(e.to_string()))?;
+                rtc.add_local_candidate(mapped);
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| DesktopError::BadOffer(e.to_string()))?;
+        let viewer = screen.join();
+        let session = Self {
+            rtc,
+            sockets,
+            screen,
+            viewer,
+            video: None,
+        };
+        Ok((session, answer.to_sdp_string()))
+    }
+
+    /// Runs until the peer goes away, ICE fails, `signals` ends with the caller gone, or `events`
+    /// is closed. Returns why it ended.
+    pub async fn run(
+        mut self,
+        mut signals: mpsc::Receiver<DesktopSignal>,
+        events: mpsc::Sender<DesktopEvent>,
+    ) -> String {
+        let (datagrams_tx, mut datagrams) = mpsc::channel::<(Vec<u8>, SocketAddr, SocketAddr)>(256);
+        let mut readers = tokio::task::JoinSet::new();
+        for socket in &self.sockets {
+            let socket = socket.clone();
+            let tx = datagrams_tx.clone();
+            readers.spawn(async move { read_socket(socket, tx).await });
+        }
+        drop(datagrams_tx);
+        let mut frames = self.screen.subscribe();
+        let mut holder = self.screen.holder();
+        holder.mark_changed();
+        let mut connected = false;
+        let mut signals_open = true;
+        let reason = loop {
+            let deadline = match self.drain(&events, &mut connected).await {
+                Ok(Some(deadline)) => deadline,
+                Ok(None) => break "the viewer disconnected".to_string(),
+                Err(e) => break e.to_string(),
+            };
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let input = tokio::select! {
+                d = datagrams.recv() => match d {
+                    Some((data, source, destination)) => {
+                        let Ok(contents) = data.as_slice().try_into() else { continue };
+                        let input = Input::Receive(
+                            Instant::now(),
+                            Receive { proto: Protocol::Udp, source, destination, contents },
+                        );
+                        if let Err(e) = self.rtc.handle_input(input) {
+                            break e.to_string();
+                        }
+                        continue;
+                    }
+                    None => break "media sockets closed".to_string(),
+                },
+                f = frames.recv() => {
+                    match f {
+                        Ok(frame) if connected => {
+                            if let Err(e) = self.write_frame(&frame) {
+                                break e.to_string();
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            debug!(viewer = self.viewer, skipped = n, "viewer lagged, asking for a keyframe");
+                            self.screen.request_keyframe();
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break "capture stopped".to_string(),
+                    }
+                    continue;
+                }
+                s = signals.recv(), if signals_open => {
+                    match s {
+                        Some(signal) => self.signal(signal),
+                        None => signals_open = false,
+                    }
+                    continue;
+                }
+                changed = holder.changed() => {
+                    if changed.is_ok() {
+                        let held = *holder.borrow_and_update() == Some(self.viewer);
+                        if events.send(DesktopEvent::Control { held }).await.is_err() {
+                            break "the caller went away".to_string();
+                        }
+                    }
+                    continue;
+                }
+                () = events.closed() => break "the caller went away".to_string(),
+                () = tokio::time::sleep(wait) => Input::Timeout(Instant::now()),
+            };
+            if let Err(e) = self.rtc.handle_input(input) {
+                break e.to_string();
+            }
+        };
+        self.rtc.disconnect();
+        self.screen.leave(self.viewer);
+        readers.abort_all();
+        info!(viewer = self.viewer, %reason, "viewer session ended");
+        reason
+    }
+
+    /// Sends everything str0m wants sent and handles its events; returns when it next needs time
+    /// to pass, or `None` once the session is over.
+    async fn drain(
+        &mut self,
+        events: &mpsc::Sender<DesktopEvent>,
+        connected: &mut bool,
+    ) -> Result<Option<Instant>, DesktopError> {
+        loop {
+            if !self.rtc.is_alive() {
+                return Ok(None);
+            }
+            let output = self
+                .rtc
+                .poll_output()
+                .map_err(|e| DesktopError::Rtc(e.to_string()))?;
+            match output {
+                Output::Timeout(deadline) => return Ok(Some(deadline)),
+                Output::Transmit(t) => {
+                    let socket = self
+                        .sockets
+                        .iter()
+                        .find(|s| s.local_addr().is_ok_and(|a| a == t.source))
+                        .or_else(|| self.sockets.first());
+                    if let Some(socket) = socket {
+                        // A lost datagram is what UDP does; ICE and RTCP recover.
+                        let _ = socket.send_to(&t.contents, t.destination).await;
+                    }
+                }
+                Output::Event(event) => match event {
+                    Event::Connected => {
+                        *connected = true;
+                        self.screen.request_keyframe();
+                        let _ = events.send(DesktopEvent::Connected).await;
+                    }
+                    Event::MediaAdded(m) if m.kind == MediaKind::Video => self.video = Some(m.mid),
+                    Event::KeyframeRequest(_) => self.screen.request_keyframe(),
+                    Event::ChannelData(data) => self.input(&data.data),
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        return Ok(None)
+                    }
+                    Event::IceConnectionStateChange(state) => {
+                        debug!(viewer = self.viewer, ?state, "ice")
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    fn write_frame(&mut self, frame: &VideoFrame) -> Result<(), DesktopError> {
+        let Some(mid) = self.video else { return Ok(()) };
+        let Some(writer) = self.rtc.writer(mid) else {
+            return Ok(());
+        };
+        let Some(pt) = pick_h264(writer.payload_params()) else {
+            return Err(DesktopError::BadOffer(
+                "the viewer cannot decode H.264".into(),
+            ));
+        };
+        writer
+            .write(
+                pt,
+                frame.captured,
+                MediaTime::from_90khz(frame.rtp_90khz),
+                frame.frame.data.clone(),
+            )
+            .map_err(|e| DesktopError::Rtc(e.to_string()))
+    }
+
+    fn signal(&mut self, signal: DesktopSignal) {
+        match signal {
+            DesktopSignal::Candidate { candidate } => {
+                let line = candidate.trim().trim_start_matches("a=");
+                match Candidate::from_sdp_string(line) {
+                    Ok(c) => self.rtc.add_remote_candidate(c),
+                    // mDNS (`.local`) candidates cannot be resolved here; the browser's checks
+                    // reach us anyway and become peer-reflexive candidates.
+                    Err(e) => debug!(error = %e, "remote candidate skipped"),
+                }
+            }
+            DesktopSignal::EndOfCandidates => {}
+        }
+    }
+
+    fn input(&mut self, data: &[u8]) {
+        let event: InputEvent = match serde_json::from_slice(data) {
+            Ok(e) => e,
+            Err(e) => {
+                debug!(viewer = self.viewer, error = %e, "malformed input ignored");
+                return;
+            }
+        };
+        if event == InputEvent::TakeControl {
+            self.screen.take_control(self.viewer);
+            return;
+        }
+        if let Err(e) = self.screen.input(self.viewer, &event) {
+            warn!(viewer = self.viewer, error = %e, "input injection failed");
+        }
+    }
+}
+
+/// The H.264 payload type to send with: packetization mode 1, constrained baseline preferred.
+fn pick_h264<'a>(
+    params: impl Iterator<Item = &'a str0m::format::PayloadParams>,
+) -> Option<str0m::media::Pt> {
+    let candidates: Vec<_> = params
+        .filter(|p| p.spec().codec == Codec::H264)
+        .filter(|p| p.spec().format.packetization_mode == Some(1))
+        .collect();
+    let rank = |p: &&&str0m::format::PayloadParams| match p.spec().format.profile_level_id {
+        Some(id) if id >> 8 == 0x42e0 => 0,
+        Some(id) if id >> 16 == 0x42 => 1,
+        _ => 2,
+    };
+    candidates.iter().min_by_key(rank).map(|p| p.pt())
+}
+
+async fn read_socket(socket: Arc<UdpSocket>, tx: mpsc::Sender<(Vec<u8>, SocketAddr, SocketAddr)>) {
+    let Ok(local) = socket.local_addr() else {
+        return;
+    };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, source)) => {
+                if tx.send((buf[..n].to_vec(), source, local)).await.is_err() {
+                    return;
+                }
+            }
+            // ICMP errors surface as recv errors on Linux; the socket stays usable.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// One UDP socket per local address, on a port from the configured range when there is one.
+async fn bind_sockets(ice: &IceSettings) -> Result<Vec<Arc<UdpSocket>>, DesktopError> {
+    let addrs = if ice.bind.is_empty() {
+        interface_addresses()
+    } else {
+        ice.bind.clone()
+    };
+    let mut sockets = Vec::new();
+    for ip in addrs {
+        let socket = match ice.udp_ports {
+            Some((lo, hi)) => bind_in_range(ip, lo, hi).await?,
+            None => UdpSocket::bind(SocketAddr::new(ip, 0))
+                .await
+                .map_err(DesktopError::Io)?,
+        };
+        sockets.push(Arc::new(socket));
+    }
+    Ok(sockets)
+}
+
+async fn bind_in_range(ip: IpAddr, lo: u16, hi: u16) -> Result<UdpSocket, DesktopError> {
+    for port in lo..=hi {
+        if let Ok(socket) = UdpSocket::bind(SocketAddr::new(ip, port)).await {
+            return Ok(socket);
+        }
+    }
+    Err(DesktopError::Ice(format!(
+        "no free UDP port in {lo}-{hi} on {ip}"
+    )))
+}
+
+/// Non-loopback IPv4 addresses of the interfaces that are up; loopback when there is none.
+fn interface_addresses() -> Vec<IpAddr> {
+    let mut found = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            let up = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
+            let Some(addr) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
+                continue;
+            };
+            let ip = IpAddr::V4(addr.ip());
+            if up && !ip.is_loopback() && !found.contains(&ip) {
+                found.push(ip);
+            }
+        }
+    }
+    if found.is_empty() {
+        found.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    found
+}

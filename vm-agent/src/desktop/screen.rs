@@ -1,0 +1,268 @@
+//! One watched display: a capture-and-encode thread, the encoded frames every viewer of it receives,
+//! the input injector, and who holds control.
+//!
+//! The thread exists only while some viewer holds the [`Screen`]: nothing is captured or encoded while
+//! nobody watches. It sleeps in `poll(2)` on the X connection and a command socket, so an idle screen
+//! costs no CPU; when XDamage reports a change it grabs and encodes at most `fps` times a second.
+
+use std::io::ErrorKind;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, warn};
+
+use super::capture::Capture;
+use super::encode::{EncodedFrame, Encoder, EncoderSettings};
+use super::input::Injector;
+use super::DesktopError;
+
+/// Frames buffered per viewer before a slow viewer skips ahead (and gets a keyframe).
+const FRAME_QUEUE: usize = 8;
+
+/// A frame as viewers receive it.
+#[derive(Debug, Clone)]
+pub struct VideoFrame {
+    /// The encoded picture.
+    pub frame: EncodedFrame,
+    /// When the screen was grabbed.
+    pub captured: Instant,
+    /// RTP timestamp (90 kHz clock since the capture started).
+    pub rtp_90khz: u64,
+    /// How long grabbing and encoding took.
+    pub encode_time: Duration,
+}
+
+const CMD_KEYFRAME: u8 = b'k';
+const CMD_QUIT: u8 = b'q';
+
+/// A display being watched by at least one viewer.
+#[derive(Debug)]
+pub struct Screen {
+    display: String,
+    frames: broadcast::Sender<Arc<VideoFrame>>,
+    commands: UnixDatagram,
+    injector: Mutex<Injector>,
+    control: Mutex<Control>,
+    holder: watch::Sender<Option<u64>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Control {
+    next_id: u64,
+    viewers: Vec<u64>,
+}
+
+impl Screen {
+    /// Opens the display and starts capturing.
+    pub fn start(display: &str, settings: EncoderSettings) -> Result<Self, DesktopError> {
+        let capture = Capture::open(display)?;
+        let injector = Injector::open(display)?;
+        let encoder = Encoder::new(settings)?;
+        let (frames, _) = broadcast::channel(FRAME_QUEUE);
+        let (commands, thread_commands) = UnixDatagram::pair()
+            .map_err(|e| DesktopError::Display(format!("command socket: {e}")))?;
+        thread_commands
+            .set_nonblocking(true)
+            .map_err(|e| DesktopError::Display(format!("command socket: {e}")))?;
+        let sender = frames.clone();
+        let name = display.to_string();
+        let thread = std::thread::Builder::new()
+            .name("desktop-capture".into())
+            .spawn(move || {
+                if let Err(e) = capture_loop(capture, encoder, settings, &sender, &thread_commands)
+                {
+                    warn!(display = %name, error = %e, "capture stopped");
+                }
+            })
+            .map_err(|e| DesktopError::Display(format!("capture thread: {e}")))?;
+        Ok(Self {
+            display: display.to_string(),
+            frames,
+            commands,
+            injector: Mutex::new(injector),
+            control: Mutex::new(Control::default()),
+            holder: watch::channel(None).0,
+            thread: Some(thread),
+        })
+    }
+
+    /// The display name.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// Frames from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<VideoFrame>> {
+        self.frames.subscribe()
+    }
+
+    /// Asks for a keyframe (a viewer joined, lost packets, or asked with PLI/FIR).
+    pub fn request_keyframe(&self) {
+        let _ = self.commands.send(&[CMD_KEYFRAME]);
+    }
+
+    /// Registers a viewer; the first one gets control.
+    pub fn join(&self) -> u64 {
+        let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        control.next_id += 1;
+        let id = control.next_id;
+        control.viewers.push(id);
+        if self.holder.borrow().is_none() {
+            self.holder.send_replace(Some(id));
+        }
+        id
+    }
+
+    /// Removes a viewer; control passes to the longest-watching remaining viewer.
+    pub fn leave(&self, id: u64) {
+        let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        control.viewers.retain(|v| *v != id);
+        if *self.holder.borrow() == Some(id) {
+            if let Err(e) = self
+                .injector
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .release_all()
+            {
+                warn!(error = %e, "releasing held keys");
+            }
+            self.holder.send_replace(control.viewers.first().copied());
+        }
+    }
+
+    /// Gives control to `id`.
+    pub fn take_control(&self, id: u64) {
+        let _control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        if *self.holder.borrow() != Some(id) {
+            if let Err(e) = self
+                .injector
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .release_all()
+            {
+                warn!(error = %e, "releasing held keys");
+            }
+            self.holder.send_replace(Some(id));
+        }
+    }
+
+    /// Who holds control, as it changes.
+    pub fn holder(&self) -> watch::Receiver<Option<u64>> {
+        self.holder.subscribe()
+    }
+
+    /// Injects input from viewer `id` if it holds control; returns whether it did.
+    pub fn input(
+        &self,
+        id: u64,
+        event: &protocol::desktop::InputEvent,
+    ) -> Result<bool, DesktopError> {
+        if *self.holder.borrow() != Some(id) {
+            return Ok(false);
+        }
+        self.injector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(event)?;
+        Ok(true)
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        let _ = self.commands.send(&[CMD_QUIT]);
+        if let Some(thread) = self.thread.take() {
+            // The thread wakes on the command at once; joining keeps a restarted screen from racing
+            // the old one for the X server.
+            let _ = thread.join();
+        }
+        debug!(display = %self.display, "capture stopped, nobody watches");
+    }
+}
+
+fn capture_loop(
+    mut capture: Capture,
+    mut encoder: Encoder,
+    settings: EncoderSettings,
+    frames: &broadcast::Sender<Arc<VideoFrame>>,
+    commands: &UnixDatagram,
+) -> Result<(), DesktopError> {
+    let started = Instant::now();
+    let interval = Duration::from_secs(1) / settings.fps.max(1);
+    let mut last: Option<Instant> = None;
+    let mut dirty = true;
+    loop {
+        dirty |= capture.changes()?.damaged;
+        let mut buf = [0u8; 64];
+        loop {
+            match commands.recv(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    for &cmd in &buf[..n] {
+                        match cmd {
+                            CMD_QUIT => return Ok(()),
+                            CMD_KEYFRAME => {
+                                encoder.request_keyframe();
+                                dirty = true;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => return Ok(()),
+            }
+        }
+        if dirty {
+            if let Some(last) = last {
+                let since = last.elapsed();
+                if since < interval {
+                    // Pace to `fps`; damage arriving meanwhile joins this frame.
+                    std::thread::sleep(interval - since);
+                    // Damage that arrived meanwhile is in this grab; repair it so it is not
+                    // reported again.
+                    capture.changes()?;
+                }
+            }
+            let t0 = Instant::now();
+            last = Some(t0);
+            dirty = false;
+            let (w, h) = capture.size();
+            let pixels = capture.grab()?;
+            if let Some(frame) = encoder.encode(pixels, usize::from(w), usize::from(h))? {
+                let rtp_90khz = u64::try_from(t0.duration_since(started).as_micros() * 9 / 100)
+                    .unwrap_or(u64::MAX);
+                let _ = frames.send(Arc::new(VideoFrame {
+                    frame,
+                    captured: t0,
+                    rtp_90khz,
+                    encode_time: t0.elapsed(),
+                }));
+            }
+            continue;
+        }
+        let mut fds = [
+            PollFd::new(capture.fd(), PollFlags::POLLIN),
+            PollFd::new(commands.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(DesktopError::Display(format!("poll: {e}"))),
+        }
+        let x_hung_up = fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+        if x_hung_up {
+            return Err(DesktopError::Display(
+                "the X server closed the connection".into(),
+            ));
+        }
+    }
+}
