@@ -85,7 +85,7 @@ pub enum DesktopSignal {
 }
 
 /// Messages of the response body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum DesktopEvent {
     /// The agent's SDP answer; it already lists the agent's candidates.
@@ -106,6 +106,15 @@ pub enum DesktopEvent {
     Control {
         /// True when this viewer holds control.
         held: bool,
+    },
+    /// Every few seconds while frames flow: what this viewer was sent and what encoding cost.
+    Stats {
+        /// Frames sent to this viewer so far.
+        frames: u64,
+        /// Median time to grab and encode a frame over the last period, ms.
+        encode_ms_p50: f64,
+        /// 95th percentile of the same, ms.
+        encode_ms_p95: f64,
     },
     /// The viewer's session ended (ICE failed, the peer closed, the display went away).
     Closed {

@@ -176,3 +176,39 @@ fn wait_output(mut child: std::process::Child, timeout: Duration) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn bad_offers_and_missing_displays_are_clear_errors_and_the_agent_carries_on() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(640, 480);
+    rt.block_on(async {
+        let agent = AgentProcess::start_with(&[("DISPLAY", x.display.as_str())]).await;
+        let client = agent.client().await;
+        let garbage = protocol::desktop::DesktopOffer {
+            sdp: "this is not SDP".into(),
+            ..Default::default()
+        };
+        match client.desktop(&garbage).await {
+            Err(orchestrator::ClientError::Agent(e)) => {
+                assert_eq!(e.code, protocol::ErrorCode::BadRequest, "{e}")
+            }
+            other => panic!("expected a bad-request error, got {other:?}"),
+        }
+        let nowhere = protocol::desktop::DesktopOffer {
+            sdp: "v=0".into(),
+            display: Some(":9999".into()),
+            ..Default::default()
+        };
+        match client.desktop(&nowhere).await {
+            Err(orchestrator::ClientError::Agent(e)) => {
+                assert_eq!(e.code, protocol::ErrorCode::NotFound, "{e}");
+                assert!(e.message.contains(":9999"), "{e}");
+            }
+            other => panic!("expected a display error, got {other:?}"),
+        }
+        assert_eq!(
+            client.health().await.expect("agent still serves").status,
+            "ok"
+        );
+    });
+}

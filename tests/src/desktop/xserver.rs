@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{
-    ChangeWindowAttributesAux, ConnectionExt as _, CreateWindowAux, EventMask, WindowClass,
+    ChangeGCAux, ChangeWindowAttributesAux, ConnectionExt as _, CreateGCAux, CreateWindowAux,
+    EventMask, Rectangle, WindowClass,
 };
 use x11rb::protocol::Event;
 use x11rb::rust_connection::RustConnection;
@@ -120,6 +121,42 @@ impl Canvas {
         self.conn
             .clear_area(false, self.window, 0, 0, 0, 0)
             .expect("clear");
+        self.conn.flush().expect("flush");
+    }
+
+    /// Paints 16 vertical stripes of changing colours shifted by `step` (a full-screen animation
+    /// that changes every pixel column each step).
+    pub fn paint_stripes(&self, step: u32) {
+        let geometry = self
+            .conn
+            .get_geometry(self.window)
+            .expect("geometry")
+            .reply()
+            .expect("geometry");
+        let (w, h) = (u32::from(geometry.width), geometry.height);
+        let gc = self.conn.generate_id().expect("id");
+        self.conn
+            .create_gc(gc, self.window, &CreateGCAux::new())
+            .expect("gc");
+        let stripes = 16u32;
+        let stripe_w = w / stripes + 1;
+        for i in 0..stripes {
+            let colour = (i * 0x10_2040 + step * 0x03_0507) & 0xff_ffff;
+            self.conn
+                .change_gc(gc, &ChangeGCAux::new().foreground(colour))
+                .expect("change gc");
+            let x = ((i * stripe_w + step * 8) % w) as i16;
+            let rect = Rectangle {
+                x,
+                y: 0,
+                width: stripe_w as u16,
+                height: h,
+            };
+            self.conn
+                .poly_fill_rectangle(self.window, gc, &[rect])
+                .expect("fill");
+        }
+        self.conn.free_gc(gc).expect("free gc");
         self.conn.flush().expect("flush");
     }
 

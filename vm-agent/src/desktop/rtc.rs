@@ -22,6 +22,9 @@ use tracing::{debug, info, warn};
 use super::screen::{Screen, VideoFrame};
 use super::DesktopError;
 
+/// How often a watching viewer's caller hears [`DesktopEvent::Stats`].
+const STATS_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Largest UDP datagram we read.
 const MAX_DATAGRAM: usize = 2048;
 
@@ -107,6 +110,9 @@ impl Session {
         holder.mark_changed();
         let mut connected = false;
         let mut signals_open = true;
+        let mut stats = tokio::time::interval(STATS_PERIOD);
+        let mut frames_sent = 0u64;
+        let mut encode_ms: Vec<f64> = Vec::new();
         let reason = loop {
             let deadline = match self.drain(&events, &mut connected).await {
                 Ok(Some(deadline)) => deadline,
@@ -135,6 +141,8 @@ impl Session {
                             if let Err(e) = self.write_frame(&frame) {
                                 break e.to_string();
                             }
+                            frames_sent += 1;
+                            encode_ms.push(frame.encode_time.as_secs_f64() * 1000.0);
                         }
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -156,6 +164,22 @@ impl Session {
                     if changed.is_ok() {
                         let held = *holder.borrow_and_update() == Some(self.viewer);
                         if events.send(DesktopEvent::Control { held }).await.is_err() {
+                            break "the caller went away".to_string();
+                        }
+                    }
+                    continue;
+                }
+                _ = stats.tick() => {
+                    if !encode_ms.is_empty() {
+                        encode_ms.sort_by(f64::total_cmp);
+                        let at = |q: f64| encode_ms[((encode_ms.len() - 1) as f64 * q).round() as usize];
+                        let event = DesktopEvent::Stats {
+                            frames: frames_sent,
+                            encode_ms_p50: at(0.5),
+                            encode_ms_p95: at(0.95),
+                        };
+                        encode_ms.clear();
+                        if events.send(event).await.is_err() {
                             break "the caller went away".to_string();
                         }
                     }

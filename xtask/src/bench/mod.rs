@@ -3,6 +3,7 @@
 
 mod boot;
 mod creds;
+mod desktop;
 mod detect;
 mod egress;
 mod rpc;
@@ -17,6 +18,8 @@ use clap::Subcommand;
 pub enum Which {
     /// Credential capture latency (vs a 2 s poller) and push latency (vs plain write_file).
     Creds,
+    /// Desktop over WebRTC: glass-to-glass latency, encode time, sustained fps, agent CPU.
+    Desktop,
     /// Login-URL detection latency over a PTY and PTY throughput vs a raw PTY read.
     Detect,
     /// Round trip latency, exec streaming throughput vs a raw Unix socket, agent idle RSS.
@@ -34,6 +37,7 @@ pub enum Which {
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Creds => creds::run(),
+        Which::Desktop => desktop::run(),
         Which::Detect => detect::run(),
         Which::Rpc => rpc::run(),
         Which::Boot => boot::run(),
