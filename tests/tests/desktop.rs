@@ -212,3 +212,63 @@ fn bad_offers_and_missing_displays_are_clear_errors_and_the_agent_carries_on() {
         );
     });
 }
+
+#[test]
+fn agentctl_desktop_offer_answers_a_browser_offer_for_scripting() {
+    use std::io::{BufRead, BufReader, Write};
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(640, 480);
+    let _canvas = Canvas::open(&x.display, 0x00ff00);
+    let agent = rt.block_on(AgentProcess::start_with(&[("DISPLAY", x.display.as_str())]));
+    let mut browser = Chromium::launch();
+    let offer = browser.eval(
+        "(async () => { const pc = window.pc = new RTCPeerConnection(); \
+         pc.addTransceiver('video', { direction: 'recvonly' }); pc.createDataChannel('input'); \
+         await pc.setLocalDescription(await pc.createOffer()); \
+         await new Promise(r => { if (pc.iceGatheringState === 'complete') r(); \
+           pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); \
+           setTimeout(r, 3000); }); \
+         return pc.localDescription.sdp; })()",
+    );
+    let offer = offer.as_str().expect("offer sdp").to_string();
+
+    let mut agentctl = Command::new(tests::workspace_bin("agentctl"))
+        .arg("--connect")
+        .arg(format!("unix:{}", agent.socket().display()))
+        .args(["desktop", "offer", "--bind", "127.0.0.1", "--fps", "10"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("agentctl");
+    let mut stdin = agentctl.stdin.take().expect("stdin");
+    stdin.write_all(offer.as_bytes()).expect("write offer");
+    drop(stdin);
+    let mut lines = BufReader::new(agentctl.stdout.take().expect("stdout")).lines();
+    let first: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("json line");
+    assert_eq!(first["event"], "answer", "{first}");
+    let answer = first["sdp"].as_str().expect("answer sdp");
+    assert!(answer.contains("H264"), "the answer sends H.264: {answer}");
+    assert!(
+        answer.contains("127.0.0.1"),
+        "the answer lists the bound candidate: {answer}"
+    );
+
+    browser.eval(&format!(
+        "pc.setRemoteDescription({{ type: 'answer', sdp: {} }}).then(() => true)",
+        json!(answer)
+    ));
+    browser.wait_for(
+        "(async () => { let n = 0; (await pc.getStats()).forEach(s => { \
+           if (s.type === 'inbound-rtp' && s.kind === 'video') n = s.framesDecoded || 0; }); \
+           return n > 0; })()",
+        Duration::from_secs(30),
+    );
+    // The session's events follow the answer as JSON lines.
+    let next: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("json line");
+    assert!(next["event"].is_string(), "{next}");
+    let _ = agentctl.kill();
+    let _ = agentctl.wait();
+}
