@@ -12,7 +12,15 @@ use crate::providers::ProviderRules;
 use crate::system;
 
 /// Capabilities of this build, announced in the hello.
-pub const CAPABILITIES: &[&str] = &["exec", "files", "configure", "stats", "creds", "pty", "desktop"];
+pub const CAPABILITIES: &[&str] = &[
+    "exec",
+    "files",
+    "configure",
+    "stats",
+    "creds",
+    "pty",
+    "desktop",
+];
 
 /// Agent-wide state. Not a global: created by [`crate::run`] and shared by reference count.
 #[derive(Debug)]
