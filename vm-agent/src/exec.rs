@@ -14,13 +14,13 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use protocol::body::{ChannelBody, FrameReader, FrameSender};
 use protocol::frame::{Frame, FrameKind, DEFAULT_MAX_FRAME};
-use protocol::messages::{ExecEvent, ExecRequest, ExitStatus};
+use protocol::messages::{Exec, ExecEvent, ExecRequest, ExitStatus};
 use protocol::{ErrorBody, ErrorCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tracing::{debug, warn};
 
-use crate::rpc::body::{error, ResponseBody};
+use crate::rpc::body::{error, open_stream, ResponseBody};
 use crate::state::Agent;
 
 /// Read size for process output: large reads mean fewer frames, but each frame is a fresh
@@ -34,23 +34,9 @@ const CHANNEL_DEPTH: usize = 16;
 
 /// Serves one `exec` call.
 pub async fn serve(agent: Arc<Agent>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let mut reader = FrameReader::new(req.into_body(), DEFAULT_MAX_FRAME);
-    let request: ExecRequest = match reader.next().await {
-        Ok(Some(frame)) if frame.kind == FrameKind::Message => match frame.json() {
-            Ok(r) => r,
-            Err(e) => return error(&e.to_error_body()),
-        },
-        Ok(Some(frame)) => {
-            return error(&ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!("exec must open with a message frame, got {:?}", frame.kind),
-            ))
-        }
-        Ok(None) => return error(&ErrorBody::new(ErrorCode::BadRequest, "empty exec request")),
-        Err(protocol::body::ReadError::Frame(e)) => return error(&e.to_error_body()),
-        Err(protocol::body::ReadError::Body(e)) => {
-            return error(&ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
-        }
+    let (request, reader) = match open_stream::<Exec>(req, DEFAULT_MAX_FRAME).await {
+        Ok(opened) => opened,
+        Err(e) => return error(&e),
     };
     let child = match spawn(&agent, &request) {
         Ok(child) => child,

@@ -20,17 +20,17 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use protocol::body::{ChannelBody, FrameReader};
+use protocol::body::ChannelBody;
 use protocol::creds::{
-    CapturedCredential, CredsEvent, CredsPutRequest, CredsPutResponse, CredsScope,
-    CredsWatchRequest, CredsWipeResponse, WrittenFile,
+    CapturedCredential, CredsEvent, CredsPutRequest, CredsPutResponse, CredsScope, CredsWatch,
+    CredsWipeResponse, WrittenFile,
 };
-use protocol::frame::{FrameKind, DEFAULT_MAX_FRAME};
+use protocol::frame::DEFAULT_MAX_FRAME;
 use protocol::{ErrorBody, ErrorCode};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::rpc::body::{error, ResponseBody};
+use crate::rpc::body::{error, open_stream, ResponseBody};
 use crate::state::Agent;
 use confine::{CredPathError, Owner};
 use rules::CredentialFile;
@@ -218,31 +218,9 @@ pub async fn wipe(agent: Arc<Agent>, scope: CredsScope) -> Result<CredsWipeRespo
 /// Serves one `creds_watch` call: a [`CredsEvent::Watching`] message, then a
 /// [`CredsEvent::Captured`] message per capture, until the caller goes away.
 pub async fn serve_watch(agent: Arc<Agent>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let mut reader = FrameReader::new(req.into_body(), DEFAULT_MAX_FRAME);
-    let request: CredsWatchRequest = match reader.next().await {
-        Ok(Some(frame)) if frame.kind == FrameKind::Message => match frame.json() {
-            Ok(r) => r,
-            Err(e) => return error(&e.to_error_body()),
-        },
-        Ok(Some(frame)) => {
-            return error(&ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "creds_watch must open with a message frame, got {:?}",
-                    frame.kind
-                ),
-            ))
-        }
-        Ok(None) => {
-            return error(&ErrorBody::new(
-                ErrorCode::BadRequest,
-                "empty creds_watch request",
-            ))
-        }
-        Err(protocol::body::ReadError::Frame(e)) => return error(&e.to_error_body()),
-        Err(protocol::body::ReadError::Body(e)) => {
-            return error(&ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
-        }
+    let (request, _input) = match open_stream::<CredsWatch>(req, DEFAULT_MAX_FRAME).await {
+        Ok(opened) => opened,
+        Err(e) => return error(&e),
     };
     let resolved = match resolve(&agent, &request.scope) {
         Ok(r) => r,

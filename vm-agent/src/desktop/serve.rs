@@ -5,8 +5,8 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use protocol::body::{ChannelBody, FrameReader, ReadError};
-use protocol::desktop::{DesktopEvent, DesktopOffer, DesktopSignal};
+use protocol::body::ChannelBody;
+use protocol::desktop::{Desktop, DesktopEvent, DesktopSignal};
 use protocol::frame::{Frame, FrameKind, DEFAULT_MAX_FRAME};
 use protocol::{ErrorBody, ErrorCode};
 use tokio::sync::mpsc;
@@ -15,39 +15,18 @@ use tracing::debug;
 use super::encode::EncoderSettings;
 use super::rtc::Session;
 use super::{default_display, DesktopError, Desktops};
-use crate::rpc::body::{error, ResponseBody};
+use crate::rpc::body::{error, open_stream, ResponseBody};
 
 /// Largest SDP or signal message accepted (a browser offer is a few KiB).
 const MAX_SIGNAL_FRAME: usize = 256 * 1024;
 
 /// Serves one `desktop` call.
 pub async fn serve(desktops: Arc<Desktops>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let mut reader = FrameReader::new(req.into_body(), MAX_SIGNAL_FRAME.min(DEFAULT_MAX_FRAME));
-    let offer: DesktopOffer = match reader.next().await {
-        Ok(Some(frame)) if frame.kind == FrameKind::Message => match frame.json() {
-            Ok(offer) => offer,
-            Err(e) => return error(&e.to_error_body()),
-        },
-        Ok(Some(frame)) => {
-            return error(&ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "desktop must open with a message frame, got {:?}",
-                    frame.kind
-                ),
-            ))
-        }
-        Ok(None) => {
-            return error(&ErrorBody::new(
-                ErrorCode::BadRequest,
-                "empty desktop request",
-            ))
-        }
-        Err(ReadError::Frame(e)) => return error(&e.to_error_body()),
-        Err(ReadError::Body(e)) => {
-            return error(&ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
-        }
-    };
+    let (offer, mut reader) =
+        match open_stream::<Desktop>(req, MAX_SIGNAL_FRAME.min(DEFAULT_MAX_FRAME)).await {
+            Ok(opened) => opened,
+            Err(e) => return error(&e),
+        };
     let display = offer.display.clone().unwrap_or_else(default_display);
     let settings = EncoderSettings::from_request(&offer.video);
     let screen = {

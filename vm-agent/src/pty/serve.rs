@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use protocol::body::{ChannelBody, FrameReader, FrameSender};
 use protocol::frame::{Frame, FrameKind, DEFAULT_MAX_FRAME};
 use protocol::messages::ExitStatus;
-use protocol::pty::{PtyControl, PtyEvent, PtyRequest, PtySpawn, UrlSource};
+use protocol::pty::{Pty, PtyControl, PtyEvent, PtyRequest, PtySpawn, UrlSource};
 use protocol::{ErrorBody, ErrorCode};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, warn};
@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use super::session::{Attachment, Exit, InteractiveGuard, PtyError, PtySession, SessionEvent};
 use super::SpawnOptions;
 use crate::detect::{self, DetectedUrl};
-use crate::rpc::body::{error, ResponseBody};
+use crate::rpc::body::{error, open_stream, ResponseBody};
 use crate::state::Agent;
 
 /// Frames buffered per call before output waits for the client.
@@ -77,23 +77,9 @@ pub fn parse_signal(name: &str) -> Result<Signal, ErrorBody> {
 
 /// Serves one `pty` call.
 pub async fn serve(agent: Arc<Agent>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let mut reader = FrameReader::new(req.into_body(), DEFAULT_MAX_FRAME);
-    let request: PtyRequest = match reader.next().await {
-        Ok(Some(frame)) if frame.kind == FrameKind::Message => match frame.json() {
-            Ok(r) => r,
-            Err(e) => return error(&e.to_error_body()),
-        },
-        Ok(Some(frame)) => {
-            return error(&ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!("pty must open with a message frame, got {:?}", frame.kind),
-            ))
-        }
-        Ok(None) => return error(&ErrorBody::new(ErrorCode::BadRequest, "empty pty request")),
-        Err(protocol::body::ReadError::Frame(e)) => return error(&e.to_error_body()),
-        Err(protocol::body::ReadError::Body(e)) => {
-            return error(&ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
-        }
+    let (request, reader) = match open_stream::<Pty>(req, DEFAULT_MAX_FRAME).await {
+        Ok(opened) => opened,
+        Err(e) => return error(&e),
     };
     let (session, first, keep, interactive) = match request {
         PtyRequest::Spawn(spawn) => match start(&agent, &spawn) {

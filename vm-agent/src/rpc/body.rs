@@ -7,7 +7,9 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use protocol::{ErrorBody, ErrorCode, Unary, MAX_BODY_BYTES};
+use protocol::body::{FrameReader, ReadError};
+use protocol::frame::FrameKind;
+use protocol::{ErrorBody, ErrorCode, Streaming, Unary, MAX_BODY_BYTES};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Body of every response.
@@ -80,5 +82,35 @@ where
             Err(e) => error(&e),
         },
         Err(e) => error(&e),
+    }
+}
+
+/// Opens a streaming call: reads the opening message frame as `M::Request` and returns it with the
+/// reader, which then yields the call's input frames. Refuses a missing or malformed opening, or a
+/// frame over `max_frame`, with the error to answer.
+pub async fn open_stream<M: Streaming>(
+    req: Request<Incoming>,
+    max_frame: usize,
+) -> Result<(M::Request, FrameReader<Incoming>), ErrorBody> {
+    let mut reader = FrameReader::new(req.into_body(), max_frame);
+    match reader.next().await {
+        Ok(Some(frame)) if frame.kind == FrameKind::Message => frame
+            .json()
+            .map(|request| (request, reader))
+            .map_err(|e| e.to_error_body()),
+        Ok(Some(frame)) => Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!(
+                "{} must open with a message frame, got {:?}",
+                M::NAME,
+                frame.kind
+            ),
+        )),
+        Ok(None) => Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("empty {} request", M::NAME),
+        )),
+        Err(ReadError::Frame(e)) => Err(e.to_error_body()),
+        Err(ReadError::Body(e)) => Err(ErrorBody::new(ErrorCode::BadRequest, e.to_string())),
     }
 }
