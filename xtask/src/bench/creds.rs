@@ -7,16 +7,16 @@
 //!   foundation's plain `write_file` of the same bytes as the baseline.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use orchestrator::transport::UnixConnector;
-use orchestrator::{AgentClient, HelloListener};
+use orchestrator::AgentClient;
 use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope, CredsWatchRequest};
 use protocol::messages::WriteFileRequest;
 use tokio::sync::mpsc;
 
+use super::local_agent::LocalAgent;
 use super::{figure, stats::percentile};
 use crate::shell::step;
 
@@ -28,15 +28,6 @@ const POLLED_WRITES: usize = 10;
 const POLL_PERIOD: Duration = Duration::from_secs(2);
 /// Pushes measured.
 const PUSHES: usize = 500;
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
@@ -78,24 +69,9 @@ fn ms(d: Duration) -> String {
 }
 
 async fn measure(agent_bin: &Path) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let sock = dir.path().join("agent.sock");
-    let hello = HelloListener::bind(dir.path().join("hello.sock"))?;
-    let home: PathBuf = dir.path().join("home");
-    std::fs::create_dir(&home)?;
-    step("starting the static agent on a Unix socket");
-    let _agent = Agent(
-        Command::new(agent_bin)
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .arg("--hello")
-            .arg(format!("unix:{}", hello.path().display()))
-            .env("AGENT_LOG", "warn")
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
-    hello.wait(Duration::from_secs(30)).await?;
-    let client = AgentClient::connect(&UnixConnector::new(&sock)).await?;
+    let agent = LocalAgent::start(agent_bin, false).await?;
+    let home: PathBuf = agent.home().to_path_buf();
+    let client = agent.client().await?;
     let scope = CredsScope {
         provider: "claude_code".into(),
         home: Some(home.display().to_string()),

@@ -9,18 +9,16 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use orchestrator::client::StreamItem;
-use orchestrator::transport::UnixConnector;
-use orchestrator::{AgentClient, HelloListener};
 use portable_pty::{CommandBuilder, PtySize};
 use protocol::frame::FrameKind;
 use protocol::pty::{PtyEvent, PtyRequest, PtySpawn};
 
+use super::local_agent::LocalAgent;
 use super::{figure, stats::percentile};
 use crate::shell::step;
 
@@ -30,15 +28,6 @@ const SAMPLES: usize = 300;
 const FLOOD_BYTES: u64 = 64 * 1024 * 1024;
 /// The flood: realistic terminal text lines.
 const FLOOD: &str = "yes 'Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt' | head -c ";
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
@@ -98,25 +87,9 @@ fn raw_pty_throughput() -> Result<f64> {
 }
 
 async fn measure(agent_bin: &Path, raw_bytes_per_s: f64) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let sock = dir.path().join("agent.sock");
-    let hello = HelloListener::bind(dir.path().join("hello.sock"))?;
-    let home: PathBuf = dir.path().join("home");
-    std::fs::create_dir(&home)?;
-    step("starting the static agent on a Unix socket");
-    let _agent = Agent(
-        Command::new(agent_bin)
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .arg("--hello")
-            .arg(format!("unix:{}", hello.path().display()))
-            .env("AGENT_LOG", "warn")
-            .env("HOME", &home)
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
-    hello.wait(Duration::from_secs(30)).await?;
-    let client = AgentClient::connect(&UnixConnector::new(&sock)).await?;
+    let agent = LocalAgent::start(agent_bin, true).await?;
+    let _home: PathBuf = agent.home().to_path_buf();
+    let client = agent.client().await?;
 
     step(&format!(
         "{SAMPLES} login URLs: written by the program -> url event at the client"

@@ -6,6 +6,7 @@ mod creds;
 mod desktop;
 mod detect;
 mod egress;
+mod local_agent;
 mod rpc;
 pub mod stats;
 mod vault;

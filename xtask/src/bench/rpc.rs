@@ -1,29 +1,19 @@
 //! `bench rpc`: the foundation's figures against the real static agent over a Unix socket.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use orchestrator::transport::UnixConnector;
-use orchestrator::{AgentClient, HelloListener};
 use protocol::frame::FrameKind;
 use protocol::messages::ExecRequest;
 
+use super::local_agent::LocalAgent;
 use super::{figure, stats::percentile};
 use crate::shell::step;
 
 const ROUND_TRIPS: usize = 5_000;
 const STREAM_BYTES: u64 = 512 * 1024 * 1024;
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn rss_kb(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -46,25 +36,11 @@ pub fn run() -> Result<()> {
 }
 
 async fn measure(agent_bin: &Path) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let sock = dir.path().join("agent.sock");
-    let hello = HelloListener::bind(dir.path().join("hello.sock"))?;
-    step("starting the static agent on a Unix socket");
-    let agent = Agent(
-        Command::new(agent_bin)
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .arg("--hello")
-            .arg(format!("unix:{}", hello.path().display()))
-            .env("AGENT_LOG", "warn")
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
-    hello.wait(Duration::from_secs(30)).await?;
+    let agent = LocalAgent::start(agent_bin, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    figure("agent_idle_rss_kb", rss_kb(agent.0.id())?);
+    figure("agent_idle_rss_kb", rss_kb(agent.pid())?);
 
-    let client = AgentClient::connect(&UnixConnector::new(&sock)).await?;
+    let client = agent.client().await?;
     step(&format!("{ROUND_TRIPS} sequential health round trips"));
     for _ in 0..200 {
         client.health().await?;
