@@ -38,6 +38,11 @@ pub use secret::Secret;
 /// [`ErrorCode::VersionMismatch`]; fields added in a compatible way do not bump it.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The built-in provider rules (TOML): login command, URL patterns, auto-responses, seed files and
+/// credential paths of each CLI. One file for both ends, so the agent's detection and capture and the
+/// orchestrator's login recipes cannot drift apart.
+pub const PROVIDER_RULES_TOML: &str = include_str!("providers.toml");
+
 /// Request header carrying the caller's [`PROTOCOL_VERSION`].
 pub const PROTOCOL_HEADER: &str = "x-agent-protocol";
 

@@ -2,6 +2,7 @@
 //! Unix socket, with its own HOME, and wait for its hello like the host does.
 
 pub mod desktop;
+pub mod fake_clis;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! Provider rules as data: how each CLI logs in, which URLs are its login URLs, which first-run
 //! prompts to answer, and where its credential files live.
 //!
-//! The default set (`providers.toml`, next to this file) is compiled in; a file of the same shape can
+//! The default set (`protocol/src/providers.toml`, shared with the orchestrator) is compiled in; a file of the same shape can
 //! replace it at runtime, so a new CLI or a moved path is a configuration change, not a code change.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 pub const RULES_ENV: &str = "AGENT_PROVIDER_RULES";
 
 /// The compiled-in provider rules.
-pub const DEFAULT_RULES_TOML: &str = include_str!("providers.toml");
+pub const DEFAULT_RULES_TOML: &str = protocol::PROVIDER_RULES_TOML;
 
 /// Why a rules file was refused.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,580 @@
+//! The driver of one login session: the happy path, and the cleanup that runs whatever the end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope, CredsWatchRequest};
+use protocol::messages::{ConfigureRequest, WriteFileRequest};
+use protocol::pty::{Pty, PtyEvent, PtyRequest, PtySpawn};
+use protocol::secret::EnvVars;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::events::LoginEventKind;
+use super::provider::ProviderLogin;
+use super::state::SessionState;
+use super::{forget_later, Inner, LoginError, Session};
+use crate::client::{AgentClient, ClientError, StreamCall, StreamItem};
+use crate::egress::vm_environment;
+use crate::store::{AuditEvent, StoreError, VmKind};
+use crate::transport::TransportError;
+use crate::vault::{CredentialPlaintext, RecordContext, VaultError};
+use crate::vm::{BackendError, VmHandle, VmSpec};
+
+/// Terminal size of the login PTY: wide enough that the CLIs' long URLs wrap little.
+const LOGIN_COLS: u16 = 100;
+const LOGIN_ROWS: u16 = 30;
+/// How long after the login command exits its credential file may still arrive (the CLI writes
+/// it, then exits; the watch reports it a moment later).
+const EXIT_GRACE: Duration = Duration::from_secs(3);
+
+/// How a flow step failed; the text becomes the session's reason (never holds a secret).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FlowError {
+    #[error("VM backend: {0}")]
+    Backend(#[from] BackendError),
+    #[error("agent unreachable: {0}")]
+    Transport(#[from] TransportError),
+    #[error("agent call failed: {0}")]
+    Client(#[from] ClientError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("vault: {0}")]
+    Vault(#[from] VaultError),
+    #[error("egress: {0}")]
+    Egress(#[from] crate::egress::EgressError),
+    #[error("{0}")]
+    Login(String),
+}
+
+/// What the flow started and cleanup must undo.
+#[derive(Default)]
+struct Resources {
+    /// A VM creation in flight (run as a task so a cancel never drops a half-made VM).
+    creating: Option<JoinHandle<Result<VmHandle, BackendError>>>,
+    /// The browser VM, once created.
+    browser: Option<Browser>,
+}
+
+struct Browser {
+    handle: VmHandle,
+    client: Option<AgentClient>,
+    login: Option<StreamCall<Pty>>,
+}
+
+enum Outcome {
+    Completed,
+    Failed(String),
+    Timeout,
+    Cancelled(String),
+}
+
+/// Runs the session to its end and records the end.
+pub(crate) async fn drive(inner: Arc<Inner>, session: Arc<Session>) {
+    let mut res = Resources::default();
+    let deadline = tokio::time::Instant::now() + inner.config.timeout;
+    let mut cancel = session.cancel.subscribe();
+    let outcome = tokio::select! {
+        r = run(&inner, &session, &mut res) => match r {
+            Ok(()) => Outcome::Completed,
+            Err(e) => Outcome::Failed(e.to_string()),
+        },
+        reason = async {
+            match cancel.wait_for(Option::is_some).await {
+                Ok(r) => r.clone().unwrap_or_default(),
+                Err(_) => "service stopped".to_owned(),
+            }
+        } => Outcome::Cancelled(reason),
+        _ = tokio::time::sleep_until(deadline) => Outcome::Timeout,
+    };
+    cleanup(&inner, &session, res).await;
+    let (state, reason) = match outcome {
+        Outcome::Completed => (SessionState::Completed, None),
+        Outcome::Failed(r) => (SessionState::Failed, Some(r)),
+        Outcome::Timeout => (
+            SessionState::Timeout,
+            Some(format!("not completed within {:?}", inner.config.timeout)),
+        ),
+        Outcome::Cancelled(r) => (SessionState::Cancelled, Some(r)),
+    };
+    if let Err(e) = inner
+        .store
+        .set_session_state(&session.id, state.as_str(), reason.as_deref())
+        .await
+    {
+        warn!(session = %session.id, error = %e, "recording the session's end failed");
+    }
+    let ended = AuditEvent::SessionEnded {
+        session_id: session.id.clone(),
+        state: state.as_str().into(),
+        reason: reason.clone(),
+    };
+    if let Err(e) = inner.store.audit(Some(&session.user), &ended).await {
+        warn!(session = %session.id, error = %e, "audit failed");
+    }
+    info!(session = %session.id, state = %state, reason = reason.as_deref().unwrap_or(""), "login session ended");
+    *session.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    session.log.push(LoginEventKind::State { state, reason });
+    forget_later(&inner, session.id.clone());
+}
+
+async fn set_state(inner: &Inner, session: &Session, state: SessionState) -> Result<(), FlowError> {
+    let current = session.state();
+    if !current.can_move_to(state) {
+        return Err(FlowError::Login(format!(
+            "internal: {current} cannot move to {state}"
+        )));
+    }
+    if !inner
+        .store
+        .set_session_state(&session.id, state.as_str(), None)
+        .await?
+    {
+        return Err(FlowError::Login("the session was closed elsewhere".into()));
+    }
+    *session.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    session.log.push(LoginEventKind::State {
+        state,
+        reason: None,
+    });
+    Ok(())
+}
+
+fn progress(session: &Session, step: &str, detail: String) {
+    session.log.push(LoginEventKind::Progress {
+        step: step.into(),
+        detail,
+    });
+}
+
+fn guest_path(home: &str, relative: &str) -> String {
+    format!(
+        "{}/{}",
+        home.trim_end_matches('/'),
+        relative.trim_start_matches('/')
+    )
+}
+
+/// The happy path. Every resource it makes is put into `res` before the next await, so cleanup
+/// finds it whenever this future is dropped.
+async fn run(
+    inner: &Arc<Inner>,
+    session: &Arc<Session>,
+    res: &mut Resources,
+) -> Result<(), FlowError> {
+    let user = session.user.as_str();
+    let provider = &session.provider;
+
+    // pending: the CLI VM the credentials will go to, and the user's egress port.
+    let cli = inner.backend.ensure_cli_vm(user).await?;
+    if cli.created {
+        record_created(inner, user, &cli, VmKind::Cli, None).await?;
+        if let Some(hello) = &cli.hello {
+            hello.wait(inner.config.hello_timeout).await?;
+        }
+    }
+    progress(session, "cli_vm", cli.id.clone());
+    let port = inner.egress.assign(user).await?;
+
+    let spec = VmSpec {
+        user_id: user.to_owned(),
+        kind: VmKind::Browser,
+        session_id: Some(session.id.clone()),
+    };
+    let backend = inner.backend.clone();
+    let task = res
+        .creating
+        .insert(tokio::spawn(async move { backend.create_vm(spec).await }));
+    let joined = task.await;
+    res.creating = None;
+    let handle =
+        joined.map_err(|e| FlowError::Login(format!("VM creation task failed: {e}")))??;
+    let vm_id = handle.id.clone();
+    let hello = res
+        .browser
+        .insert(Browser {
+            handle,
+            client: None,
+            login: None,
+        })
+        .handle
+        .hello
+        .take();
+    record_created(
+        inner,
+        user,
+        &res_browser(res)?.handle,
+        VmKind::Browser,
+        Some(&session.id),
+    )
+    .await?;
+    set_state(inner, session, SessionState::VmCreated).await?;
+
+    // vm_created → ready: the agent says hello, is configured, gets its seed files.
+    if let Some(hello) = hello {
+        hello.wait(inner.config.hello_timeout).await?;
+    }
+    let connector = res_browser(res)?.handle.connector.clone();
+    let client = AgentClient::connect_with_retry(&*connector, inner.config.hello_timeout).await?;
+    res_browser(res)?.client = Some(client.clone());
+    let env = match &inner.config.proxy {
+        Some(proxy) => vm_environment(proxy, port, &inner.config.vm_subnet),
+        None => EnvVars::default(),
+    };
+    client
+        .configure(&ConfigureRequest {
+            env,
+            session_id: Some(session.id.clone()),
+            ..Default::default()
+        })
+        .await?;
+    let home = res_browser(res)?.handle.guest_home.clone();
+    for seed in &provider.seed_files {
+        client
+            .write_file(&WriteFileRequest {
+                path: guest_path(&home, &seed.path),
+                content: seed.content.clone().into_bytes(),
+                mode: Some(seed.mode),
+                create_dirs: true,
+            })
+            .await?;
+    }
+    progress(session, "browser_vm", vm_id);
+    set_state(inner, session, SessionState::Ready).await?;
+
+    // ready → awaiting_user_auth: watch the credential files, run the login on a PTY (the agent
+    // answers terminal queries and first-run prompts, and reports the login URL it detects).
+    let scope = CredsScope {
+        provider: provider.name.clone(),
+        home: Some(home.clone()),
+        ..Default::default()
+    };
+    let mut watch = client
+        .creds_watch(&CredsWatchRequest {
+            scope,
+            include_existing: false,
+        })
+        .await?;
+    let mut spawn = PtySpawn::new(provider.login_argv.clone());
+    spawn.cwd = Some(home.clone());
+    spawn.provider = Some(provider.name.clone());
+    spawn.cols = LOGIN_COLS;
+    spawn.rows = LOGIN_ROWS;
+    let call = client.pty(&PtyRequest::Spawn(spawn)).await?;
+    session.set_input(call.input());
+    let login = res_browser(res)?.login.insert(call);
+    let mut exited: Option<(i32, tokio::time::Instant)> = None;
+    let captured = loop {
+        let grace_over = async {
+            match exited {
+                Some((_, at)) => tokio::time::sleep_until(at + EXIT_GRACE).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            item = login.next(), if exited.is_none() => match item? {
+                Some(StreamItem::Event(PtyEvent::Url { url, source, .. })) => {
+                    // State first: whoever sees the URL may act on it at once (submit a code).
+                    if session.state() == SessionState::Ready {
+                        set_state(inner, session, SessionState::AwaitingUserAuth).await?;
+                    }
+                    session.log.push(LoginEventKind::AuthUrl { url, source });
+                }
+                Some(StreamItem::Event(PtyEvent::Exited(status))) => {
+                    exited = Some((status.shell_code(), tokio::time::Instant::now()));
+                }
+                Some(_) => {}
+                None => exited = Some((-1, tokio::time::Instant::now())),
+            },
+            capture = watch.next_capture() => match capture? {
+                Some(c) => break c,
+                None => return Err(FlowError::Login("the agent ended the credential watch".into())),
+            },
+            () = grace_over => {
+                let code = exited.map_or(-1, |(code, _)| code);
+                return Err(FlowError::Login(format!(
+                    "the login command exited with status {code} without writing credentials"
+                )));
+            }
+        }
+    };
+    // The file is complete: the login process has nothing left to do.
+    session.set_input(None);
+    res_browser(res)?.login = None;
+    drop(watch);
+
+    // authenticating: seal, store, push.
+    if session.state() == SessionState::Ready {
+        // The CLI wrote its credential without printing a URL (already logged in elsewhere).
+        set_state(inner, session, SessionState::AwaitingUserAuth).await?;
+    }
+    set_state(inner, session, SessionState::Authenticating).await?;
+    // The agent reports only complete, valid files of the provider's shape.
+    let plaintext = CredentialPlaintext::new(captured.content);
+    let version = store_sealed(inner, user, &provider.name, &plaintext).await?;
+    progress(session, "captured", format!("version {version}"));
+    match push(inner, user, provider, version, &plaintext).await {
+        Ok(()) => progress(session, "pushed", format!("version {version}")),
+        Err(e) => {
+            let reason = e.to_string();
+            warn!(session = %session.id, error = %reason, "push into the CLI VM failed; will retry");
+            inner
+                .store
+                .audit(
+                    Some(user),
+                    &AuditEvent::CredentialPushFailed {
+                        provider: provider.name.clone(),
+                        version,
+                        reason: reason.clone(),
+                    },
+                )
+                .await?;
+            progress(session, "push_pending", reason);
+            retry_later(inner, user.to_owned(), provider.name.clone());
+        }
+    }
+    Ok(())
+}
+
+fn res_browser(res: &mut Resources) -> Result<&mut Browser, FlowError> {
+    res.browser
+        .as_mut()
+        .ok_or_else(|| FlowError::Login("internal: no browser VM".into()))
+}
+
+async fn record_created(
+    inner: &Inner,
+    user: &str,
+    handle: &VmHandle,
+    kind: VmKind,
+    session: Option<&str>,
+) -> Result<(), FlowError> {
+    inner
+        .store
+        .record_vm_created(&handle.id, user, kind, session)
+        .await?;
+    inner
+        .store
+        .audit(
+            Some(user),
+            &AuditEvent::VmCreated {
+                vm_id: handle.id.clone(),
+                kind: kind.as_str().into(),
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Seals and stores the next version of the user's credential; returns the version.
+async fn store_sealed(
+    inner: &Inner,
+    user: &str,
+    provider: &str,
+    plaintext: &CredentialPlaintext,
+) -> Result<i64, FlowError> {
+    for _ in 0..16 {
+        let current = inner
+            .store
+            .credential(user, provider)
+            .await?
+            .map_or(0, |c| c.version);
+        let version = current + 1;
+        let envelope = inner.vault.seal(
+            &RecordContext {
+                user_id: user,
+                provider,
+                version,
+            },
+            plaintext,
+        )?;
+        if inner
+            .store
+            .put_credential(user, provider, version, &envelope)
+            .await?
+        {
+            inner
+                .store
+                .audit(
+                    Some(user),
+                    &AuditEvent::CredentialCaptured {
+                        provider: provider.to_owned(),
+                        version,
+                    },
+                )
+                .await?;
+            return Ok(version);
+        }
+    }
+    Err(FlowError::Login(
+        "credential version kept changing under us".into(),
+    ))
+}
+
+/// Writes the credential into the user's CLI VM (0600, atomic) and records the push.
+async fn push(
+    inner: &Inner,
+    user: &str,
+    provider: &ProviderLogin,
+    version: i64,
+    plaintext: &CredentialPlaintext,
+) -> Result<(), FlowError> {
+    let cli = inner.backend.ensure_cli_vm(user).await?;
+    if cli.created {
+        record_created(inner, user, &cli, VmKind::Cli, None).await?;
+        if let Some(hello) = &cli.hello {
+            hello.wait(inner.config.hello_timeout).await?;
+        }
+    }
+    let client =
+        AgentClient::connect_with_retry(&*cli.connector, inner.config.hello_timeout).await?;
+    let scope = CredsScope {
+        provider: provider.name.clone(),
+        home: Some(cli.guest_home.clone()),
+        ..Default::default()
+    };
+    client
+        .creds_put(&CredsPutRequest {
+            scope,
+            files: vec![CredentialFile {
+                path: provider.credential_file.clone(),
+                content: plaintext.expose().to_vec(),
+            }],
+        })
+        .await?;
+    inner
+        .store
+        .mark_credential_pushed(user, &provider.name, version)
+        .await?;
+    inner
+        .store
+        .audit(
+            Some(user),
+            &AuditEvent::CredentialPushed {
+                provider: provider.name.clone(),
+                version,
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Opens the stored record and pushes it.
+async fn push_stored(inner: &Inner, user: &str, provider_name: &str) -> Result<bool, FlowError> {
+    let Some(provider) = inner
+        .config
+        .providers
+        .iter()
+        .find(|p| p.name == provider_name)
+    else {
+        return Ok(false);
+    };
+    let Some(record) = inner.store.credential(user, provider_name).await? else {
+        return Ok(false);
+    };
+    if !record.push_pending() {
+        return Ok(false);
+    }
+    let ctx = RecordContext {
+        user_id: user,
+        provider: provider_name,
+        version: record.version,
+    };
+    let plaintext = inner.vault.open(&ctx, &record.envelope)?;
+    push(inner, user, provider, record.version, &plaintext).await?;
+    Ok(true)
+}
+
+pub(crate) async fn push_pending(inner: &Inner) -> Result<usize, LoginError> {
+    let mut pushed = 0;
+    for record in inner.store.credentials_pending_push().await? {
+        match push_stored(inner, &record.user_id, &record.provider).await {
+            Ok(true) => pushed += 1,
+            Ok(false) => {}
+            Err(e) => warn!(provider = %record.provider, error = %e, "push retry failed"),
+        }
+    }
+    Ok(pushed)
+}
+
+fn retry_later(inner: &Arc<Inner>, user: String, provider: String) {
+    let weak = Arc::downgrade(inner);
+    let mut delay = inner.config.push_retry_delay;
+    let attempts = inner.config.push_retries;
+    tokio::spawn(async move {
+        for _ in 0..attempts {
+            tokio::time::sleep(delay).await;
+            let Some(inner) = weak.upgrade() else { return };
+            match push_stored(&inner, &user, &provider).await {
+                Ok(_) => return,
+                Err(e) => warn!(%provider, error = %e, "push retry failed"),
+            }
+            delay = (delay * 2).min(Duration::from_secs(300));
+        }
+    });
+}
+
+/// Undoes whatever the flow started: the login process, the credential files in the browser VM,
+/// the browser VM itself (recorded with what the backend removed).
+async fn cleanup(inner: &Inner, session: &Session, mut res: Resources) {
+    let user = session.user.as_str();
+    session.set_input(None);
+    if let Some(task) = res.creating.take() {
+        // A creation was in flight: let it finish, then destroy what it made.
+        if let Ok(Ok(handle)) = task.await {
+            if let Err(e) =
+                record_created(inner, user, &handle, VmKind::Browser, Some(&session.id)).await
+            {
+                warn!(error = %e, "recording a VM created during cancel failed");
+            }
+            res.browser = Some(Browser {
+                handle,
+                client: None,
+                login: None,
+            });
+        }
+    }
+    let Some(mut browser) = res.browser.take() else {
+        return;
+    };
+    // Dropping the call kills the login's process group in the VM.
+    drop(browser.login.take());
+    if let Some(client) = browser.client.take() {
+        let scope = CredsScope {
+            provider: session.provider.name.clone(),
+            home: Some(browser.handle.guest_home.clone()),
+            ..Default::default()
+        };
+        match tokio::time::timeout(Duration::from_secs(5), client.creds_wipe(&scope)).await {
+            Ok(Ok(wiped)) => {
+                let event = AuditEvent::CredentialWiped {
+                    provider: session.provider.name.clone(),
+                    vm_id: browser.handle.id.clone(),
+                };
+                tracing::debug!(files = wiped.removed.len(), "credential files wiped");
+                if let Err(e) = inner.store.audit(Some(user), &event).await {
+                    warn!(error = %e, "audit failed");
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "wipe failed; the VM is destroyed anyway"),
+            Err(_) => warn!("wipe timed out; the VM is destroyed anyway"),
+        }
+    }
+    let vm_id = browser.handle.id.clone();
+    drop(browser);
+    match inner.backend.destroy_vm(&vm_id).await {
+        Ok(report) => {
+            if let Err(e) = inner.store.record_vm_destroyed(&vm_id).await {
+                warn!(vm = %vm_id, error = %e, "recording the VM's destruction failed");
+            }
+            let destroyed = AuditEvent::VmDestroyed {
+                vm_id: vm_id.clone(),
+                removed: report.removed,
+            };
+            if let Err(e) = inner.store.audit(Some(user), &destroyed).await {
+                warn!(error = %e, "audit failed");
+            }
+        }
+        Err(e) => warn!(vm = %vm_id, error = %e, "destroying the browser VM failed"),
+    }
+}

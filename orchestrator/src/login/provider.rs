@@ -1,0 +1,145 @@
+//! How each provider's CLI logs in, as data. The recipes come from the same provider rules the agent
+//! uses ([`protocol::PROVIDER_RULES_TOML`]), so a new CLI or a moved credential file is one edit to
+//! one file. The orchestrator needs only a few fields; the agent owns URL patterns, auto-responses
+//! and credential validation.
+
+use serde::Deserialize;
+
+/// A file written into the browser VM before the login starts (onboarding flags without which a
+/// CLI refuses to start its login).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SeedFile {
+    /// Path relative to the guest home (`~/` prefix allowed).
+    pub path: String,
+    /// Content.
+    pub content: String,
+    /// Permission bits (default 0600).
+    #[serde(default = "private_mode")]
+    pub mode: u32,
+}
+
+fn private_mode() -> u32 {
+    0o600
+}
+
+/// One provider's login recipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderLogin {
+    /// Provider id (`claude_code`, `codex`, `gemini_cli`).
+    pub name: String,
+    /// Command starting the CLI's login.
+    pub login_argv: Vec<String>,
+    /// The main credential file, relative to the guest user's home (where pushes go).
+    pub credential_file: String,
+    /// Files written before the login starts.
+    pub seed_files: Vec<SeedFile>,
+}
+
+/// Why provider rules could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderRulesError {
+    /// Not TOML of the expected shape.
+    #[error("provider rules are not valid: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A provider has no credential path.
+    #[error("provider {0} names no credential file")]
+    NoCredentialFile(String),
+}
+
+#[derive(Deserialize)]
+struct RulesFile {
+    #[serde(default)]
+    provider: Vec<ProviderDef>,
+}
+
+#[derive(Deserialize)]
+struct ProviderDef {
+    id: String,
+    login_argv: Vec<String>,
+    #[serde(default)]
+    seed_files: Vec<SeedFile>,
+    #[serde(default)]
+    credentials: Vec<CredentialDef>,
+}
+
+#[derive(Deserialize)]
+struct CredentialDef {
+    dir: String,
+    file: String,
+}
+
+/// Strips `~/` (or `~`) so the path is relative to the home.
+fn home_relative(path: &str) -> String {
+    path.trim_start_matches('~')
+        .trim_start_matches('/')
+        .to_owned()
+}
+
+impl ProviderLogin {
+    /// Recipes from provider rules TOML (the shape of `protocol/src/providers.toml`).
+    pub fn from_rules(toml_text: &str) -> Result<Vec<ProviderLogin>, ProviderRulesError> {
+        let file: RulesFile = toml::from_str(toml_text)?;
+        file.provider
+            .into_iter()
+            .map(|def| {
+                let cred = def
+                    .credentials
+                    .first()
+                    .ok_or_else(|| ProviderRulesError::NoCredentialFile(def.id.clone()))?;
+                let dir = home_relative(&cred.dir);
+                let credential_file = if dir.is_empty() {
+                    cred.file.clone()
+                } else {
+                    format!("{dir}/{}", cred.file)
+                };
+                Ok(ProviderLogin {
+                    name: def.id,
+                    login_argv: def.login_argv,
+                    credential_file,
+                    seed_files: def
+                        .seed_files
+                        .into_iter()
+                        .map(|s| SeedFile {
+                            path: home_relative(&s.path),
+                            ..s
+                        })
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The built-in recipes for the three CLIs.
+    pub fn builtin() -> Vec<ProviderLogin> {
+        // The compiled-in rules are checked by this module's tests; an empty list would only make
+        // every start fail with `UnknownProvider`.
+        Self::from_rules(protocol::PROVIDER_RULES_TOML).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_recipes_cover_the_three_clis_with_home_relative_paths() {
+        let all = ProviderLogin::from_rules(protocol::PROVIDER_RULES_TOML).expect("rules parse");
+        let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["claude_code", "codex", "gemini_cli"]);
+        let claude = &all[0];
+        assert_eq!(claude.login_argv, ["claude", "auth", "login"]);
+        assert_eq!(claude.credential_file, ".claude/.credentials.json");
+        assert_eq!(claude.seed_files[0].path, ".claude.json");
+        assert_eq!(claude.seed_files[0].mode, 0o600);
+        assert_eq!(all[1].credential_file, ".codex/auth.json");
+        assert_eq!(all[2].credential_file, ".gemini/oauth_creds.json");
+        assert_eq!(ProviderLogin::builtin(), all);
+    }
+
+    #[test]
+    fn a_provider_without_credential_paths_is_refused() {
+        let err = ProviderLogin::from_rules("[[provider]]\nid = \"x\"\nlogin_argv = [\"x\"]\n")
+            .expect_err("no credentials");
+        assert!(matches!(err, ProviderRulesError::NoCredentialFile(p) if p == "x"));
+    }
+}

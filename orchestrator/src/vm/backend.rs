@@ -1,0 +1,93 @@
+//! The [`VmBackend`] trait: what the login flow needs from whatever runs VMs (create, destroy, and
+//! how to reach a VM's agent).
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+pub use crate::store::VmKind;
+use crate::transport::{Connector, HelloListener};
+
+/// What to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// Owner.
+    pub user_id: String,
+    /// Browser (ephemeral) or CLI (persistent) VM.
+    pub kind: VmKind,
+    /// Login session the VM serves (browser VMs).
+    pub session_id: Option<String>,
+}
+
+/// A VM the backend created or found, and how to reach its agent.
+pub struct VmHandle {
+    /// The backend's id of the VM.
+    pub id: String,
+    /// Opens streams to the VM's agent.
+    pub connector: Arc<dyn Connector>,
+    /// Where the agent says hello, bound before the VM started; `None` when the VM was already up
+    /// (its hello came long ago).
+    pub hello: Option<HelloListener>,
+    /// Home directory of the guest user the CLIs run as (credential paths are relative to it).
+    pub guest_home: String,
+    /// Whether this call created the VM (as opposed to finding it running).
+    pub created: bool,
+}
+
+impl fmt::Debug for VmHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VmHandle")
+            .field("id", &self.id)
+            .field("connector", &self.connector)
+            .field("guest_home", &self.guest_home)
+            .field("created", &self.created)
+            .finish()
+    }
+}
+
+/// What destroying a VM removed, for the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// One line per removed item (`process 1234`, `socket /run/vm/x.sock`, `disk ...`).
+    pub removed: Vec<String>,
+}
+
+/// Why the backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The VM could not be created.
+    #[error("creating the VM failed: {0}")]
+    Create(String),
+    /// The VM could not be (fully) destroyed.
+    #[error("destroying VM {vm}: {reason}")]
+    Destroy {
+        /// VM id.
+        vm: String,
+        /// What failed.
+        reason: String,
+    },
+    /// No such VM.
+    #[error("unknown VM {0}")]
+    UnknownVm(String),
+}
+
+/// What the host service provides to run VMs: the login flow creates browser VMs, makes sure CLI VMs
+/// exist, and destroys what it created. Implementations must make `destroy_vm` remove everything
+/// the VM had (processes, sockets, disks, devices) and say what in the report.
+pub trait VmBackend: Send + Sync + 'static {
+    /// Creates and starts a VM. The returned handle's hello listener is bound before the VM starts.
+    fn create_vm(&self, spec: VmSpec) -> BoxFuture<'_, Result<VmHandle, BackendError>>;
+
+    /// The user's persistent CLI VM, created if it does not exist.
+    fn ensure_cli_vm<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<VmHandle, BackendError>>;
+
+    /// Destroys a VM and everything it had.
+    fn destroy_vm<'a>(
+        &'a self,
+        vm_id: &'a str,
+    ) -> BoxFuture<'a, Result<CleanupReport, BackendError>>;
+}

@@ -1,0 +1,157 @@
+//! [`VmBackend`] over [`QemuBackend`]: browser VMs come and go per login; each user has one CLI VM
+//! that stays until the host destroys it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tracing::info;
+
+use super::backend::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
+use super::qemu::{QemuBackend, QemuVm};
+
+struct Running {
+    user: String,
+    kind: VmKind,
+    vm: QemuVm,
+}
+
+/// QEMU microVMs as a [`VmBackend`] (see the module docs).
+pub struct QemuVmBackend {
+    qemu: QemuBackend,
+    guest_home: String,
+    vms: Mutex<HashMap<String, Running>>,
+    /// Serialises `ensure_cli_vm`, so two logins of one user never boot two CLI VMs.
+    cli_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for QemuVmBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuVmBackend")
+            .field("vms", &self.vm_ids())
+            .finish()
+    }
+}
+
+impl QemuVmBackend {
+    /// VMs booted by `qemu`, whose CLIs run as the guest user with home `guest_home` (`/root` in the
+    /// test image).
+    pub fn new(qemu: QemuBackend, guest_home: impl Into<String>) -> Self {
+        Self {
+            qemu,
+            guest_home: guest_home.into(),
+            vms: Mutex::new(HashMap::new()),
+            cli_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.vms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ids of the running VMs, sorted.
+    pub fn vm_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.lock().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// PIDs of a VM's QEMU and `vhost-device-vsock`.
+    pub fn pids(&self, vm_id: &str) -> Vec<u32> {
+        self.lock()
+            .get(vm_id)
+            .map(|r| r.vm.pids())
+            .unwrap_or_default()
+    }
+
+    /// The private directory of a VM.
+    pub fn dir(&self, vm_id: &str) -> Option<std::path::PathBuf> {
+        self.lock().get(vm_id).map(|r| r.vm.dir().to_path_buf())
+    }
+
+    fn handle(&self, id: &str, vm: &QemuVm, created: bool) -> VmHandle {
+        VmHandle {
+            id: id.to_owned(),
+            connector: Arc::new(vm.connector()),
+            hello: None,
+            guest_home: self.guest_home.clone(),
+            created,
+        }
+    }
+
+    async fn boot(&self, user: &str, kind: VmKind) -> Result<VmHandle, BackendError> {
+        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        let id = format!("qemu-{}-{}", kind.as_str(), &uuid[..12]);
+        let vm = self
+            .qemu
+            .create(&id)
+            .await
+            .map_err(|e| BackendError::Create(e.to_string()))?;
+        info!(vm = %id, %user, kind = kind.as_str(), boot_ms = vm.boot_to_hello().as_millis() as u64, "VM up");
+        let handle = self.handle(&id, &vm, true);
+        self.lock().insert(
+            id,
+            Running {
+                user: user.to_owned(),
+                kind,
+                vm,
+            },
+        );
+        Ok(handle)
+    }
+
+    async fn destroy(&self, vm_id: &str) -> Result<CleanupReport, BackendError> {
+        let running = self
+            .lock()
+            .remove(vm_id)
+            .ok_or_else(|| BackendError::UnknownVm(vm_id.to_owned()))?;
+        let report = running
+            .vm
+            .destroy()
+            .await
+            .map_err(|e| BackendError::Destroy {
+                vm: vm_id.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let mut removed: Vec<String> = report
+            .stopped_pids
+            .iter()
+            .map(|pid| format!("process {pid}"))
+            .collect();
+        removed.extend(report.removed.iter().map(|p| p.display().to_string()));
+        Ok(CleanupReport { removed })
+    }
+}
+
+impl VmBackend for QemuVmBackend {
+    fn create_vm(&self, spec: VmSpec) -> BoxFuture<'_, Result<VmHandle, BackendError>> {
+        async move { self.boot(&spec.user_id, spec.kind).await }.boxed()
+    }
+
+    fn ensure_cli_vm<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<VmHandle, BackendError>> {
+        async move {
+            let _one_at_a_time = self.cli_lock.lock().await;
+            let existing = self
+                .lock()
+                .iter()
+                .find(|(_, r)| r.kind == VmKind::Cli && r.user == user_id)
+                .map(|(id, r)| self.handle(id, &r.vm, false));
+            match existing {
+                Some(handle) => Ok(handle),
+                None => self.boot(user_id, VmKind::Cli).await,
+            }
+        }
+        .boxed()
+    }
+
+    fn destroy_vm<'a>(
+        &'a self,
+        vm_id: &'a str,
+    ) -> BoxFuture<'a, Result<CleanupReport, BackendError>> {
+        self.destroy(vm_id).boxed()
+    }
+}

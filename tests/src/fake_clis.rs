@@ -1,0 +1,55 @@
+//! The three provider CLIs as the login flow runs them, faked: a directory of `claude`, `codex` and
+//! `gemini` commands that replay a recorded real login (`fake-cli` with a fixture of
+//! `tests/fixtures/cli/`) and write the provider's credential file once the login is completed.
+//!
+//! Each wrapper also leaves what the CLI saw for the tests: its environment in `$HOME/.fake-login-env`.
+//! With `FAKE_LOGIN_HOLD=1` in its environment it waits for `$HOME/.fake-release` before starting
+//! (holds a login in `ready`, before any URL). Like the real CLIs, the login completes when the user
+//! pastes the code (a line typed into its terminal).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// One faked CLI: the command name, the recording it replays (at the login PTY's 100x30) and where
+/// it writes its credential, relative to `$HOME`.
+pub const FAKE_CLIS: [(&str, &str, &str); 3] = [
+    (
+        "claude",
+        "claude_code/auth-login-100x30",
+        ".claude/.credentials.json",
+    ),
+    ("codex", "codex/login-100x30", ".codex/auth.json"),
+    (
+        "gemini",
+        "gemini_cli/nobrowser-100x30",
+        ".gemini/oauth_creds.json",
+    ),
+];
+
+/// The recorded CLI fixtures of this crate.
+pub fn fixtures_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/cli")
+}
+
+/// Writes the three wrappers into `dir` (created if missing), running `fake_cli` with fixtures
+/// under `fixtures`. Returns `dir`, to be put in front of the agents' `PATH`.
+pub fn install(dir: &Path, fake_cli: &Path, fixtures: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    for (name, fixture, cred) in FAKE_CLIS {
+        let script = format!(
+            r#"#!/bin/sh
+env > "$HOME/.fake-login-env"
+if [ -n "${{FAKE_LOGIN_HOLD:-}}" ]; then
+  while [ ! -e "$HOME/.fake-release" ]; do sleep 0.02; done
+fi
+exec '{fake_cli}' '{fixtures}/{fixture}' --chunks seed:7 --cred "$HOME/{cred}"
+"#,
+            fake_cli = fake_cli.display(),
+            fixtures = fixtures.display(),
+        );
+        let path = dir.join(name);
+        std::fs::write(&path, script)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(dir.to_path_buf())
+}
