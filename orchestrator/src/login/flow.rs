@@ -19,7 +19,7 @@ use crate::egress::vm_environment;
 use crate::store::{AuditEvent, StoreError, VmKind};
 use crate::transport::TransportError;
 use crate::vault::{CredentialPlaintext, RecordContext, VaultError};
-use crate::vm::{BackendError, VmHandle, VmSpec};
+use crate::vm::{BackendError, CleanupReport, VmHandle, VmSpec};
 
 /// Terminal size of the login PTY: wide enough that the CLIs' long URLs wrap little.
 const LOGIN_COLS: u16 = 100;
@@ -562,19 +562,24 @@ async fn cleanup(inner: &Inner, session: &Session, mut res: Resources) {
     }
     let vm_id = browser.handle.id.clone();
     drop(browser);
-    match inner.backend.destroy_vm(&vm_id).await {
-        Ok(report) => {
-            if let Err(e) = inner.store.record_vm_destroyed(&vm_id).await {
-                warn!(vm = %vm_id, error = %e, "recording the VM's destruction failed");
-            }
-            let destroyed = AuditEvent::VmDestroyed {
-                vm_id: vm_id.clone(),
-                removed: report.removed,
-            };
-            if let Err(e) = inner.store.audit(Some(user), &destroyed).await {
-                warn!(error = %e, "audit failed");
-            }
-        }
-        Err(e) => warn!(vm = %vm_id, error = %e, "destroying the browser VM failed"),
+    if let Err(e) = destroy_vm(inner, user, &vm_id).await {
+        warn!(vm = %vm_id, error = %e, "destroying the browser VM failed");
     }
+}
+
+/// Destroys a VM through the backend and records it: the VM row leaves the `active` state and the
+/// audit log lists what the backend removed.
+pub(crate) async fn destroy_vm(
+    inner: &Inner,
+    user: &str,
+    vm_id: &str,
+) -> Result<CleanupReport, LoginError> {
+    let report = inner.backend.destroy_vm(vm_id).await?;
+    inner.store.record_vm_destroyed(vm_id).await?;
+    let destroyed = AuditEvent::VmDestroyed {
+        vm_id: vm_id.to_owned(),
+        removed: report.removed.clone(),
+    };
+    inner.store.audit(Some(user), &destroyed).await?;
+    Ok(report)
 }

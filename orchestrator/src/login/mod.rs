@@ -103,6 +103,9 @@ pub enum LoginError {
     /// The login program is gone (its terminal closed).
     #[error("the login program of session {0} no longer reads input")]
     InputClosed(String),
+    /// The VM backend failed.
+    #[error(transparent)]
+    Backend(#[from] crate::vm::BackendError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -317,6 +320,17 @@ impl LoginService {
             .send(Frame::data(FrameKind::Stdin, Bytes::from(keys)))
             .await
             .map_err(|_| LoginError::InputClosed(session_id.to_owned()))
+    }
+
+    /// Destroys one of `user`'s VMs through the backend (the CLI VM when the user leaves, say) and
+    /// records it like the flow does: the VM row leaves `active` and the audit log lists what the
+    /// backend removed.
+    pub async fn destroy_vm(
+        &self,
+        user: &str,
+        vm_id: &str,
+    ) -> Result<crate::vm::CleanupReport, LoginError> {
+        flow::destroy_vm(&self.inner, user, vm_id).await
     }
 
     /// Retries every stored credential whose latest version has not reached its CLI VM. Returns how

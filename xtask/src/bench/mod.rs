@@ -7,6 +7,7 @@ mod desktop;
 mod detect;
 mod egress;
 mod local_agent;
+mod login;
 mod rpc;
 pub mod stats;
 mod vault;
@@ -28,6 +29,8 @@ pub enum Which {
     /// Real microVMs: QEMU launch to hello, agent start to hello (guest clock), guest agent RSS,
     /// destroy time; with the accelerator that ran.
     Boot,
+    /// The whole login flow against local agents with a fake CLI, vs starting one local VM.
+    Login,
     /// Egress port assignment: SQLite, and two orchestrators racing on PostgreSQL.
     Egress,
     /// Sealing and opening a 4 KiB credential.
@@ -43,6 +46,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Rpc => rpc::run(),
         Which::Boot => boot::run(),
         Which::Egress => egress::run(),
+        Which::Login => login::run(),
         Which::Vault => vault::run(),
     }
 }
