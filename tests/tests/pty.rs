@@ -365,3 +365,127 @@ async fn resize_signals_env_and_bad_input_behave() {
     assert!(err.to_string().contains("nope"), "{err}");
     assert!(client.health().await.is_ok());
 }
+
+/// Runs `argv` in a second PTY session of the same agent to its end: (output, exit code).
+async fn run_in_pty(client: orchestrator::AgentClient, argv: Vec<String>) -> (String, i32) {
+    let mut call = client
+        .pty(&PtyRequest::Spawn(PtySpawn::new(argv)))
+        .await
+        .expect("spawn");
+    let seen = drive(&mut call, None).await;
+    (
+        String::from_utf8_lossy(&seen.output).into_owned(),
+        seen.exit.expect("exit status"),
+    )
+}
+
+/// Logs in through the localhost callback: the fake CLI hands its URL to `$BROWSER` (the agent's
+/// shim), and a program in the VM (`fake-cli --complete`, what the provider's page makes the browser
+/// do) visits the URL's `redirect_uri` with a code and `state`. Returns the CLI's outcome and what
+/// the visit printed.
+async fn login_through_callback(
+    agent: &AgentProcess,
+    case: &str,
+    provider: &str,
+    state: Option<&str>,
+) -> (Seen, String, i32, PathBuf) {
+    let cred = agent
+        .dir()
+        .join(format!("cb-{}.json", case.replace('/', "-")));
+    let client = agent.client().await;
+    let mut spawn = fake_spawn(case, "seed:5", &cred, provider);
+    // Any free port: parallel tests (and other users of this machine) may hold the recorded one.
+    spawn.argv.extend(["--callback-port".into(), "0".into()]);
+    let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+    let mut seen = Seen::default();
+    let mut visit = None;
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(60), call.next())
+            .await
+            .expect("pty stream stalled")
+            .expect("pty stream");
+        match item {
+            None => break,
+            Some(StreamItem::Data(FrameKind::Stdout, b)) => seen.output.extend_from_slice(&b),
+            Some(StreamItem::Event(PtyEvent::Url {
+                url,
+                provider,
+                source,
+            })) => {
+                if source == UrlSource::Browser && visit.is_none() {
+                    let mut argv = vec![
+                        env!("CARGO_BIN_EXE_fake-cli").to_owned(),
+                        "--complete".into(),
+                        url.clone(),
+                    ];
+                    if let Some(state) = state {
+                        argv.extend(["--state".into(), state.into()]);
+                    }
+                    // Concurrently: the CLI keeps writing while the browser comes back.
+                    visit = Some(tokio::spawn(run_in_pty(client.clone(), argv)));
+                }
+                seen.urls.push((provider, url, source));
+            }
+            Some(StreamItem::Event(PtyEvent::Exited(status))) => {
+                seen.exit = Some(status.shell_code())
+            }
+            Some(_) => {}
+        }
+    }
+    let (visit_output, visit_exit) = visit
+        .expect("the CLI handed a URL to $BROWSER")
+        .await
+        .expect("visit task");
+    (seen, visit_output, visit_exit, cred)
+}
+
+#[tokio::test]
+async fn a_login_completes_through_the_localhost_callback() {
+    let agent = AgentProcess::start().await;
+    for (case, provider) in [
+        ("claude_code/auth-login-80x24", "claude_code"),
+        ("codex/login-80x24", "codex"),
+        ("gemini_cli/display-80x24", "gemini_cli"),
+    ] {
+        let (seen, visit, visit_exit, cred) =
+            login_through_callback(&agent, case, provider, None).await;
+        let screen = String::from_utf8_lossy(&seen.output);
+        assert_eq!(
+            visit.trim(),
+            "200",
+            "{case}: the browser got the success page"
+        );
+        assert_eq!(visit_exit, 0);
+        assert_eq!(seen.exit, Some(0), "{case}: {screen}");
+        assert!(screen.contains("Login successful"), "{case}: {screen}");
+        let cred = std::fs::read_to_string(&cred).expect("credential file written");
+        assert!(cred.contains("fake-access-token-0001"), "{case}");
+        // The URL the browser got carries the port the CLI actually listens on.
+        let browser = seen
+            .urls
+            .iter()
+            .find(|(_, _, s)| *s == UrlSource::Browser)
+            .expect("browser url");
+        assert_ne!(
+            Some(browser.1.as_str()),
+            recorded_browser_url(case).as_deref()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_callback_with_another_logins_state_fails_the_login() {
+    let agent = AgentProcess::start().await;
+    let case = "claude_code/auth-login-100x30";
+    let (seen, visit, visit_exit, cred) =
+        login_through_callback(&agent, case, "claude_code", Some("state-of-another-login")).await;
+    let screen = String::from_utf8_lossy(&seen.output);
+    assert_eq!(visit.trim(), "400");
+    assert_eq!(visit_exit, 1);
+    assert_eq!(seen.exit, Some(1), "{screen}");
+    assert!(screen.contains("state mismatch"), "{screen}");
+    assert!(
+        !cred.exists(),
+        "no credential file after a refused callback"
+    );
+}

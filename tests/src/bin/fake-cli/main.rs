@@ -4,10 +4,27 @@
 //! Like the real CLIs it puts its terminal in raw mode, asks the terminal questions at the recorded
 //! points and blocks until they are answered, waits for the keys the recording shows a person (or the
 //! agent's auto-responses) typing, hands the recorded URL to `$BROWSER` or `xdg-open`, then waits for
-//! the pasted code (a line of input) and writes the provider's credential file (temp file + rename,
-//! mode 0600). Ctrl-C at any wait exits 130.
+//! whichever comes first: the pasted code (a line of input) or the browser coming back to the
+//! localhost callback of that URL (`GET <redirect path>?code=...&state=...`, see `callback`). Either
+//! way it then writes the provider's credential file (temp file + rename, mode 0600) and exits 0; a
+//! callback answers HTTP 200 once the file is written. A callback with a wrong `state` is fatal (exit
+//! 1), as with claude-code. Ctrl-C at any wait exits 130.
 //!
-//! usage: fake-cli FIXTURE_DIR [--chunks whole|bytes|fixed:N|seed:S] [--cred PATH] [--no-wait]
+//! The callback listens on 127.0.0.1 at the port of the recorded `redirect_uri` (`--callback-port N`
+//! picks another, 0 any free one; a busy port falls back to a free one) and the URL handed to the
+//! browser carries the port actually bound. Recordings whose browser URL has no loopback redirect
+//! (paste-a-code flows such as gemini's `NO_BROWSER`) only take the pasted code, like the real CLI.
+//!
+//! usage:
+//!   fake-cli FIXTURE_DIR [--chunks whole|bytes|fixed:N|seed:S] [--cred PATH] [--no-wait]
+//!                        [--callback-port N]
+//!   fake-cli --visit URL              one HTTP GET on a loopback URL; prints the status code,
+//!                                     exits 0 on 2xx, 1 otherwise
+//!   fake-cli --complete URL [--state S]
+//!                                     what the provider's login page does: visits URL's loopback
+//!                                     redirect_uri with a fake code and URL's state (or S)
+
+mod callback;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -27,21 +44,47 @@ struct Args {
     chunks: Chunks,
     cred: Option<PathBuf>,
     no_wait: bool,
+    callback_port: Option<u16>,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// What the command line asks for.
+enum Mode {
+    Replay(Args),
+    Visit(String),
+    Complete { url: String, state: Option<String> },
+}
+
+const USAGE: &str = "usage: fake-cli FIXTURE_DIR [--chunks SPEC] [--cred PATH] [--no-wait] [--callback-port N] | --visit URL | --complete URL [--state S]";
+
+fn parse_args() -> Result<Mode, String> {
     let mut it = std::env::args().skip(1);
-    let fixture = it
-        .next()
-        .ok_or("usage: fake-cli FIXTURE_DIR [--chunks SPEC] [--cred PATH] [--no-wait]")?;
+    let fixture = it.next().ok_or(USAGE)?;
+    match fixture.as_str() {
+        "--visit" => return Ok(Mode::Visit(it.next().ok_or("--visit needs a URL")?)),
+        "--complete" => {
+            let url = it.next().ok_or("--complete needs a URL")?;
+            let state = match (it.next().as_deref(), it.next()) {
+                (None, _) => None,
+                (Some("--state"), Some(s)) => Some(s),
+                _ => return Err(USAGE.into()),
+            };
+            return Ok(Mode::Complete { url, state });
+        }
+        _ => {}
+    }
     let mut args = Args {
         fixture: fixture.into(),
         chunks: Chunks::Whole,
         cred: None,
         no_wait: false,
+        callback_port: None,
     };
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--callback-port" => {
+                let port = it.next().ok_or("--callback-port needs a port")?;
+                args.callback_port = Some(port.parse().map_err(|_| "bad callback port")?);
+            }
             "--chunks" => {
                 let spec = it.next().ok_or("--chunks needs a value")?;
                 args.chunks = match spec.split_once(':') {
@@ -57,7 +100,7 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(args)
+    Ok(Mode::Replay(args))
 }
 
 /// A point in the recording where the real CLI waited.
@@ -212,11 +255,21 @@ fn write_credentials(path: &Path, content: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn open_browser(calls: &[Value]) {
-    for call in calls {
-        let Some(url) = call["argv"][0].as_str() else {
-            continue;
-        };
+/// How the final wait ended.
+enum Finish {
+    /// A line of input (the pasted code).
+    Pasted,
+    /// The browser came back with a code and the right state; answered once the file is written.
+    Callback(std::net::TcpStream),
+    /// The browser came back with a state of another login.
+    WrongState(std::net::TcpStream),
+    /// Ctrl-C, or the terminal went away.
+    Interrupted,
+}
+
+/// Hands each recorded browser call's URL (`urls`, in the same order) to `$BROWSER` or `xdg-open`.
+fn open_browser(calls: &[Value], urls: &[String]) {
+    for (call, url) in calls.iter().zip(urls) {
         let program = match call["name"].as_str() {
             Some("xdg-open") => Some("xdg-open".to_owned()),
             _ => std::env::var("BROWSER").ok(),
@@ -224,6 +277,24 @@ fn open_browser(calls: &[Value]) {
         if let Some(program) = program {
             // Like the real CLIs: a failing browser is not fatal, the URL is printed anyway.
             let _ = std::process::Command::new(program).arg(url).status();
+        }
+    }
+}
+
+/// `--visit`: prints the status code; 2xx exits 0.
+fn visit(url: &str) -> ExitCode {
+    match callback::visit(url) {
+        Ok(status) => {
+            println!("{status}");
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("fake-cli: {url}: {e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -274,11 +345,28 @@ fn run(args: Args) -> Result<ExitCode, String> {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    open_browser(&browser);
+    let mut urls: Vec<String> = browser
+        .iter()
+        .map(|c| c["argv"][0].as_str().unwrap_or("").to_owned())
+        .collect();
+    // The callback listens from before the browser is opened, as in the real CLIs.
+    let mut listener = None;
+    if !args.no_wait {
+        for url in &mut urls {
+            if let Some(l) = callback::Listener::bind(url, args.callback_port)
+                .map_err(|e| format!("callback listener: {e}"))?
+            {
+                url.clone_from(&l.browser_url);
+                listener = Some(l);
+                break;
+            }
+        }
+    }
+    open_browser(&browser, &urls);
     let mut out = std::io::stdout().lock();
     let mut pos = 0;
     let mut input = Input::default();
-    let result = (|| -> Result<(), Interrupted> {
+    let result = (|| -> Result<Option<Finish>, Interrupted> {
         for (at, wait) in &waits {
             write_out(&mut out, &mut chunker, &output[pos..*at]);
             pos = *at;
@@ -291,27 +379,75 @@ fn run(args: Args) -> Result<ExitCode, String> {
         }
         write_out(&mut out, &mut chunker, &output[pos..stop]);
         if args.no_wait {
-            return Ok(());
+            return Ok(None);
         }
-        // The real login now waits for the pasted code (or the browser's callback).
-        input.keys(b"\r")?;
-        if let Some(path) = &args.cred {
-            if let Err(e) = write_credentials(path, &fake_credentials(&cli)) {
-                let _ = write!(out, "\r\ncannot write credentials: {e}\r\n");
-            }
-        }
-        let _ = write!(out, "\r\nLogin successful.\r\n");
-        let _ = out.flush();
-        Ok(())
+        // The real login now waits for the pasted code or the browser's callback.
+        Ok(Some(final_wait(input, listener.take())))
     })();
-    Ok(match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Interrupted) => ExitCode::from(130),
-    })
+    let finish = match result {
+        Ok(Some(finish)) => finish,
+        Ok(None) => return Ok(ExitCode::SUCCESS),
+        Err(Interrupted) => return Ok(ExitCode::from(130)),
+    };
+    let mut page = match finish {
+        Finish::Interrupted => return Ok(ExitCode::from(130)),
+        Finish::WrongState(mut stream) => {
+            callback::respond(&mut stream, 400, "Bad Request", "OAuth state mismatch");
+            let _ = write!(out, "\r\nOAuth error: state mismatch\r\n");
+            let _ = out.flush();
+            return Ok(ExitCode::from(1));
+        }
+        Finish::Pasted => None,
+        Finish::Callback(stream) => Some(stream),
+    };
+    let written = match &args.cred {
+        Some(path) => write_credentials(path, &fake_credentials(&cli)),
+        None => Ok(()),
+    };
+    if let Err(e) = &written {
+        let _ = write!(out, "\r\ncannot write credentials: {e}\r\n");
+    }
+    if let Some(stream) = &mut page {
+        match written {
+            Ok(()) => callback::respond(
+                stream,
+                200,
+                "OK",
+                "Login successful. You can close this window.",
+            ),
+            Err(_) => callback::respond(stream, 500, "Internal Server Error", "login failed"),
+        }
+    }
+    let _ = write!(out, "\r\nLogin successful.\r\n");
+    let _ = out.flush();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for the pasted code on the terminal and, with a listener, for the callback at once.
+fn final_wait(mut input: Input, listener: Option<callback::Listener>) -> Finish {
+    let (done, finished) = std::sync::mpsc::channel();
+    if let Some(listener) = listener {
+        let done = done.clone();
+        std::thread::spawn(move || listener.serve(done));
+    }
+    std::thread::spawn(move || {
+        let _ = done.send(match input.keys(b"\r") {
+            Ok(()) => Finish::Pasted,
+            Err(Interrupted) => Finish::Interrupted,
+        });
+    });
+    finished.recv().unwrap_or(Finish::Interrupted)
 }
 
 fn main() -> ExitCode {
-    match parse_args().and_then(run) {
+    let result = parse_args().and_then(|mode| match mode {
+        Mode::Replay(args) => run(args),
+        Mode::Visit(url) => Ok(visit(&url)),
+        Mode::Complete { url, state } => {
+            callback::callback_for(&url, state.as_deref()).map(|callback| visit(&callback))
+        }
+    });
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fake-cli: {e}");
