@@ -45,9 +45,10 @@ struct Seen {
     session: Option<String>,
 }
 
-/// Reads events until the program exits; sends `keys` once the output contains `needle` and a URL
-/// was reported (a person pastes the code once the prompt is there).
-async fn drive(call: &mut StreamCall<Pty>, keys_after_url: Option<(&[u8], &[u8])>) -> Seen {
+/// Reads events until the program exits; sends `keys` once `replayed` bytes of output arrived (the
+/// fake CLI replays its recording byte for byte: then it shows its paste prompt) and a URL was
+/// reported (a person pastes the code once the prompt is there).
+async fn drive(call: &mut StreamCall<Pty>, keys_after_url: Option<(usize, &[u8])>) -> Seen {
     let mut seen = Seen::default();
     let mut sent = false;
     let deadline = Duration::from_secs(60);
@@ -77,8 +78,8 @@ async fn drive(call: &mut StreamCall<Pty>, keys_after_url: Option<(&[u8], &[u8])
                 seen.exit = Some(status.shell_code());
             }
         }
-        if let (Some((needle, keys)), false) = (keys_after_url, sent) {
-            if !seen.urls.is_empty() && seen.output.windows(needle.len()).any(|w| w == needle) {
+        if let (Some((replayed, keys)), false) = (keys_after_url, sent) {
+            if !seen.urls.is_empty() && seen.output.len() >= replayed {
                 sent = true;
                 call.send(FrameKind::Stdin, Bytes::copy_from_slice(keys))
                     .await
@@ -89,13 +90,13 @@ async fn drive(call: &mut StreamCall<Pty>, keys_after_url: Option<(&[u8], &[u8])
     seen
 }
 
-/// The last bytes the fake CLI replays before it waits for the code.
-fn replay_tail(case: &str) -> Vec<u8> {
+/// How many bytes the fake CLI replays before it waits for the code.
+fn replay_len(case: &str) -> usize {
     let out = std::fs::read(fixture(case).join("output.bin")).expect("output.bin");
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture(case).join("session.json")).expect("json"))
             .expect("parse");
-    let stop = meta["inputs"]
+    meta["inputs"]
         .as_array()
         .into_iter()
         .flatten()
@@ -107,8 +108,7 @@ fn replay_tail(case: &str) -> Vec<u8> {
         .filter_map(|i| i["offset"].as_u64())
         .map(|o| o as usize)
         .min()
-        .unwrap_or(out.len());
-    out[stop.saturating_sub(8)..stop].to_vec()
+        .unwrap_or(out.len())
 }
 
 fn fake_spawn(case: &str, chunks: &str, cred: &Path, provider: &str) -> PtySpawn {
@@ -141,7 +141,7 @@ async fn login_with_fake(agent: &AgentProcess, case: &str, chunks: &str, provide
         .await
         .expect("spawn");
     // After the URL, the person pastes the code: the fake CLI then writes its credential file.
-    let seen = drive(&mut call, Some((&replay_tail(case), b"fake-code-0001\r"))).await;
+    let seen = drive(&mut call, Some((replay_len(case), b"fake-code-0001\r"))).await;
     assert_eq!(
         seen.exit,
         Some(0),
@@ -400,11 +400,16 @@ async fn login_through_callback(
     let mut seen = Seen::default();
     let mut visit = None;
     loop {
-        let item = tokio::time::timeout(Duration::from_secs(60), call.next())
-            .await
-            .expect("pty stream stalled")
-            .expect("pty stream");
-        match item {
+        let Ok(item) = tokio::time::timeout(Duration::from_secs(60), call.next()).await else {
+            let tail = &seen.output[seen.output.len().saturating_sub(300)..];
+            panic!(
+                "{case}: stalled; urls {:?}; visit finished: {:?}; screen tail {:?}",
+                seen.urls,
+                visit.as_ref().map(tokio::task::JoinHandle::is_finished),
+                String::from_utf8_lossy(tail)
+            );
+        };
+        match item.expect("pty stream") {
             None => break,
             Some(StreamItem::Data(FrameKind::Stdout, b)) => seen.output.extend_from_slice(&b),
             Some(StreamItem::Event(PtyEvent::Url {

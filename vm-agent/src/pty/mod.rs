@@ -67,8 +67,12 @@ impl PtySessions {
         // Lets the browser shim say which session its URL belongs to.
         opts.env
             .insert(crate::shim::SESSION_ENV.to_owned(), id.clone());
-        let session = PtySession::spawn(id.clone(), opts, self.rules())?;
-        self.map().insert(id, session.clone());
+        let rules = self.rules();
+        // Registered before the program can run its first instruction: a CLI that calls `$BROWSER`
+        // at once must find its session (the shim's lookup waits for this lock).
+        let mut map = self.map();
+        let session = PtySession::spawn(id.clone(), opts, rules)?;
+        map.insert(id, session.clone());
         Ok(session)
     }
 

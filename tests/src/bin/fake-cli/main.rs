@@ -4,7 +4,7 @@
 //! Like the real CLIs it puts its terminal in raw mode, asks the terminal questions at the recorded
 //! points and blocks until they are answered, waits for the keys the recording shows a person (or the
 //! agent's auto-responses) typing, hands the recorded URL to `$BROWSER` or `xdg-open`, then waits for
-//! whichever comes first: the pasted code (a line of input) or the browser coming back to the
+//! whichever comes first: the pasted code (a non-empty line of input) or the browser coming back to the
 //! localhost callback of that URL (`GET <redirect path>?code=...&state=...`, see `callback`). Either
 //! way it then writes the provider's credential file (temp file + rename, mode 0600) and exits 0; a
 //! callback answers HTTP 200 once the file is written. A callback with a wrong `state` is fatal (exit
@@ -192,6 +192,27 @@ impl Input {
             };
             got.push(if b == b'\n' { b'\r' } else { b });
             if got.ends_with(keys) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for a pasted code: a non-empty line. A bare Enter (a key meant for an earlier prompt,
+    /// an auto-response firing once more) is ignored, as at the real CLIs' paste prompts.
+    fn code_line(&mut self) -> Result<(), Interrupted> {
+        loop {
+            let mut line = Vec::new();
+            loop {
+                let b = match self.typed.pop_front() {
+                    Some(b) => b,
+                    None => self.raw_byte()?,
+                };
+                if b == b'\r' || b == b'\n' {
+                    break;
+                }
+                line.push(b);
+            }
+            if !line.iter().all(u8::is_ascii_whitespace) {
                 return Ok(());
             }
         }
@@ -423,7 +444,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for the pasted code on the terminal and, with a listener, for the callback at once.
+/// Waits for the pasted code (a non-empty line) on the terminal and, with a listener, for the
+/// callback at once.
 fn final_wait(mut input: Input, listener: Option<callback::Listener>) -> Finish {
     let (done, finished) = std::sync::mpsc::channel();
     if let Some(listener) = listener {
@@ -431,7 +453,7 @@ fn final_wait(mut input: Input, listener: Option<callback::Listener>) -> Finish 
         std::thread::spawn(move || listener.serve(done));
     }
     std::thread::spawn(move || {
-        let _ = done.send(match input.keys(b"\r") {
+        let _ = done.send(match input.code_line() {
             Ok(()) => Finish::Pasted,
             Err(Interrupted) => Finish::Interrupted,
         });
