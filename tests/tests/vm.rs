@@ -2,11 +2,17 @@
 //! the static agent as PID 1, and the host reaching it over virtio-vsock through
 //! `vhost-device-vsock`. No mock anywhere: this is the test that proves the transport.
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
+use bytes::Bytes;
+use orchestrator::client::StreamItem;
 use orchestrator::vm::QemuVm;
 use orchestrator::{AgentClient, ClientError};
+use protocol::frame::FrameKind;
 use protocol::messages::WriteFileRequest;
+use protocol::pty::{PtyEvent, PtyRequest, PtySpawn};
 use protocol::ErrorCode;
 use tests::process_alive;
 
@@ -168,4 +174,193 @@ async fn an_agent_that_is_not_the_vms_init_refuses_to_power_off() {
     }
     assert!(process_alive(agent.pid() as i32));
     client.health().await.expect("agent still serving");
+}
+
+/// A recording of tests/fixtures/cli (the image carries the same files).
+fn recording(case: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/cli")
+        .join(case)
+        .join("session.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("session.json")).expect("parse")
+}
+
+/// The URLs a login of `case` must report: the one a person copies and the one handed to the
+/// browser (the same for codex and gemini; claude's browser variant differs in `redirect_uri`).
+fn urls_of(case: &str) -> BTreeSet<String> {
+    let meta = recording(case);
+    let mut urls = BTreeSet::new();
+    urls.insert(
+        meta["expected_urls"][0]["url"]
+            .as_str()
+            .expect("url")
+            .to_owned(),
+    );
+    if let Some(url) = meta["browser_calls"][0]["argv"][0].as_str() {
+        urls.insert(url.to_owned());
+    }
+    urls
+}
+
+/// The last bytes the fake CLI replays before it waits for the pasted code.
+fn replay_tail(case: &str) -> Vec<u8> {
+    let out = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/cli")
+            .join(case)
+            .join("output.bin"),
+    )
+    .expect("output.bin");
+    let stop = recording(case)["inputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| {
+            i["pattern"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("<stop"))
+        })
+        .filter_map(|i| i["offset"].as_u64())
+        .min()
+        .map_or(out.len(), |o| o as usize);
+    out[stop.saturating_sub(8)..stop].to_vec()
+}
+
+/// Runs a provider's login argv in a guest PTY, as the login flow does: waits for its URL events,
+/// pastes a code once the CLI waits for it, and returns the URLs reported and the exit code.
+async fn login_in_guest(
+    client: &AgentClient,
+    argv: &[&str],
+    provider: &str,
+    (cols, rows): (u16, u16),
+    case: &str,
+) -> (BTreeSet<String>, i32) {
+    let mut spawn = PtySpawn::new(argv.iter().copied());
+    spawn.provider = Some(provider.into());
+    spawn.cols = cols;
+    spawn.rows = rows;
+    let mut call = client
+        .pty(&PtyRequest::Spawn(spawn))
+        .await
+        .expect("pty spawn in the guest");
+    let (expected, tail) = (urls_of(case), replay_tail(case));
+    let (mut urls, mut output, mut pasted) = (BTreeSet::new(), Vec::new(), false);
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(90), call.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{argv:?} stalled; urls {urls:?}; output: {}",
+                    String::from_utf8_lossy(&output)
+                )
+            })
+            .expect("pty stream");
+        match item {
+            None => panic!("{argv:?}: stream ended without an exit event"),
+            Some(StreamItem::Data(_, b)) => output.extend_from_slice(&b),
+            Some(StreamItem::Event(PtyEvent::Url {
+                url, provider: p, ..
+            })) => {
+                assert_eq!(p, provider, "{url}");
+                urls.insert(url);
+            }
+            Some(StreamItem::Event(PtyEvent::Exited(status))) => {
+                return (urls, status.shell_code());
+            }
+            Some(StreamItem::Event(_)) => {}
+        }
+        let waiting = output.windows(tail.len()).any(|w| w == tail.as_slice());
+        if !pasted && waiting && urls == expected {
+            pasted = true;
+            call.send(FrameKind::Stdin, Bytes::from_static(b"fake-code-0001\r"))
+                .await
+                .expect("paste the code");
+        }
+    }
+}
+
+/// One provider's login as the image's fake CLIs run it.
+struct GuestLogin {
+    /// The login argv of the agent's providers.toml.
+    argv: &'static [&'static str],
+    provider: &'static str,
+    /// Terminal size; the wrapper picks the recording of that size.
+    size: (u16, u16),
+    /// The recording the wrapper replays at that size.
+    case: &'static str,
+    /// Where the fake CLI writes the credentials (HOME is /root in the guest).
+    cred: &'static str,
+    /// The command that says whether the CLI is logged in.
+    status: &'static str,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_cli_logins_in_a_real_vm_report_their_url_and_write_credentials() {
+    let vm = tests::vm::backend()
+        .create("test-fake-clis")
+        .await
+        .expect("VM boots and its agent says hello");
+    let client = AgentClient::connect(&vm.connector())
+        .await
+        .expect("connect");
+    let logins = [
+        GuestLogin {
+            argv: &["codex", "login"],
+            provider: "codex",
+            size: (80, 24),
+            case: "codex/login-80x24",
+            cred: "/root/.codex/auth.json",
+            status: "codex login status",
+        },
+        GuestLogin {
+            argv: &["claude", "auth", "login"],
+            provider: "claude_code",
+            size: (100, 30),
+            case: "claude_code/auth-login-100x30",
+            cred: "/root/.claude/.credentials.json",
+            status: "claude auth status",
+        },
+        GuestLogin {
+            argv: &["gemini"],
+            provider: "gemini_cli",
+            size: (80, 24),
+            case: "gemini_cli/display-80x24",
+            cred: "/root/.gemini/oauth_creds.json",
+            status: "gemini --fake-status",
+        },
+    ];
+    for GuestLogin {
+        argv,
+        provider,
+        size,
+        case,
+        cred,
+        status,
+    } in logins
+    {
+        let before = client
+            .exec_collect(&["sh", "-c", status], None)
+            .await
+            .expect("status before login");
+        assert_eq!(before.status.shell_code(), 1, "{status} before login");
+        assert_eq!(String::from_utf8_lossy(&before.stdout), "Not logged in\n");
+
+        let (urls, code) = login_in_guest(&client, argv, provider, size, case).await;
+        assert_eq!(code, 0, "{argv:?} exit code");
+        assert_eq!(urls, urls_of(case), "{argv:?}");
+
+        let file = client.read_file(cred).await.expect("credential file");
+        assert_eq!(file.mode & 0o777, 0o600, "{cred}");
+        assert!(
+            String::from_utf8_lossy(&file.content).contains("fake-access-token-0001"),
+            "{cred}"
+        );
+        assert_eq!(
+            sh(&client, status).await,
+            format!("Logged in ({cred})\n"),
+            "{status}"
+        );
+    }
+    drop(client);
+    destroy_without_traces(vm).await;
 }

@@ -1,9 +1,10 @@
 //! `cargo xtask image minimal`: the test image. Debian's guest kernel as a plain ELF, and an initramfs
-//! holding the static agent as PID 1 (`/init`), static busybox for a shell, and the vsock modules the
-//! agent loads at boot. Cached under `target/vm-image/`, keyed by a hash of every input, so an
+//! holding the static agent as PID 1 (`/init`), static busybox for a shell, the vsock modules the
+//! agent loads at boot, and the fake CLIs of the tests (`claude`, `codex`, `gemini` on `PATH`). Cached under `target/vm-image/`, keyed by a hash of every input, so an
 //! unchanged image costs nothing and a changed agent is picked up.
 
 pub mod cpio;
+pub mod fake_clis;
 pub mod kernel;
 
 use std::fs;
@@ -13,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 /// Bumped when the layout below changes, so old cached images are not reused.
-const LAYOUT_VERSION: &str = "minimal-1";
+const LAYOUT_VERSION: &str = "minimal-2";
 
 /// Where the agent finds the module load order in the image (one file name per line).
 pub const MODULE_ORDER_PATH: &str = "/lib/modules/load-order";
@@ -30,7 +31,7 @@ pub struct Image {
 /// The images `cargo xtask image` builds.
 #[derive(clap::Subcommand, Debug, Clone, Copy)]
 pub enum Which {
-    /// Test image: Debian's kernel, the static agent as PID 1, busybox, vsock modules.
+    /// Test image: Debian's kernel, the static agent as PID 1, busybox, vsock modules, fake CLIs.
     Minimal,
 }
 
@@ -77,6 +78,7 @@ pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
     fs::create_dir_all(cache)?;
     let kernel = kernel::ensure(&cache.join("kernel"))?;
     let busybox = find_static_busybox()?;
+    let fake_clis = fake_clis::FakeClis::collect()?;
 
     let agent_bytes = fs::read(agent).with_context(|| format!("reading {}", agent.display()))?;
     let busybox_bytes = fs::read(&busybox)?;
@@ -99,6 +101,7 @@ pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
         hash.update(name);
         hash.update(bytes);
     }
+    fake_clis.hash_into(&mut hash);
     let key: String = hash.finalize()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -114,9 +117,10 @@ pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
         });
     }
     progress(&format!(
-        "initramfs: packing agent ({} KiB), busybox, {} modules",
+        "initramfs: packing agent ({} KiB), busybox, {} modules, {}",
         agent_bytes.len() / 1024,
-        modules.len()
+        modules.len(),
+        fake_clis.describe()
     ));
     fs::create_dir_all(&out_dir)?;
     let partial = out_dir.join(format!("initramfs.cpio.partial-{}", std::process::id()));
@@ -159,6 +163,7 @@ pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
         order.push('\n');
     }
     w.file(MODULE_ORDER_PATH, 0o644, order.as_bytes())?;
+    fake_clis.pack(&mut w)?;
     w.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
     w.file("/etc/group", 0o644, b"root:x:0:\n")?;
     w.finish()?
