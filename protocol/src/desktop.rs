@@ -6,7 +6,8 @@
 //! Response body: [`DesktopEvent`] message frames, the first one being [`DesktopEvent::Answer`]. The
 //! viewer's session lives as long as the call: dropping the call disconnects that viewer.
 //!
-//! The data channel (any label) carries [`InputEvent`]s as JSON text messages.
+//! The data channel (any label) carries [`InputEvent`]s from the viewer and [`ViewerMessage`]s to it,
+//! as JSON text messages.
 
 use std::net::IpAddr;
 
@@ -168,6 +169,72 @@ pub enum InputEvent {
     },
     /// Asks for input control.
     TakeControl,
+    /// A piece of text for the VM's clipboard (`CLIPBOARD` and `PRIMARY`); pieces with `more` are
+    /// followed by the rest (see [`clipboard_pieces`]). At most [`MAX_CLIPBOARD_BYTES`] in all.
+    Clipboard {
+        /// This piece.
+        text: String,
+        /// More pieces follow.
+        #[serde(default)]
+        more: bool,
+    },
+    /// The viewer's video area is `width x height` device pixels: the VM's screen follows it.
+    Resize {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
+}
+
+/// Largest clipboard text carried either way (1 MiB of UTF-8); larger text is refused with a
+/// [`ViewerMessage::Error`] (viewer to VM) or announced as [`ViewerMessage::ClipboardTooLarge`].
+pub const MAX_CLIPBOARD_BYTES: usize = 1 << 20;
+
+/// Clipboard text travels in pieces of at most this many bytes (browsers take data channel messages
+/// of 256 KiB; a piece stays below that even with every character JSON-escaped).
+pub const CLIPBOARD_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Messages from the agent to the viewer, as JSON text messages on the data channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ViewerMessage {
+    /// A piece of the text an X client copied; pieces with `more` are followed by the rest.
+    Clipboard {
+        /// This piece.
+        text: String,
+        /// More pieces follow.
+        #[serde(default)]
+        more: bool,
+    },
+    /// An X client copied text larger than [`MAX_CLIPBOARD_BYTES`]; it is not sent.
+    ClipboardTooLarge {
+        /// Its size in bytes (at least).
+        bytes: u64,
+    },
+    /// Something the viewer sent was refused.
+    Error {
+        /// Why, for the user.
+        message: String,
+    },
+}
+
+/// Splits `text` into clipboard pieces of at most [`CLIPBOARD_CHUNK_BYTES`] on character
+/// boundaries (an empty text is one empty piece).
+pub fn clipboard_pieces(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while rest.len() > CLIPBOARD_CHUNK_BYTES {
+        let mut cut = CLIPBOARD_CHUNK_BYTES;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (piece, tail) = rest.split_at(cut);
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces.push(rest);
+    pieces
 }
 
 #[cfg(test)]
@@ -189,6 +256,16 @@ mod tests {
         let e: InputEvent = serde_json::from_str(r#"{"type":"wheel","dy":120}"#).unwrap();
         assert_eq!(e, InputEvent::Wheel { dx: 0.0, dy: 120.0 });
         assert!(serde_json::from_str::<InputEvent>(r#"{"type":"teleport"}"#).is_err());
+    }
+
+    #[test]
+    fn clipboard_pieces_split_on_character_boundaries() {
+        assert_eq!(clipboard_pieces(""), vec![""]);
+        let text = "ä".repeat(CLIPBOARD_CHUNK_BYTES);
+        let pieces = clipboard_pieces(&text);
+        assert_eq!(pieces.len(), 2);
+        assert!(pieces.iter().all(|p| p.len() <= CLIPBOARD_CHUNK_BYTES));
+        assert_eq!(pieces.concat(), text);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The desktop as a user sees it: a real X server (Xvfb), the agent serving the `desktop` call, the
 //! orchestrator relaying signalling, and the viewer page in real headless Chromium. The video must
 //! show what X clients paint, and a click and keys in the viewer must reach X clients (a bare X
-//! window, and a GTK3 dialog, since GTK treats synthetic keys differently).
+//! window, and a GTK3 dialog, since GTK treats synthetic keys differently). The clipboard goes both
+//! ways between X clients (xclip, a GTK entry) and the page, and the X screen follows the page's
+//! window size.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -271,4 +273,286 @@ fn agentctl_desktop_offer_answers_a_browser_offer_for_scripting() {
     assert!(next["event"].is_string(), "{next}");
     let _ = agentctl.kill();
     let _ = agentctl.wait();
+}
+
+/// Text copied with xclip (a real X client) on `display`; xclip serves it until it is killed.
+struct Xclip(std::process::Child);
+
+impl Xclip {
+    fn copy(display: &str, text: &str) -> Self {
+        use std::io::Write;
+        let mut child = Command::new("xclip")
+            .args(["-selection", "clipboard", "-in", "-quiet"])
+            .env("DISPLAY", display)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("xclip from Debian's xclip package must be installed (cargo xtask setup)");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("write to xclip");
+        drop(stdin);
+        Self(child)
+    }
+}
+
+impl Drop for Xclip {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What an X client gets when it pastes `selection` (xclip -out), as target `target`.
+fn x_paste(display: &str, selection: &str, target: &str) -> String {
+    let out = Command::new("xclip")
+        .args(["-selection", selection, "-out", "-target", target])
+        .env("DISPLAY", display)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("xclip");
+    assert!(
+        out.status.success(),
+        "xclip -out {selection} {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 from xclip")
+}
+
+/// Waits until the viewer page's `expression` (a string or null) equals `want`.
+fn wait_page_string(browser: &mut Chromium, expression: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = browser.eval(expression);
+        if got.as_str() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{expression} is {} (first 80 chars), expected {:?}",
+            got.to_string().chars().take(80).collect::<String>(),
+            want.chars().take(80).collect::<String>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until an X client pasting CLIPBOARD gets `want`.
+fn wait_x_paste(display: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = x_paste(display, "clipboard", "UTF8_STRING");
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the X clipboard holds {:?}, expected {:?}",
+            got.chars().take(80).collect::<String>(),
+            want.chars().take(80).collect::<String>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn text_copied_in_the_vm_reaches_the_viewer_and_back() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(W, H);
+    let _canvas = Canvas::open(&x.display, 0x202020);
+    let (_agent, relay) = start_agent(&rt, &x.display);
+    let mut browser = open_viewer(&relay);
+    browser.wait_for("viewer.dc.readyState === 'open'", Duration::from_secs(20));
+
+    // VM to browser: an X client copies; the viewer page shows it in its clipboard panel.
+    let copied = "copied in the VM: grüße ✓ 🙂\nsecond line";
+    let xclip = Xclip::copy(&x.display, copied);
+    wait_page_string(&mut browser, "viewer.vmClipboard", copied);
+    assert_eq!(
+        browser.eval("document.getElementById('clipText').value"),
+        json!(copied),
+        "the panel shows the VM's clipboard"
+    );
+    assert_eq!(
+        browser.eval("document.getElementById('clip').hidden"),
+        json!(false)
+    );
+    drop(xclip);
+
+    // Larger than one data channel message: it arrives in pieces, whole.
+    let big: String = (0..20_000).map(|i| format!("{i:05}ä\n")).collect();
+    assert!(big.len() > 100 * 1024);
+    let xclip = Xclip::copy(&x.display, &big);
+    wait_page_string(&mut browser, "viewer.vmClipboard", &big);
+    drop(xclip);
+
+    // Over the 1 MiB limit: the viewer is told, and keeps what it had.
+    let huge = "x".repeat(protocol::desktop::MAX_CLIPBOARD_BYTES + 10);
+    let xclip = Xclip::copy(&x.display, &huge);
+    browser.wait_for(
+        "typeof viewer.clipboardError === 'string' && viewer.clipboardError.includes('more than')",
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        browser.eval("viewer.vmClipboard.length"),
+        json!(big.chars().count())
+    );
+    drop(xclip);
+
+    // Browser to VM through the panel: type the text, press "Copy to VM"; X clients paste it from
+    // CLIPBOARD and PRIMARY.
+    let pasted = "oauth-code-fake-0001 ✓";
+    browser.eval(&format!(
+        "document.getElementById('clipText').value = {}; true",
+        json!(pasted)
+    ));
+    let (bx, by) = element_centre(&mut browser, "clipSend");
+    browser.click(bx, by);
+    wait_x_paste(&x.display, pasted);
+    assert_eq!(x_paste(&x.display, "primary", "UTF8_STRING"), pasted);
+    assert_eq!(
+        x_paste(&x.display, "clipboard", "STRING"),
+        "oauth-code-fake-0001 ?",
+        "Latin-1 STRING for old clients"
+    );
+    let targets = x_paste(&x.display, "clipboard", "TARGETS");
+    for t in ["UTF8_STRING", "STRING", "TARGETS"] {
+        assert!(
+            targets.lines().any(|l| l == t),
+            "TARGETS lists {t}: {targets:?}"
+        );
+    }
+
+    // Too large from the browser: the page refuses before sending; text sent around the page's
+    // check is refused by the agent with a clear error; the VM's clipboard keeps its text.
+    let refused = browser.eval(&format!(
+        "viewer.sendClipboard('y'.repeat({}))",
+        protocol::desktop::MAX_CLIPBOARD_BYTES + 1
+    ));
+    assert_eq!(refused, json!(false));
+    browser.eval("viewer.clipboardError = null; true");
+    browser.eval(
+        "for (let i = 0; i < 40; i++) viewer.send({ type: 'clipboard', text: 'z'.repeat(30000), more: i < 39 }); true",
+    );
+    browser.wait_for(
+        "typeof viewer.clipboardError === 'string' && viewer.clipboardError.includes('over the limit')",
+        Duration::from_secs(20),
+    );
+    assert_eq!(x_paste(&x.display, "clipboard", "UTF8_STRING"), pasted);
+    assert_eq!(browser.eval("viewer.connected"), json!(true));
+}
+
+#[test]
+fn ctrl_v_in_the_viewer_pastes_the_browser_clipboard_into_a_gtk_app() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(W, H);
+    let (_agent, relay) = start_agent(&rt, &x.display);
+    let mut browser = open_viewer(&relay);
+    browser.wait_for("viewer.dc.readyState === 'open'", Duration::from_secs(20));
+    let zenity = Command::new("zenity")
+        .args(["--entry", "--title=paste test", "--text=paste here"])
+        .env("DISPLAY", &x.display)
+        .env("NO_AT_BRIDGE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("zenity from Debian's zenity package must be installed (cargo xtask setup)");
+    let (wx, wy, ww, wh) = wait_for_window(&x.display, "paste test");
+    browser.click(f64::from(wx + ww / 2), f64::from(wy + wh / 2));
+    // Ctrl+V as a user presses it: Ctrl goes down in the VM, the page receives the browser's
+    // paste (with the clipboard text), then Ctrl comes up.
+    browser.key_event("keyDown", "Control", "ControlLeft", 17, 2);
+    browser.eval(
+        "(() => { const dt = new DataTransfer(); dt.setData('text/plain', 'code-fake-4242'); \
+         viewer.video.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true })); \
+         return true; })()",
+    );
+    browser.key_event("keyUp", "Control", "ControlLeft", 17, 0);
+    wait_x_paste(&x.display, "code-fake-4242");
+    browser.type_text("\n");
+    let out = wait_output(zenity, Duration::from_secs(20));
+    assert_eq!(
+        out.trim_end(),
+        "code-fake-4242",
+        "the GTK entry pasted the text"
+    );
+}
+
+/// The centre of element `id` in page coordinates.
+fn element_centre(browser: &mut Chromium, id: &str) -> (f64, f64) {
+    let r = browser.eval(&format!(
+        "(() => {{ const r = document.getElementById('{id}').getBoundingClientRect(); \
+         return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
+    ));
+    (
+        r[0].as_f64().expect("x of element"),
+        r[1].as_f64().expect("y of element"),
+    )
+}
+
+/// The X screen's size as X clients see it.
+fn x_screen_size(display: &str) -> (u16, u16) {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::ConnectionExt as _;
+    let (conn, screen) = x11rb::connect(Some(display)).expect("connect");
+    let root = conn.setup().roots[screen].root;
+    let g = conn
+        .get_geometry(root)
+        .expect("geometry")
+        .reply()
+        .expect("geometry");
+    (g.width, g.height)
+}
+
+fn wait_sizes(browser: &mut Chromium, display: &str, want: (u16, u16)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let screen = x_screen_size(display);
+        let video = browser.eval("[viewer.video.videoWidth, viewer.video.videoHeight]");
+        if screen == want && video == json!([want.0, want.1]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "X screen {screen:?}, video {video}; expected both {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_screen_follows_the_viewer_window_without_reconnecting() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // Xvfb cannot grow past the size it started with: start large, the viewer shrinks it.
+    let x = Xvfb::start(1920, 1080);
+    let (_agent, relay) = start_agent(&rt, &x.display);
+    let mut browser = open_viewer(&relay);
+    wait_sizes(&mut browser, &x.display, (1280, 720));
+
+    for (w, h) in [(1000u16, 600u16), (1600, 900), (801, 501)] {
+        browser.set_viewport(u32::from(w), u32::from(h));
+        let want = (w & !1, h & !1);
+        wait_sizes(&mut browser, &x.display, want);
+        // What a client paints at the new size shows in the video at the new size.
+        let canvas = Canvas::open(&x.display, 0x3366cc);
+        wait_colour(
+            &mut browser,
+            u32::from(want.0) - 4,
+            u32::from(want.1) - 4,
+            0x3366cc,
+            24,
+        );
+        drop(canvas);
+    }
+    assert_eq!(
+        browser.eval("viewer.connected"),
+        json!(true),
+        "one connection throughout"
+    );
+    assert_eq!(
+        relay.sessions.lock().expect("sessions").len(),
+        1,
+        "no second offer"
+    );
 }

@@ -33,6 +33,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "chromium",
     "xdotool",
     "zenity",
+    // Desktop clipboard tests: xclip is the real X client that copies into and pastes from the
+    // VM's CLIPBOARD/PRIMARY selections.
+    "xclip",
 ];
 
 /// Rust targets the project builds for.

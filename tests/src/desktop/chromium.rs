@@ -199,6 +199,24 @@ impl Chromium {
         }
     }
 
+    /// Resizes the page's window to `width x height` CSS pixels (the page gets a `resize` event),
+    /// as a user resizing the browser window.
+    pub fn set_viewport(&mut self, width: u32, height: u32) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+        );
+    }
+
+    /// One real key event: `kind` is `keyDown` or `keyUp`, `modifiers` the DevTools bit set
+    /// (2 = Ctrl).
+    pub fn key_event(&mut self, kind: &str, key: &str, code: &str, vk: u32, modifiers: u32) {
+        self.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": kind, "key": key, "code": code, "windowsVirtualKeyCode": vk, "modifiers": modifiers}),
+        );
+    }
+
     /// Real key presses for each ASCII character of `text` (`\n` is Enter).
     pub fn type_text(&mut self, text: &str) {
         for c in text.chars() {

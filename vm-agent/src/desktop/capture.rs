@@ -155,8 +155,49 @@ impl Capture {
         Ok(changes)
     }
 
-    /// Grabs the whole screen as 32-bit BGRX pixels, `width * height * 4` bytes.
-    pub fn grab(&mut self) -> Result<&[u8], DesktopError> {
+    /// Grabs the whole screen as 32-bit BGRX pixels, `width * height * 4` bytes, with its width
+    /// and height. A screen that changed size before its notification arrived makes the server
+    /// refuse the grab (`Match`): the size is read again and the grab retried at the new size.
+    pub fn grab(&mut self) -> Result<(&[u8], u16, u16), DesktopError> {
+        if let Err(e) = self.try_grab() {
+            if !matches!(e, DesktopError::Display(_)) || !self.refresh_size()? {
+                return Err(e);
+            }
+            self.try_grab()?;
+        }
+        Ok((self.pixels(), self.width, self.height))
+    }
+
+    /// Reads the root window's size; true when it differs from what the capture assumed (the
+    /// shared segment is remade for it).
+    fn refresh_size(&mut self) -> Result<bool, DesktopError> {
+        let geometry = self.conn.get_geometry(self.root)?.reply()?;
+        if (geometry.width, geometry.height) == (self.width, self.height) {
+            return Ok(false);
+        }
+        debug!(
+            width = geometry.width,
+            height = geometry.height,
+            "screen size changed under a grab"
+        );
+        self.width = geometry.width;
+        self.height = geometry.height;
+        self.attach_shm();
+        Ok(true)
+    }
+
+    /// The pixels of the last successful grab.
+    fn pixels(&self) -> &[u8] {
+        let len = usize::from(self.width) * usize::from(self.height) * 4;
+        match &self.shm {
+            // SAFETY: the mapping is `shm.len >= len` bytes long and lives as long as `shm`; the
+            // server finished writing before it replied.
+            Some(shm) => unsafe { std::slice::from_raw_parts(shm.map.as_ptr(), len.min(shm.len)) },
+            None => &self.plain[..len.min(self.plain.len())],
+        }
+    }
+
+    fn try_grab(&mut self) -> Result<(), DesktopError> {
         let len = usize::from(self.width) * usize::from(self.height) * 4;
         if let Some(shm) = &self.shm {
             self.conn
@@ -172,9 +213,7 @@ impl Capture {
                     0,
                 )?
                 .reply()?;
-            // SAFETY: the mapping is `shm.len >= len` bytes long and lives as long as `shm`; the
-            // server finished writing before it replied.
-            return Ok(unsafe { std::slice::from_raw_parts(shm.map.as_ptr(), len.min(shm.len)) });
+            return Ok(());
         }
         let reply = self
             .conn
@@ -197,7 +236,7 @@ impl Capture {
                 self.height
             )));
         }
-        Ok(&self.plain[..len])
+        Ok(())
     }
 
     /// (Re)creates the shared segment for the current size; falls back to plain `GetImage`.

@@ -122,7 +122,8 @@ impl Injector {
                     self.tap(keymap::char_keysym(c))?;
                 }
             }
-            InputEvent::TakeControl => {}
+            // Handled by the session, not injected.
+            InputEvent::TakeControl | InputEvent::Clipboard { .. } | InputEvent::Resize { .. } => {}
         }
         self.conn.flush()?;
         Ok(())

@@ -5,20 +5,26 @@
 //! PLI/FIR/NACK itself, and its crypto builds into the static musl agent. The measured comparison is
 //! in the issue note.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use protocol::desktop::{DesktopEvent, DesktopSignal, IceSettings, InputEvent};
+use protocol::desktop::{
+    clipboard_pieces, DesktopEvent, DesktopSignal, IceSettings, InputEvent, ViewerMessage,
+    MAX_CLIPBOARD_BYTES,
+};
 use str0m::change::SdpOffer;
+use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::clipboard::ClipboardContent;
 use super::screen::{Screen, VideoFrame};
 use super::DesktopError;
 
@@ -28,6 +34,9 @@ const STATS_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
 /// Largest UDP datagram we read.
 const MAX_DATAGRAM: usize = 2048;
 
+/// Data channel bytes str0m buffers before `write` refuses more (a whole clipboard fits).
+const CHANNEL_BUFFER: usize = 4 * MAX_CLIPBOARD_BYTES;
+
 /// A viewer session after the offer was answered.
 pub struct Session {
     rtc: Rtc,
@@ -35,6 +44,16 @@ pub struct Session {
     screen: Arc<Screen>,
     viewer: u64,
     video: Option<Mid>,
+    /// The viewer's data channel once open.
+    channel: Option<ChannelId>,
+    /// The channel just opened: the viewer gets the VM's clipboard as it is now.
+    channel_opened: bool,
+    /// Messages for the viewer waiting for room in the channel's buffer.
+    outbox: VecDeque<Vec<u8>>,
+    /// Clipboard text the viewer is sending in pieces.
+    clipboard_in: String,
+    /// The text being sent is over the limit: its pieces are dropped (size so far).
+    clipboard_in_over: Option<usize>,
 }
 
 impl std::fmt::Debug for Session {
@@ -58,6 +77,7 @@ impl Session {
             .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
             .clear_codecs()
             .enable_h264(true)
+            .set_sctp_max_buffered_amount(CHANNEL_BUFFER)
             .build(Instant::now());
         let sockets = bind_sockets(ice).await?;
         for socket in &sockets {
@@ -86,6 +106,11 @@ impl Session {
             screen,
             viewer,
             video: None,
+            channel: None,
+            channel_opened: false,
+            outbox: VecDeque::new(),
+            clipboard_in: String::new(),
+            clipboard_in_over: None,
         };
         Ok((session, answer.to_sdp_string()))
     }
@@ -108,6 +133,7 @@ impl Session {
         let mut frames = self.screen.subscribe();
         let mut holder = self.screen.holder();
         holder.mark_changed();
+        let mut clipboard = self.screen.clipboard_content();
         let mut connected = false;
         let mut signals_open = true;
         let mut stats = tokio::time::interval(STATS_PERIOD);
@@ -119,6 +145,18 @@ impl Session {
                 Ok(None) => break "the viewer disconnected".to_string(),
                 Err(e) => break e.to_string(),
             };
+            if std::mem::take(&mut self.channel_opened) {
+                if let Some(content) = clipboard
+                    .as_mut()
+                    .and_then(|c| c.borrow_and_update().clone())
+                {
+                    self.send_clipboard(&content);
+                }
+            }
+            if !self.outbox.is_empty() && self.flush_outbox() {
+                // Queued messages became packets: send them before waiting.
+                continue;
+            }
             let wait = deadline.saturating_duration_since(Instant::now());
             let input = tokio::select! {
                 d = datagrams.recv() => match d {
@@ -157,6 +195,13 @@ impl Session {
                     match s {
                         Some(signal) => self.signal(signal),
                         None => signals_open = false,
+                    }
+                    continue;
+                }
+                changed = clipboard_changed(clipboard.as_mut()) => {
+                    match changed {
+                        Some(content) => self.send_clipboard(&content),
+                        None => clipboard = None,
                     }
                     continue;
                 }
@@ -235,7 +280,16 @@ impl Session {
                     }
                     Event::MediaAdded(m) if m.kind == MediaKind::Video => self.video = Some(m.mid),
                     Event::KeyframeRequest(_) => self.screen.request_keyframe(),
-                    Event::ChannelData(data) => self.input(&data.data),
+                    Event::ChannelOpen(id, _) => {
+                        self.channel = Some(id);
+                        self.channel_opened = true;
+                    }
+                    Event::ChannelData(data) => {
+                        if self.channel.is_none() {
+                            self.channel = Some(data.id);
+                        }
+                        self.input(&data.data)
+                    }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         return Ok(None)
                     }
@@ -288,15 +342,128 @@ impl Session {
             Ok(e) => e,
             Err(e) => {
                 debug!(viewer = self.viewer, error = %e, "malformed input ignored");
+                self.tell(&ViewerMessage::Error {
+                    message: format!("malformed input ignored: {e}"),
+                });
                 return;
             }
         };
-        if event == InputEvent::TakeControl {
-            self.screen.take_control(self.viewer);
+        match event {
+            InputEvent::TakeControl => self.screen.take_control(self.viewer),
+            InputEvent::Clipboard { text, more } => self.clipboard_piece(&text, more),
+            InputEvent::Resize { width, height } => {
+                if let Err(e) = self.screen.resize(self.viewer, width, height) {
+                    warn!(viewer = self.viewer, error = %e, "resize failed");
+                    self.tell(&ViewerMessage::Error {
+                        message: format!("the screen cannot take {width}x{height}: {e}"),
+                    });
+                }
+            }
+            event => {
+                if let Err(e) = self.screen.input(self.viewer, &event) {
+                    warn!(viewer = self.viewer, error = %e, "input injection failed");
+                }
+            }
+        }
+    }
+
+    /// One piece of clipboard text from the viewer; the last one sets the VM's clipboard.
+    fn clipboard_piece(&mut self, text: &str, more: bool) {
+        match self.clipboard_in_over.as_mut() {
+            Some(over) => *over += text.len(),
+            None if self.clipboard_in.len() + text.len() > MAX_CLIPBOARD_BYTES => {
+                self.clipboard_in_over = Some(self.clipboard_in.len() + text.len());
+                self.clipboard_in = String::new();
+            }
+            None => self.clipboard_in.push_str(text),
+        }
+        if more {
             return;
         }
-        if let Err(e) = self.screen.input(self.viewer, &event) {
-            warn!(viewer = self.viewer, error = %e, "input injection failed");
+        let text = std::mem::take(&mut self.clipboard_in);
+        let result = match self.clipboard_in_over.take() {
+            Some(bytes) => Err(super::clipboard::ClipboardError::TooLarge { bytes }),
+            None => self.screen.set_clipboard(self.viewer, &text),
+        };
+        match result {
+            Ok(true) => debug!(viewer = self.viewer, bytes = text.len(), "clipboard set"),
+            Ok(false) => self.tell(&ViewerMessage::Error {
+                message: "only the viewer in control sets the VM's clipboard".into(),
+            }),
+            Err(e) => {
+                debug!(viewer = self.viewer, error = %e, "clipboard refused");
+                self.tell(&ViewerMessage::Error {
+                    message: format!("the VM's clipboard was not set: {e}"),
+                });
+            }
+        }
+    }
+
+    /// The VM's clipboard changed: the viewer gets its text in pieces (or hears it is too large).
+    fn send_clipboard(&mut self, content: &ClipboardContent) {
+        match content {
+            ClipboardContent::Text(text) => {
+                let pieces = clipboard_pieces(text);
+                let last = pieces.len() - 1;
+                for (i, piece) in pieces.into_iter().enumerate() {
+                    self.tell(&ViewerMessage::Clipboard {
+                        text: piece.to_string(),
+                        more: i < last,
+                    });
+                }
+            }
+            ClipboardContent::TooLarge { bytes } => self.tell(&ViewerMessage::ClipboardTooLarge {
+                bytes: u64::try_from(*bytes).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+
+    /// Queues a message for the viewer's data channel.
+    fn tell(&mut self, message: &ViewerMessage) {
+        match serde_json::to_vec(message) {
+            Ok(bytes) => self.outbox.push_back(bytes),
+            Err(e) => warn!(error = %e, "viewer message not encoded"),
+        }
+    }
+
+    /// Writes queued messages while the channel has room; returns whether any was written.
+    fn flush_outbox(&mut self) -> bool {
+        let Some(id) = self.channel else {
+            return false;
+        };
+        let mut wrote = false;
+        while let Some(message) = self.outbox.front() {
+            let Some(mut channel) = self.rtc.channel(id) else {
+                return wrote;
+            };
+            match channel.write(false, message) {
+                Ok(true) => {
+                    self.outbox.pop_front();
+                    wrote = true;
+                }
+                Ok(false) => return wrote,
+                Err(e) => {
+                    warn!(viewer = self.viewer, error = %e, "data channel write failed");
+                    self.outbox.clear();
+                    return wrote;
+                }
+            }
+        }
+        wrote
+    }
+}
+
+/// The next clipboard content; `None` when there is no clipboard (it never resolves then).
+async fn clipboard_changed(
+    clipboard: Option<&mut watch::Receiver<Option<ClipboardContent>>>,
+) -> Option<ClipboardContent> {
+    let Some(clipboard) = clipboard else {
+        return std::future::pending().await;
+    };
+    loop {
+        clipboard.changed().await.ok()?;
+        if let Some(content) = clipboard.borrow_and_update().clone() {
+            return Some(content);
         }
     }
 }

@@ -17,8 +17,10 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, warn};
 
 use super::capture::Capture;
+use super::clipboard::{Clipboard, ClipboardContent, ClipboardError};
 use super::encode::{EncodedFrame, Encoder, EncoderSettings};
 use super::input::Injector;
+use super::resize::Resizer;
 use super::DesktopError;
 
 /// Frames buffered per viewer before a slow viewer skips ahead (and gets a keyframe).
@@ -49,6 +51,10 @@ pub struct Screen {
     injector: Mutex<Injector>,
     control: Mutex<Control>,
     holder: watch::Sender<Option<u64>>,
+    /// `None` when the X server has no XFIXES.
+    clipboard: Option<Clipboard>,
+    /// `None` when the X server has no RandR 1.2.
+    resizer: Option<Mutex<Resizer>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -64,6 +70,14 @@ impl Screen {
         let capture = Capture::open(display)?;
         let injector = Injector::open(display)?;
         let encoder = Encoder::new(settings)?;
+        let display_name = display;
+        let clipboard = Clipboard::start(display)
+            .inspect_err(|e| warn!(display = %display_name, error = %e, "no clipboard sharing"))
+            .ok();
+        let resizer = Resizer::open(display)
+            .inspect_err(|e| warn!(display = %display_name, error = %e, "the screen cannot follow the viewer"))
+            .ok()
+            .map(Mutex::new);
         let (frames, _) = broadcast::channel(FRAME_QUEUE);
         let (commands, thread_commands) = UnixDatagram::pair()
             .map_err(|e| DesktopError::Display(format!("command socket: {e}")))?;
@@ -88,6 +102,8 @@ impl Screen {
             injector: Mutex::new(injector),
             control: Mutex::new(Control::default()),
             holder: watch::channel(None).0,
+            clipboard,
+            resizer,
             thread: Some(thread),
         })
     }
@@ -155,6 +171,41 @@ impl Screen {
     /// Who holds control, as it changes.
     pub fn holder(&self) -> watch::Receiver<Option<u64>> {
         self.holder.subscribe()
+    }
+
+    /// The VM's clipboard as X clients copy to it; `None` when the display cannot share it.
+    pub fn clipboard_content(&self) -> Option<watch::Receiver<Option<ClipboardContent>>> {
+        self.clipboard.as_ref().map(Clipboard::content)
+    }
+
+    /// Makes `text` the VM's clipboard for viewer `id` if it holds control; returns whether it did.
+    pub fn set_clipboard(&self, id: u64, text: &str) -> Result<bool, ClipboardError> {
+        if *self.holder.borrow() != Some(id) {
+            return Ok(false);
+        }
+        let clipboard = self.clipboard.as_ref().ok_or_else(|| {
+            ClipboardError::Display("the X server cannot share its clipboard (no XFIXES)".into())
+        })?;
+        clipboard.set(text)?;
+        Ok(true)
+    }
+
+    /// Sets the screen size for viewer `id` if it holds control; returns the size set, `None` when
+    /// the viewer does not hold control.
+    pub fn resize(
+        &self,
+        id: u64,
+        width: u32,
+        height: u32,
+    ) -> Result<Option<(u16, u16)>, DesktopError> {
+        if *self.holder.borrow() != Some(id) {
+            return Ok(None);
+        }
+        let resizer = self.resizer.as_ref().ok_or_else(|| {
+            DesktopError::Display("the X server cannot change its screen size (no RandR)".into())
+        })?;
+        let resizer = resizer.lock().unwrap_or_else(|p| p.into_inner());
+        resizer.resize(width, height).map(Some)
     }
 
     /// Injects input from viewer `id` if it holds control; returns whether it did.
@@ -233,8 +284,7 @@ fn capture_loop(
             let t0 = Instant::now();
             last = Some(t0);
             dirty = false;
-            let (w, h) = capture.size();
-            let pixels = capture.grab()?;
+            let (pixels, w, h) = capture.grab()?;
             if let Some(frame) = encoder.encode(pixels, usize::from(w), usize::from(h))? {
                 let rtp_90khz = u64::try_from(t0.duration_since(started).as_micros() * 9 / 100)
                     .unwrap_or(u64::MAX);
