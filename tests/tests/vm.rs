@@ -202,16 +202,19 @@ fn urls_of(case: &str) -> BTreeSet<String> {
     urls
 }
 
-/// The last bytes the fake CLI replays before it waits for the pasted code.
-fn replay_tail(case: &str) -> Vec<u8> {
-    let out = std::fs::read(
+/// How many bytes the fake CLI replays before it waits for the pasted code. (A tail of the replay
+/// is no marker: TUI redraws repeat their last bytes many times, and a code pasted at an earlier
+/// prompt would answer that prompt instead.)
+fn replay_len(case: &str) -> usize {
+    let out = std::fs::metadata(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures/cli")
             .join(case)
             .join("output.bin"),
     )
-    .expect("output.bin");
-    let stop = recording(case)["inputs"]
+    .expect("output.bin")
+    .len() as usize;
+    recording(case)["inputs"]
         .as_array()
         .into_iter()
         .flatten()
@@ -222,8 +225,7 @@ fn replay_tail(case: &str) -> Vec<u8> {
         })
         .filter_map(|i| i["offset"].as_u64())
         .min()
-        .map_or(out.len(), |o| o as usize);
-    out[stop.saturating_sub(8)..stop].to_vec()
+        .map_or(out, |o| o as usize)
 }
 
 /// Runs a provider's login argv in a guest PTY, as the login flow does: waits for its URL events,
@@ -243,7 +245,7 @@ async fn login_in_guest(
         .pty(&PtyRequest::Spawn(spawn))
         .await
         .expect("pty spawn in the guest");
-    let (expected, tail) = (urls_of(case), replay_tail(case));
+    let (expected, replayed) = (urls_of(case), replay_len(case));
     let (mut urls, mut output, mut pasted) = (BTreeSet::new(), Vec::new(), false);
     loop {
         let item = tokio::time::timeout(Duration::from_secs(90), call.next())
@@ -269,7 +271,7 @@ async fn login_in_guest(
             }
             Some(StreamItem::Event(_)) => {}
         }
-        let waiting = output.windows(tail.len()).any(|w| w == tail.as_slice());
+        let waiting = output.len() >= replayed;
         if !pasted && waiting && urls == expected {
             pasted = true;
             call.send(FrameKind::Stdin, Bytes::from_static(b"fake-code-0001\r"))
