@@ -1,24 +1,35 @@
 //! `cargo xtask demo`: the product's main flow in real microVMs, with readable progress.
 //!
-//! Builds the image (cached), boots a "browser VM" and a "CLI VM" side by side (QEMU, TCG where
-//! there is no real KVM), configures both with the user's proxy environment over vsock, captures a
-//! credential file from the browser VM and pushes it into the running CLI VM, shows the CLI VM
-//! seeing it, then powers both off and destroys them, checking nothing is left behind. The login
-//! itself (PTY, URL detection, callback) joins this walk when the login flow lands.
+//! Builds the image (cached), then drives one login session with the orchestrator's `LoginService`
+//! over the QEMU backend (TCG where there is no real KVM): the user's CLI VM and a browser VM boot,
+//! the browser VM's agent is configured with the user's egress proxy environment over vsock, the
+//! provider's login (a fake CLI replaying a real recorded login) runs on a PTY there, its URL reaches
+//! the host, the "user" pastes the code, the credential file is captured, sealed, stored, pushed into
+//! the running CLI VM, and the browser VM is wiped and destroyed. The CLI VM then shows its CLI
+//! logged in, is destroyed too, and the demo checks that nothing is left behind.
 
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use orchestrator::vm::{QemuBackend, QemuConfig, QemuVm};
+use base64::Engine;
+use orchestrator::egress::{EgressPorts, PortRange, ProxyConfig};
+use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, SessionState};
+use orchestrator::store::{Store, StoreConfig};
+use orchestrator::vault::{Keyring, Vault};
+use orchestrator::vm::{QemuBackend, QemuConfig, QemuVmBackend, VmBackend};
 use orchestrator::AgentClient;
-use protocol::messages::{ConfigureRequest, WriteFileRequest};
-use protocol::secret::EnvVars;
+use protocol::Secret;
 
 use crate::shell::step;
 
-/// Obviously fake: demo data only.
-const FAKE_CREDENTIAL: &str = r#"{"fake_cli":{"accessToken":"fake-access-token-0001"}}"#;
-const CREDENTIAL_PATH: &str = "/root/.fake-cli/credentials.json";
+/// The demo user and the provider whose login the demo walks.
+const USER: &str = "demo-user";
+const PROVIDER: &str = "claude_code";
+/// What the "user" pastes after logging in at the provider (obviously fake).
+const FAKE_CODE: &str = "fake-auth-code-0001";
 
 /// Runs the demo.
 pub fn run() -> Result<()> {
@@ -45,135 +56,171 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn timed(what: &str, since: Instant) {
-    step(&format!("{what} ({} ms)", since.elapsed().as_millis()));
+/// A fresh random vault key for this run only: real keys come from the host's configuration.
+fn ephemeral_keyring() -> Result<Keyring> {
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .context("reading /dev/urandom")?;
+    let spec = format!(
+        "demo:{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    Ok(Keyring::from_spec(&spec, "demo")?)
 }
 
-async fn flow(backend: QemuBackend) -> Result<()> {
-    let t = Instant::now();
-    step(&format!(
-        "booting the browser VM and the CLI VM (accel {}; waiting for each agent's hello)",
-        backend.config().accel
-    ));
-    let (browser, cli) = tokio::join!(backend.create("browser-vm"), backend.create("cli-vm"));
-    let (mut browser, mut cli) = (browser.context("browser VM")?, cli.context("CLI VM")?);
-    for vm in [&browser, &cli] {
-        step(&format!(
-            "  {}: hello after {} ms (agent start to hello {} ms, guest clock), dir {}",
-            vm.name(),
-            vm.boot_to_hello().as_millis(),
-            vm.hello().start_to_hello_ms,
-            vm.dir().display()
-        ));
+/// The egress proxy of the demo: from `DEMO_PROXY_HOST` / `_USER` / `_PASSWORD` when set, else a
+/// placeholder on a reserved name (nothing in the demo goes out through it).
+fn proxy() -> ProxyConfig {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    ProxyConfig {
+        host: var("DEMO_PROXY_HOST", "proxy.invalid"),
+        username: var("DEMO_PROXY_USER", "demo"),
+        password: Secret::new(var("DEMO_PROXY_PASSWORD", "placeholder")),
     }
-    timed("state: vm_created -> ready", t);
-
-    let result = walk(&browser, &cli).await;
-
-    let t = Instant::now();
-    for vm in [&mut browser, &mut cli] {
-        let client = AgentClient::connect(&vm.connector()).await?;
-        client.poweroff().await?;
-        vm.wait_exit(Duration::from_secs(60)).await?;
-    }
-    timed("both guests powered off cleanly", t);
-    let t = Instant::now();
-    for vm in [browser, cli] {
-        let name = vm.name().to_string();
-        let dir = vm.dir().to_path_buf();
-        let report = vm.destroy().await?;
-        if dir.exists() {
-            bail!("{} left behind", dir.display());
-        }
-        step(&format!(
-            "  {name} destroyed: removed {} files and sockets and its directory",
-            report.removed.len() - 1
-        ));
-    }
-    timed("destroyed with zero traces", t);
-    result
 }
 
-async fn walk(browser_vm: &QemuVm, cli_vm: &QemuVm) -> Result<()> {
-    let browser = AgentClient::connect(&browser_vm.connector()).await?;
-    let cli = AgentClient::connect(&cli_vm.connector()).await?;
-
-    let t = Instant::now();
-    // Placeholder proxy of the demo user: real hosts and passwords are configuration, never code.
-    let env = EnvVars::from_pairs([
-        ("HTTPS_PROXY", "http://proxy.invalid:10001"),
-        ("HTTP_PROXY", "http://proxy.invalid:10001"),
-        ("NO_PROXY", "localhost,127.0.0.1"),
-    ]);
-    for client in [&browser, &cli] {
-        client
-            .configure(&ConfigureRequest {
-                env: env.clone(),
-                session_id: Some("demo-session".into()),
-                ..Default::default()
-            })
-            .await?;
-    }
-    timed(
-        "configured both VMs with the proxy environment over vsock",
-        t,
-    );
-
-    let t = Instant::now();
-    // Stands in for the CLI's login writing its credential file in the browser VM.
-    browser
-        .exec_collect(
-            &[
-                "sh",
-                "-c",
-                &format!(
-                    "mkdir -p /root/.fake-cli && printf '%s' '{FAKE_CREDENTIAL}' > {CREDENTIAL_PATH}.tmp && mv {CREDENTIAL_PATH}.tmp {CREDENTIAL_PATH}"
-                ),
-            ],
-            None,
-        )
-        .await?;
-    let captured = browser.read_file(CREDENTIAL_PATH).await?;
-    timed(
-        &format!(
-            "captured {} bytes of credentials from the browser VM",
-            captured.content.len()
-        ),
-        t,
-    );
-
-    let t = Instant::now();
-    cli.write_file(&WriteFileRequest {
-        path: CREDENTIAL_PATH.into(),
-        content: captured.content,
-        mode: Some(0o600),
-        create_dirs: true,
-    })
+async fn flow(qemu: QemuBackend) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(
+        &StoreConfig::Sqlite {
+            path: dir.path().join("demo.db"),
+        },
+        "demo-host",
+    )
     .await?;
-    timed("pushed them into the running CLI VM (0600)", t);
+    step(&format!(
+        "store: SQLite at {}; vault: AES-256-GCM with a key made for this run",
+        dir.path().join("demo.db").display()
+    ));
+    step(&format!(
+        "VMs: QEMU ({}), the agent as PID 1, reached over virtio-vsock",
+        qemu.config().accel
+    ));
+    let backend = Arc::new(QemuVmBackend::new(qemu, "/root"));
+    let service = LoginService::new(
+        backend.clone(),
+        store.clone(),
+        Arc::new(Vault::new(ephemeral_keyring()?)),
+        EgressPorts::new(store.clone(), PortRange::default()),
+        LoginConfig {
+            proxy: Some(proxy()),
+            vm_subnet: "10.0.2.0/24".into(),
+            hello_timeout: Duration::from_secs(60),
+            ..LoginConfig::default()
+        },
+    );
+
+    let started = Instant::now();
+    let id = service.start(USER, PROVIDER).await?;
+    step(&format!("login session {id}: {USER} links {PROVIDER}"));
+    let mut events = service.subscribe(&id).await?;
+    let mut last = Instant::now();
+    let mut steps: Vec<(String, Duration)> = Vec::new();
+    let mut end = None;
+    let mut pasted = false;
+    while let Some(ev) = events.next().await {
+        let took = last.elapsed();
+        match ev.kind {
+            LoginEventKind::State { state, reason } => {
+                last = Instant::now();
+                steps.push((state.to_string(), took));
+                step(&format!(
+                    "  state {state:<20} (+{} ms){}",
+                    took.as_millis(),
+                    reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ));
+                if state.is_terminal() {
+                    end = Some(state);
+                }
+            }
+            LoginEventKind::AuthUrl { url, source } => {
+                let shown: String = url.chars().take(90).collect();
+                let source = format!("{source:?}").to_lowercase();
+                step(&format!(
+                    "  login URL reached the host (from the {source}): {shown}..."
+                ));
+                // The browser shim and the screen may each report the URL; a person pastes once.
+                if !pasted {
+                    pasted = true;
+                    step("  the user logs in at the provider and pastes the code into the CLI");
+                    service.submit_code(&id, FAKE_CODE).await?;
+                }
+            }
+            LoginEventKind::Progress { step: what, detail } => {
+                step(&format!("  {what}: {detail}"));
+            }
+        }
+    }
+    if end != Some(SessionState::Completed) {
+        bail!("the login ended {end:?}");
+    }
+    step(&format!(
+        "login completed in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+
+    let record = store
+        .credential(USER, PROVIDER)
+        .await?
+        .context("no stored credential")?;
+    step(&format!(
+        "stored sealed: version {}, key {}, {} bytes of ciphertext",
+        record.version,
+        record.envelope.key_id,
+        record.envelope.ciphertext.len()
+    ));
+
+    let cli = backend.ensure_cli_vm(USER).await?;
+    let client = AgentClient::connect(&*cli.connector).await?;
+    let out = client
+        .exec_collect(&["sh", "-c", "claude auth status"], None)
+        .await?;
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.shell_code() != 0 {
+        bail!("the CLI VM's CLI is not logged in: {said}");
+    }
+    step(&format!(
+        "CLI VM {}: `claude auth status` says: {said}",
+        cli.id
+    ));
+    drop(client);
 
     let t = Instant::now();
-    let out = cli
-        .exec_collect(
-            &[
-                "sh",
-                "-c",
-                &format!(
-                    "test -s {CREDENTIAL_PATH} && echo \"logged in (session $AGENT_SESSION_ID, proxy $HTTPS_PROXY, mode $(stat -c %a {CREDENTIAL_PATH}))\""
-                ),
-            ],
-            None,
-        )
-        .await?;
-    if out.status.shell_code() != 0 {
-        bail!(
-            "the CLI VM does not see the credentials: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let pids = backend.pids(&cli.id);
+    let vm_dir: Option<PathBuf> = backend.dir(&cli.id);
+    let report = service.destroy_vm(USER, &cli.id).await?;
+    step(&format!(
+        "CLI VM destroyed in {} ms: removed {} items (processes, sockets, files, its directory)",
+        t.elapsed().as_millis(),
+        report.removed.len()
+    ));
+    let left: Vec<u32> = pids
+        .into_iter()
+        .filter(|p| PathBuf::from(format!("/proc/{p}")).exists())
+        .collect();
+    if !left.is_empty() || vm_dir.is_some_and(|d| d.exists()) || !backend.vm_ids().is_empty() {
+        bail!("something was left behind: processes {left:?}");
     }
-    timed(
-        &format!("CLI VM: {}", String::from_utf8_lossy(&out.stdout).trim()),
-        t,
-    );
+    if !store.active_vms(None).await?.is_empty() || !store.active_sessions().await?.is_empty() {
+        bail!("active rows left in the store");
+    }
+    step("zero traces: no VM process, no VM file, no active store row");
+    step("audit log:");
+    for entry in store.audit_log(Some(USER)).await? {
+        step(&format!(
+            "  {:<22} {} {}",
+            entry.event,
+            entry.subject,
+            entry.detail.chars().take(80).collect::<String>()
+        ));
+    }
+    step("summary (time spent reaching each state):");
+    for (state, took) in steps {
+        step(&format!("  {state:<20} {:>7} ms", took.as_millis()));
+    }
     Ok(())
 }
