@@ -92,6 +92,15 @@ impl fmt::Display for HelloAddr {
 }
 
 /// The agent's command line.
+/// Where the agent accepts host connections by default: its vsock port.
+pub const DEFAULT_LISTEN: ListenAddr = ListenAddr::Vsock(protocol::DEFAULT_AGENT_PORT);
+
+/// Where the agent says hello by default: the host (CID 2) on the hello port.
+pub const DEFAULT_HELLO: HelloAddr = HelloAddr::Vsock {
+    cid: 2,
+    port: protocol::DEFAULT_HELLO_PORT,
+};
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "vm-agent",
@@ -100,11 +109,11 @@ impl fmt::Display for HelloAddr {
 )]
 pub struct AgentConfig {
     /// Where to accept host connections (repeatable): `vsock:PORT` or `unix:/path`.
-    #[arg(long = "listen", default_values_t = [ListenAddr::Vsock(protocol::DEFAULT_AGENT_PORT)])]
+    #[arg(long = "listen", default_values_t = [DEFAULT_LISTEN])]
     pub listen: Vec<ListenAddr>,
 
     /// Where to say hello when up: `vsock:CID:PORT` or `unix:/path`.
-    #[arg(long = "hello", default_value_t = HelloAddr::Vsock { cid: 2, port: protocol::DEFAULT_HELLO_PORT })]
+    #[arg(long = "hello", default_value_t = DEFAULT_HELLO)]
     pub hello_addr: HelloAddr,
 
     /// Do not dial the host at all.
@@ -141,11 +150,18 @@ impl AgentConfig {
 
     /// The configuration of an agent booted as the VM's init: defaults only (the kernel passes
     /// unknown boot parameters as arguments, which must not be parsed).
+    ///
+    /// Built without the argument parser: under emulation every code path run for the first time
+    /// costs its translation, and nothing here needs parsing.
     pub fn for_init(started_at: std::time::Instant) -> Self {
-        let mut cfg = Self::from_parsed(Self::parse_from(["vm-agent"]));
-        cfg.started_at = Some(started_at);
-        cfg.under_init = true;
-        cfg
+        AgentConfig {
+            listen: vec![DEFAULT_LISTEN],
+            hello_addr: DEFAULT_HELLO,
+            no_hello: false,
+            hello: Some(DEFAULT_HELLO),
+            started_at: Some(started_at),
+            under_init: true,
+        }
     }
 
     fn from_parsed(mut cfg: Self) -> Self {
@@ -157,6 +173,17 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_init_configuration_is_the_no_argument_one() {
+        let started = std::time::Instant::now();
+        let init = AgentConfig::for_init(started);
+        let parsed = AgentConfig::try_from_iter(["vm-agent"]).expect("no arguments parse");
+        assert_eq!(init.listen, parsed.listen);
+        assert_eq!(init.hello, parsed.hello);
+        assert_eq!(init.hello_addr, parsed.hello_addr);
+        assert!(init.under_init && !parsed.under_init);
+    }
 
     #[test]
     fn addresses_parse_and_print_back() {

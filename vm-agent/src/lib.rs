@@ -78,10 +78,16 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
         info!(%addr, "listening");
         listeners.push(listener);
     }
-    if let Some(hello) = config.hello.clone() {
-        let agent = agent.clone();
-        tokio::spawn(async move { transport::hello::say_hello(&hello, &agent).await });
-    }
+    // The provider rules are built once the hello is out (or now, without a hello), off the path
+    // the host waits on; a PTY or credentials call before that builds them itself.
+    let hello = config.hello.clone();
+    let warm = agent.clone();
+    tokio::spawn(async move {
+        if let Some(hello) = hello {
+            transport::hello::say_hello(&hello, &warm).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || warm.providers()).await;
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
         let agent = agent.clone();

@@ -30,7 +30,6 @@ pub struct Agent {
     listen_port: Option<u32>,
     configured: RwLock<Configured>,
     running: AtomicU32,
-    providers: Arc<ProviderRules>,
     under_init: bool,
     pty: crate::pty::PtySessions,
     shim: Option<crate::shim::ShimServer>,
@@ -53,17 +52,15 @@ impl Agent {
             ListenAddr::Vsock(port) => Some(*port),
             ListenAddr::Unix(_) => None,
         });
-        // One rule set for PTY sessions and credentials: compiled in, or the override file.
-        let providers = Arc::new(ProviderRules::from_env());
         Self {
             started: config.started_at.unwrap_or_else(Instant::now),
             boot_id: system::boot_id(),
             listen_port,
             configured: RwLock::new(Configured::default()),
             running: AtomicU32::new(0),
-            providers: providers.clone(),
             under_init: config.under_init,
-            pty: crate::pty::PtySessions::new(providers),
+            // One rule set for PTY sessions and credentials: compiled in, or the override file.
+            pty: crate::pty::PtySessions::from_env(),
             shim: None,
             desktops: Default::default(),
         }
@@ -94,9 +91,9 @@ impl Agent {
         }
     }
 
-    /// The provider rules (login flows, URL patterns, credential files).
-    pub fn providers(&self) -> &Arc<ProviderRules> {
-        &self.providers
+    /// The provider rules (login flows, URL patterns, credential files): the PTY sessions' rules.
+    pub fn providers(&self) -> Arc<ProviderRules> {
+        self.pty.rules()
     }
 
     /// Whether this agent runs under its own PID 1 and may power the VM off.

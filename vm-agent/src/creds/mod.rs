@@ -92,7 +92,7 @@ fn resolve(agent: &Agent, scope: &CredsScope) -> Result<Resolved, ErrorBody> {
             format!("home {home:?} is not a directory"),
         ));
     }
-    let files = rules::credential_rules(agent.providers(), &scope.provider, &home, &env)
+    let files = rules::credential_rules(&agent.providers(), &scope.provider, &home, &env)
         .ok_or_else(|| {
             ErrorBody::new(
                 ErrorCode::BadRequest,

@@ -19,7 +19,9 @@ pub use crate::providers::RULES_ENV;
 #[derive(Debug)]
 pub struct PtySessions {
     sessions: Mutex<HashMap<String, Arc<PtySession>>>,
-    rules: RwLock<Arc<ProviderRules>>,
+    /// `None` until first use for a registry made by [`PtySessions::from_env`]: compiling the rules'
+    /// patterns is most of the agent's start-up work under emulation, and the hello must not wait.
+    rules: RwLock<Option<Arc<ProviderRules>>>,
     next: AtomicU64,
 }
 
@@ -34,27 +36,39 @@ impl PtySessions {
     pub fn new(rules: Arc<ProviderRules>) -> PtySessions {
         PtySessions {
             sessions: Mutex::new(HashMap::new()),
-            rules: RwLock::new(rules),
+            rules: RwLock::new(Some(rules)),
             next: AtomicU64::new(1),
         }
     }
 
-    /// The compiled-in rules, or the file named by [`RULES_ENV`] when set.
+    /// A registry using the compiled-in rules, or the file named by [`RULES_ENV`] when set, built
+    /// on first use ([`PtySessions::rules`]; the agent warms them up once its hello is out).
     pub fn from_env() -> PtySessions {
-        PtySessions::new(Arc::new(ProviderRules::from_env()))
+        PtySessions {
+            sessions: Mutex::new(HashMap::new()),
+            rules: RwLock::new(None),
+            next: AtomicU64::new(1),
+        }
     }
 
-    /// The rules in force.
+    /// The rules in force (built now if this is their first use).
     pub fn rules(&self) -> Arc<ProviderRules> {
-        self.rules
+        if let Some(rules) = self
+            .rules
             .read()
-            .map(|r| r.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return rules.clone();
+        }
+        let mut slot = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| Arc::new(ProviderRules::from_env()))
+            .clone()
     }
 
     /// Replaces the rules for sessions started from now on.
     pub fn set_rules(&self, rules: Arc<ProviderRules>) {
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Some(rules);
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<PtySession>>> {

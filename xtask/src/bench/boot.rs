@@ -49,6 +49,10 @@ async fn measure(backend: QemuBackend) -> Result<()> {
             vm.hello().start_to_hello_ms,
             stats.agent_rss_kb
         ));
+        // Where the agent's start-to-hello went, from its own log on the serial console.
+        for line in vm.serial_log().lines().filter(|l| l.contains("vm_agent")) {
+            step(&format!("  guest: {}", line.trim()));
+        }
         boot_to_hello.push(vm.boot_to_hello());
         agent_to_hello.push(Duration::from_millis(vm.hello().start_to_hello_ms));
         rss.push(stats.agent_rss_kb);
