@@ -4,6 +4,7 @@ mod agent;
 mod bench;
 mod clis;
 mod demo;
+mod fuzz;
 mod image;
 mod setup;
 mod shell;
@@ -39,6 +40,12 @@ enum Command {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// Fuzz the login-URL detector (cargo fuzz) for a bounded time.
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+    },
     /// Walk the product's main flow with readable progress.
     Demo,
 }
@@ -51,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Image { which } => image::run(which),
         Command::Test => test::run(),
         Command::Bench { which } => bench::run(which),
+        Command::Fuzz { seconds } => fuzz::run(seconds),
         Command::Demo => demo::run(),
     };
     match result {

@@ -36,6 +36,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // Desktop clipboard tests: xclip is the real X client that copies into and pastes from the
     // VM's CLIPBOARD/PRIMARY selections.
     "xclip",
+    // `cargo xtask fuzz` (issue 3): cargo-fuzz's libfuzzer-sys compiles libFuzzer's C++ sources.
+    "g++",
 ];
 
 /// Rust targets the project builds for.

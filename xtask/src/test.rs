@@ -27,6 +27,7 @@ pub fn run() -> Result<()> {
         .args(["test", "--workspace"])
         .env(test_postgres::URL_ENV, postgres.url()))?;
     drop(postgres);
+    crate::fuzz::run(crate::fuzz::DEFAULT_SECONDS)?;
     step("static agent");
     crate::agent::build()?;
     Ok(())
