@@ -16,13 +16,23 @@ const ROUND_TRIPS: usize = 5_000;
 const STREAM_BYTES: u64 = 512 * 1024 * 1024;
 
 fn rss_kb(pid: u32) -> Result<u64> {
+    status_kb(pid, "VmRSS:")
+}
+
+/// The process's anonymous memory (heap, stacks): what it really costs, as opposed to the pages of
+/// its own binary that fault-around maps in and the kernel can drop at will.
+fn anon_kb(pid: u32) -> Result<u64> {
+    status_kb(pid, "RssAnon:")
+}
+
+fn status_kb(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 /// Runs the benchmark.
@@ -39,6 +49,7 @@ async fn measure(agent_bin: &Path) -> Result<()> {
     let agent = LocalAgent::start(agent_bin, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     figure("agent_idle_rss_kb", rss_kb(agent.pid())?);
+    figure("agent_idle_anon_kb", anon_kb(agent.pid())?);
 
     let client = agent.client().await?;
     step(&format!("{ROUND_TRIPS} sequential health round trips"));
