@@ -31,6 +31,34 @@ pub fn fixtures_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/cli")
 }
 
+/// A recording's `session.json` (what the real CLI printed, asked, was sent, and opened).
+pub fn recording(case: &str) -> serde_json::Value {
+    let path = fixtures_root().join(case).join("session.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("session.json")).expect("parse")
+}
+
+/// How many bytes the fake CLI replays before it waits for the pasted code (or the callback). A
+/// tail of the replay is no marker: TUI redraws repeat their last bytes many times, and a code pasted
+/// at an earlier prompt would answer that prompt instead.
+pub fn replay_len(case: &str) -> usize {
+    let out = std::fs::metadata(fixtures_root().join(case).join("output.bin"))
+        .expect("output.bin")
+        .len() as usize;
+    recording(case)["inputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| {
+            i["pattern"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("<stop"))
+        })
+        .filter_map(|i| i["offset"].as_u64())
+        .map(|o| o as usize)
+        .min()
+        .unwrap_or(out)
+}
+
 /// Writes the three wrappers into `dir` (created if missing), running `fake_cli` with fixtures
 /// under `fixtures`. Returns `dir`, to be put in front of the agents' `PATH`.
 pub fn install(dir: &Path, fake_cli: &Path, fixtures: &Path) -> std::io::Result<PathBuf> {

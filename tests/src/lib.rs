@@ -3,6 +3,7 @@
 
 pub mod desktop;
 pub mod fake_clis;
+pub mod login;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use orchestrator::egress::{EgressPorts, PortRange, ProxyConfig};
 use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, SessionState};
-use orchestrator::store::{Store, StoreConfig, VmKind};
-use orchestrator::vault::{Keyring, RecordContext, Vault};
+use orchestrator::store::{Store, VmKind};
+use orchestrator::vault::{RecordContext, Vault};
 use orchestrator::vm::local::{marked_processes, LocalAgentBackend, LocalOptions};
 use protocol::Secret;
 use tests::{fake_clis, workspace_bin};
 
-/// A throwaway key for the test vault (32 zero bytes), never a real one.
-const FAKE_KEY: &str = "test-key:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 /// What the user "pastes" after logging in.
 const FAKE_CODE: &str = "fake-auth-code-0001";
 
@@ -28,17 +26,8 @@ struct Harness {
 
 async fn harness_with(timeout: Duration, env: &[(&str, &str)], gate: Option<&str>) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(
-        &StoreConfig::Sqlite {
-            path: dir.path().join("store.db"),
-        },
-        "host-test",
-    )
-    .await
-    .expect("store");
-    let vault = Arc::new(Vault::new(
-        Keyring::from_spec(FAKE_KEY, "test-key").expect("keyring"),
-    ));
+    let store = tests::login::sqlite_store(dir.path(), "host-test").await;
+    let vault = tests::login::fake_vault();
     let egress = EgressPorts::new(store.clone(), PortRange::default());
     let bin = fake_clis::install(
         &dir.path().join("bin"),

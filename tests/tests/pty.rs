@@ -90,27 +90,6 @@ async fn drive(call: &mut StreamCall<Pty>, keys_after_url: Option<(usize, &[u8])
     seen
 }
 
-/// How many bytes the fake CLI replays before it waits for the code.
-fn replay_len(case: &str) -> usize {
-    let out = std::fs::read(fixture(case).join("output.bin")).expect("output.bin");
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture(case).join("session.json")).expect("json"))
-            .expect("parse");
-    meta["inputs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|i| {
-            i["pattern"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("<stop"))
-        })
-        .filter_map(|i| i["offset"].as_u64())
-        .map(|o| o as usize)
-        .min()
-        .unwrap_or(out.len())
-}
-
 fn fake_spawn(case: &str, chunks: &str, cred: &Path, provider: &str) -> PtySpawn {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture(case).join("session.json")).expect("json"))
@@ -141,7 +120,11 @@ async fn login_with_fake(agent: &AgentProcess, case: &str, chunks: &str, provide
         .await
         .expect("spawn");
     // After the URL, the person pastes the code: the fake CLI then writes its credential file.
-    let seen = drive(&mut call, Some((replay_len(case), b"fake-code-0001\r"))).await;
+    let seen = drive(
+        &mut call,
+        Some((tests::fake_clis::replay_len(case), b"fake-code-0001\r")),
+    )
+    .await;
     assert_eq!(
         seen.exit,
         Some(0),

@@ -3,7 +3,6 @@
 //! `vhost-device-vsock`. No mock anywhere: this is the test that proves the transport.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -176,19 +175,10 @@ async fn an_agent_that_is_not_the_vms_init_refuses_to_power_off() {
     client.health().await.expect("agent still serving");
 }
 
-/// A recording of tests/fixtures/cli (the image carries the same files).
-fn recording(case: &str) -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/cli")
-        .join(case)
-        .join("session.json");
-    serde_json::from_slice(&std::fs::read(&path).expect("session.json")).expect("parse")
-}
-
 /// The URLs a login of `case` must report: the one a person copies and the one handed to the
 /// browser (the same for codex and gemini; claude's browser variant differs in `redirect_uri`).
 fn urls_of(case: &str) -> BTreeSet<String> {
-    let meta = recording(case);
+    let meta = tests::fake_clis::recording(case);
     let mut urls = BTreeSet::new();
     urls.insert(
         meta["expected_urls"][0]["url"]
@@ -200,32 +190,6 @@ fn urls_of(case: &str) -> BTreeSet<String> {
         urls.insert(url.to_owned());
     }
     urls
-}
-
-/// How many bytes the fake CLI replays before it waits for the pasted code. (A tail of the replay
-/// is no marker: TUI redraws repeat their last bytes many times, and a code pasted at an earlier
-/// prompt would answer that prompt instead.)
-fn replay_len(case: &str) -> usize {
-    let out = std::fs::metadata(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/cli")
-            .join(case)
-            .join("output.bin"),
-    )
-    .expect("output.bin")
-    .len() as usize;
-    recording(case)["inputs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|i| {
-            i["pattern"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("<stop"))
-        })
-        .filter_map(|i| i["offset"].as_u64())
-        .min()
-        .map_or(out, |o| o as usize)
 }
 
 /// Runs a provider's login argv in a guest PTY, as the login flow does: waits for its URL events,
@@ -245,7 +209,7 @@ async fn login_in_guest(
         .pty(&PtyRequest::Spawn(spawn))
         .await
         .expect("pty spawn in the guest");
-    let (expected, replayed) = (urls_of(case), replay_len(case));
+    let (expected, replayed) = (urls_of(case), tests::fake_clis::replay_len(case));
     let (mut urls, mut output, mut pasted) = (BTreeSet::new(), Vec::new(), false);
     loop {
         let item = tokio::time::timeout(Duration::from_secs(90), call.next())

@@ -5,21 +5,17 @@
 //! and the CLI there is logged in; then both VMs are destroyed with zero traces: no process, no
 //! file, no active store row.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator::egress::{EgressPorts, PortRange, ProxyConfig};
 use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, SessionState};
-use orchestrator::store::{Store, StoreConfig};
-use orchestrator::vault::{Keyring, RecordContext, Vault};
+use orchestrator::vault::RecordContext;
 use orchestrator::vm::{QemuVmBackend, VmBackend};
 use orchestrator::AgentClient;
 use protocol::Secret;
 
-/// A throwaway key for the test vault, never a real one.
-const FAKE_KEY: &str = "test-key:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-
+/// Runs a shell script in the VM: exit code and stdout (+ stderr).
 async fn sh(client: &AgentClient, script: &str) -> (i32, String) {
     let out = client
         .exec_collect(&["sh", "-c", script], None)
@@ -32,24 +28,11 @@ async fn sh(client: &AgentClient, script: &str) -> (i32, String) {
     )
 }
 
-fn alive(pid: u32) -> bool {
-    PathBuf::from(format!("/proc/{pid}")).exists()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_traces() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(
-        &StoreConfig::Sqlite {
-            path: dir.path().join("store.db"),
-        },
-        "host-vm-test",
-    )
-    .await
-    .expect("store");
-    let vault = Arc::new(Vault::new(
-        Keyring::from_spec(FAKE_KEY, "test-key").expect("keyring"),
-    ));
+    let store = tests::login::sqlite_store(dir.path(), "host-vm-test").await;
+    let vault = tests::login::fake_vault();
     let backend = Arc::new(QemuVmBackend::new(tests::vm::backend(), "/root"));
     let config = LoginConfig {
         timeout: Duration::from_secs(240),
@@ -159,7 +142,10 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
     // The browser VM is gone without a trace.
     assert!(!browser_pids.is_empty());
     for pid in &browser_pids {
-        assert!(!alive(*pid), "browser VM process {pid} left");
+        assert!(
+            !tests::process_alive(*pid as i32),
+            "browser VM process {pid} left"
+        );
     }
     let browser_dir = browser_dir.expect("browser VM dir");
     assert!(!browser_dir.exists(), "{} left", browser_dir.display());
@@ -170,7 +156,10 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
     let report = service.destroy_vm("alice", &cli.id).await.expect("destroy");
     assert!(report.removed.iter().any(|r| r.starts_with("process ")));
     for pid in cli_pids {
-        assert!(!alive(pid), "CLI VM process {pid} left");
+        assert!(
+            !tests::process_alive(pid as i32),
+            "CLI VM process {pid} left"
+        );
     }
     assert!(!cli_dir.exists());
     assert!(backend.vm_ids().is_empty());
