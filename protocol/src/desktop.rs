@@ -56,11 +56,17 @@ pub struct VideoSettings {
 /// ICE configuration from the host.
 ///
 /// The agent gathers host candidates on `bind` (default: every non-loopback interface address, or
-/// loopback when there is none) and a server-reflexive one for `nat_1to1_ip` (the gateway forwards
-/// the same UDP port to the VM). STUN and TURN servers are for the browser side: a browser's relay or
-/// reflexive candidate reaches the agent's host or 1:1 candidate.
+/// loopback when there is none), on a port of `udp_ports` when set, and a server-reflexive one for
+/// `nat_1to1_ip` (the gateway forwards the same UDP port to the VM); all of these are in the answer.
+/// It then asks the STUN servers of `servers` (and TURN servers over UDP, which answer STUN too)
+/// which address its socket appears from outside, and trickles that as a
+/// [`DesktopEvent::Candidate`] when it is new, then [`DesktopEvent::EndOfCandidates`]. Relaying
+/// through TURN is the browser's side: the host gives the browser the same `servers`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceSettings {
+    /// STUN and TURN servers, as the browser's `RTCIceServer`s (the same JSON works for both).
+    #[serde(default)]
+    pub servers: Vec<IceServer>,
     /// Local addresses to gather host candidates on.
     #[serde(default)]
     pub bind: Vec<IpAddr>,
@@ -70,6 +76,19 @@ pub struct IceSettings {
     /// Fixed UDP port range (inclusive) for the media socket, e.g. the gateway's per-VM forward.
     #[serde(default)]
     pub udp_ports: Option<(u16, u16)>,
+}
+
+/// One STUN or TURN server, shaped like the browser's `RTCIceServer`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:host[:port]`, `turn:host[:port][?transport=udp|tcp]`, `stuns:`/`turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password (never printed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<crate::secret::Secret<String>>,
 }
 
 /// Messages after the offer in the request body.
@@ -89,12 +108,13 @@ pub enum DesktopSignal {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum DesktopEvent {
-    /// The agent's SDP answer; it already lists the agent's candidates.
+    /// The agent's SDP answer; it already lists the agent's host and NAT 1:1 candidates.
     Answer {
         /// SDP text.
         sdp: String,
     },
-    /// A candidate of the agent found after the answer.
+    /// A candidate of the agent found after the answer (a server-reflexive address a STUN server
+    /// reported), as an `RTCIceCandidate.candidate` line.
     Candidate {
         /// The candidate attribute.
         candidate: String,
@@ -266,6 +286,30 @@ mod tests {
         assert_eq!(pieces.len(), 2);
         assert!(pieces.iter().all(|p| p.len() <= CLIPBOARD_CHUNK_BYTES));
         assert_eq!(pieces.concat(), text);
+    }
+
+    #[test]
+    fn ice_servers_read_the_browsers_json_and_never_print_the_password() {
+        let ice: IceSettings = serde_json::from_str(
+            r#"{"servers":[{"urls":["stun:stun.example.org"]},
+                {"urls":["turn:turn.example.org"],"username":"u","credential":"fake-turn-password"}],
+                "nat_1to1_ip":"203.0.113.7","udp_ports":[40000,40009]}"#,
+        )
+        .unwrap();
+        assert_eq!(ice.servers.len(), 2);
+        assert_eq!(ice.udp_ports, Some((40000, 40009)));
+        let turn = &ice.servers[1];
+        assert_eq!(
+            turn.credential.as_ref().map(|c| c.expose().as_str()),
+            Some("fake-turn-password")
+        );
+        assert!(!format!("{ice:?}").contains("fake-turn-password"));
+        let back = serde_json::to_string(&ice.servers).unwrap();
+        assert!(
+            back.contains(r#""credential":"fake-turn-password""#),
+            "{back}"
+        );
+        assert!(!back.contains(r#""username":null"#), "{back}");
     }
 
     #[test]

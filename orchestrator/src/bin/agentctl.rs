@@ -142,6 +142,9 @@ enum DesktopVerb {
         /// UDP port range LOW-HIGH for the media socket.
         #[arg(long, value_parser = parse_range)]
         udp_ports: Option<(u16, u16)>,
+        /// STUN server URL (`stun:host:port`, repeatable): its view of the agent is trickled.
+        #[arg(long)]
+        stun: Vec<String>,
     },
 }
 
@@ -304,6 +307,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     bind,
                     nat_1to1_ip,
                     udp_ports,
+                    stun,
                 },
         } => {
             let mut sdp = String::new();
@@ -313,6 +317,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 display,
                 video: protocol::desktop::VideoSettings { fps, bitrate_kbps },
                 ice: protocol::desktop::IceSettings {
+                    servers: stun
+                        .into_iter()
+                        .map(|url| protocol::desktop::IceServer {
+                            urls: vec![url],
+                            ..Default::default()
+                        })
+                        .collect(),
                     bind,
                     nat_1to1_ip,
                     udp_ports,

@@ -46,7 +46,9 @@ impl DesktopSession {
         }
     }
 
-    /// The agent's SDP answer (it lists the agent's candidates).
+    /// The agent's SDP answer. It lists the agent's host and NAT 1:1 candidates; addresses learnt
+    /// from STUN servers follow as [`DesktopEvent::Candidate`] events (see [`Self::next_event`]),
+    /// then [`DesktopEvent::EndOfCandidates`].
     pub fn answer(&self) -> &str {
         &self.answer
     }

@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::clipboard::ClipboardContent;
+use super::reflexive::{stun_targets, Gathering};
 use super::screen::{Screen, VideoFrame};
 use super::DesktopError;
 
@@ -54,6 +55,10 @@ pub struct Session {
     clipboard_in: String,
     /// The text being sent is over the limit: its pieces are dropped (size so far).
     clipboard_in_over: Option<usize>,
+    /// STUN servers to learn server-reflexive candidates from.
+    stun: Vec<(String, u16)>,
+    /// Addresses already advertised (host and 1:1 candidates).
+    advertised: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for Session {
@@ -80,19 +85,19 @@ impl Session {
             .set_sctp_max_buffered_amount(CHANNEL_BUFFER)
             .build(Instant::now());
         let sockets = bind_sockets(ice).await?;
+        let mut advertised = Vec::new();
         for socket in &sockets {
             let local = socket.local_addr().map_err(DesktopError::Io)?;
             let host =
                 Candidate::host(local, "udp").map_err(|e| DesktopError::Ice(e.to_string()))?;
             rtc.add_local_candidate(host);
+            advertised.push(local);
             if let Some(public) = ice.nat_1to1_ip.filter(|ip| ip.is_ipv4() == local.is_ipv4()) {
-                let mapped = Candidate::server_reflexive(
-                    SocketAddr::new(public, local.port()),
-                    local,
-                    "udp",
-                )
-                .map_err(|e| DesktopError::Ice(e.to_string()))?;
+                let public = SocketAddr::new(public, local.port());
+                let mapped = Candidate::server_reflexive(public, local, "udp")
+                    .map_err(|e| DesktopError::Ice(e.to_string()))?;
                 rtc.add_local_candidate(mapped);
+                advertised.push(public);
             }
         }
         let answer = rtc
@@ -111,6 +116,8 @@ impl Session {
             outbox: VecDeque::new(),
             clipboard_in: String::new(),
             clipboard_in_over: None,
+            stun: stun_targets(&ice.servers),
+            advertised,
         };
         Ok((session, answer.to_sdp_string()))
     }
@@ -139,12 +146,28 @@ impl Session {
         let mut stats = tokio::time::interval(STATS_PERIOD);
         let mut frames_sent = 0u64;
         let mut encode_ms: Vec<f64> = Vec::new();
+        // Server-reflexive candidates: resolve the STUN servers, then ask them; the viewer hears
+        // each new address, then that there are no more.
+        let mut resolving =
+            (!self.stun.is_empty()).then(|| tokio::spawn(resolve(std::mem::take(&mut self.stun))));
+        let mut gathering = Gathering::default();
+        let mut gathered = false;
         let reason = loop {
             let deadline = match self.drain(&events, &mut connected).await {
                 Ok(Some(deadline)) => deadline,
                 Ok(None) => break "the viewer disconnected".to_string(),
                 Err(e) => break e.to_string(),
             };
+            self.ask_stun(&mut gathering).await;
+            if !gathered && resolving.is_none() && gathering.done() {
+                gathered = true;
+                if events.send(DesktopEvent::EndOfCandidates).await.is_err() {
+                    break "the caller went away".to_string();
+                }
+            }
+            let deadline = gathering
+                .next_deadline()
+                .map_or(deadline, |d| d.min(deadline));
             if std::mem::take(&mut self.channel_opened) {
                 if let Some(content) = clipboard
                     .as_mut()
@@ -159,8 +182,19 @@ impl Session {
             }
             let wait = deadline.saturating_duration_since(Instant::now());
             let input = tokio::select! {
+                resolved = resolved(resolving.as_mut()) => {
+                    resolving = None;
+                    gathering = Gathering::start(&self.local_addrs(), &resolved, Instant::now());
+                    continue;
+                }
                 d = datagrams.recv() => match d {
                     Some((data, source, destination)) => {
+                        if let Some((base, mapped)) = gathering.answer(destination, source, &data) {
+                            if let Err(e) = self.reflexive(base, mapped, &events).await {
+                                break e;
+                            }
+                            continue;
+                        }
                         let Ok(contents) = data.as_slice().try_into() else { continue };
                         let input = Input::Receive(
                             Instant::now(),
@@ -300,6 +334,61 @@ impl Session {
                 },
             }
         }
+    }
+
+    /// The local addresses of the media sockets.
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Sends the STUN requests that are due.
+    async fn ask_stun(&self, gathering: &mut Gathering) {
+        for (local, server, request) in gathering.due(Instant::now()) {
+            if let Some(socket) = self
+                .sockets
+                .iter()
+                .find(|s| s.local_addr().is_ok_and(|a| a == local))
+            {
+                // A lost request is retried; a refused one times out.
+                let _ = socket.send_to(&request, server).await;
+            }
+        }
+    }
+
+    /// A STUN server saw socket `base` as `mapped`: a new address becomes a local candidate and is
+    /// trickled to the viewer.
+    async fn reflexive(
+        &mut self,
+        base: SocketAddr,
+        mapped: SocketAddr,
+        events: &mpsc::Sender<DesktopEvent>,
+    ) -> Result<(), String> {
+        if self.advertised.contains(&mapped) {
+            debug!(viewer = self.viewer, %mapped, "reflexive address already advertised");
+            return Ok(());
+        }
+        self.advertised.push(mapped);
+        let candidate = match Candidate::server_reflexive(mapped, base, "udp") {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(viewer = self.viewer, error = %e, "reflexive candidate refused");
+                return Ok(());
+            }
+        };
+        let Some(added) = self.rtc.add_local_candidate(candidate) else {
+            return Ok(());
+        };
+        let line = added.to_sdp_string();
+        info!(viewer = self.viewer, %mapped, "server-reflexive candidate");
+        events
+            .send(DesktopEvent::Candidate {
+                candidate: line.trim().trim_start_matches("a=").to_string(),
+            })
+            .await
+            .map_err(|_| "the caller went away".to_string())
     }
 
     fn write_frame(&mut self, frame: &VideoFrame) -> Result<(), DesktopError> {
@@ -450,6 +539,43 @@ impl Session {
             }
         }
         wrote
+    }
+}
+
+/// How long resolving a STUN server's name may take.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The addresses of `servers`; names that do not resolve in time are skipped.
+async fn resolve(servers: Vec<(String, u16)>) -> Vec<SocketAddr> {
+    let mut found = Vec::new();
+    for (host, port) in servers {
+        match tokio::time::timeout(
+            RESOLVE_TIMEOUT,
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(Ok(addrs)) => {
+                for addr in addrs {
+                    if !found.contains(&addr) {
+                        found.push(addr);
+                    }
+                }
+            }
+            Ok(Err(e)) => warn!(%host, error = %e, "STUN server not resolved"),
+            Err(_) => warn!(%host, "STUN server not resolved in time"),
+        }
+    }
+    found
+}
+
+/// The resolved STUN servers once resolution finished; never resolves when nothing is resolving.
+async fn resolved(
+    resolving: Option<&mut tokio::task::JoinHandle<Vec<SocketAddr>>>,
+) -> Vec<SocketAddr> {
+    match resolving {
+        Some(task) => task.await.unwrap_or_default(),
+        None => std::future::pending().await,
     }
 }
 

@@ -53,7 +53,6 @@ pub async fn serve(desktops: Arc<Desktops>, req: Request<Incoming>) -> Response<
         {
             return;
         }
-        let _ = tx.send_message(&DesktopEvent::EndOfCandidates).await;
         let session = tokio::spawn(session.run(signals_rx, events_tx));
         let relay_in = async {
             loop {
