@@ -5,6 +5,8 @@
 //! speaks the simplest signalling there is (WHEP style: `POST` the SDP offer as `application/sdp`, the
 //! answer SDP comes back), so any host endpoint that relays it through [`DesktopSession::open`] works.
 
+use std::collections::VecDeque;
+
 use protocol::desktop::{Desktop, DesktopEvent, DesktopOffer, DesktopSignal};
 use protocol::frame::Frame;
 
@@ -20,6 +22,8 @@ pub const VIEWER_HTML: &str = include_str!("viewer.html");
 pub struct DesktopSession {
     call: StreamCall<Desktop>,
     answer: String,
+    /// Events read ahead by [`Self::answer_with_candidates`], handed out by `next_event` first.
+    early: VecDeque<DesktopEvent>,
 }
 
 impl DesktopSession {
@@ -29,7 +33,11 @@ impl DesktopSession {
         loop {
             match call.next().await? {
                 Some(StreamItem::Event(DesktopEvent::Answer { sdp })) => {
-                    return Ok(Self { call, answer: sdp })
+                    return Ok(Self {
+                        call,
+                        answer: sdp,
+                        early: VecDeque::new(),
+                    })
                 }
                 Some(StreamItem::Event(DesktopEvent::Closed { reason })) => {
                     return Err(ClientError::Decode(format!(
@@ -53,6 +61,36 @@ impl DesktopSession {
         &self.answer
     }
 
+    /// Waits until the agent has gathered all its candidates and returns the answer with the
+    /// trickled ones written into it: for signalling without trickle, such as the viewer page's
+    /// single `POST` (WHEP style). Without STUN servers this returns at once. Events that arrive
+    /// meanwhile are kept for [`Self::next_event`].
+    pub async fn answer_with_candidates(&mut self) -> Result<&str, ClientError> {
+        loop {
+            match self.call.next().await? {
+                Some(StreamItem::Event(DesktopEvent::Candidate { candidate })) => {
+                    self.answer = with_candidate(&self.answer, &candidate);
+                }
+                Some(StreamItem::Event(DesktopEvent::EndOfCandidates)) => return Ok(&self.answer),
+                Some(StreamItem::Event(DesktopEvent::Closed { reason })) => {
+                    self.early.push_back(DesktopEvent::Closed {
+                        reason: reason.clone(),
+                    });
+                    return Err(ClientError::Decode(format!(
+                        "desktop closed while gathering candidates: {reason}"
+                    )));
+                }
+                Some(StreamItem::Event(event)) => self.early.push_back(event),
+                Some(StreamItem::Data(..)) => {}
+                None => {
+                    return Err(ClientError::Decode(
+                        "desktop call ended while gathering candidates".into(),
+                    ))
+                }
+            }
+        }
+    }
+
     /// Relays a candidate the browser trickled (`RTCIceCandidate.candidate`).
     pub async fn add_candidate(&self, candidate: &str) -> Result<(), ClientError> {
         self.signal(&DesktopSignal::Candidate {
@@ -74,6 +112,9 @@ impl DesktopSession {
     /// The next event of the session (candidates, connected, control, closed); `None` when the
     /// agent ended the call.
     pub async fn next_event(&mut self) -> Result<Option<DesktopEvent>, ClientError> {
+        if let Some(event) = self.early.pop_front() {
+            return Ok(Some(event));
+        }
         loop {
             match self.call.next().await? {
                 Some(StreamItem::Event(event)) => return Ok(Some(event)),
@@ -84,9 +125,49 @@ impl DesktopSession {
     }
 }
 
+/// `sdp` with `a=<candidate>` added to every media section (they share one transport under
+/// BUNDLE, and a browser reads candidates from any of them).
+fn with_candidate(sdp: &str, candidate: &str) -> String {
+    let line = format!("a={}\r\n", candidate.trim().trim_start_matches("a="));
+    let mut out = String::with_capacity(sdp.len() + 2 * line.len());
+    let mut in_media = false;
+    for l in sdp.split_inclusive('\n') {
+        if l.starts_with("m=") && in_media {
+            out.push_str(&line);
+        }
+        in_media |= l.starts_with("m=");
+        out.push_str(l);
+        if !l.ends_with('\n') {
+            out.push_str("\r\n");
+        }
+    }
+    if in_media {
+        out.push_str(&line);
+    }
+    out
+}
+
 impl AgentClient {
     /// Opens a viewer session on the agent's desktop (see [`DesktopSession`]).
     pub async fn desktop(&self, offer: &DesktopOffer) -> Result<DesktopSession, ClientError> {
         DesktopSession::open(self, offer).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trickled_candidate_goes_into_every_media_section() {
+        let sdp = "v=0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n";
+        let out = with_candidate(sdp, "candidate:1 1 udp 1 203.0.113.9 40000 typ srflx");
+        assert_eq!(
+            out,
+            "v=0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n\
+             a=candidate:1 1 udp 1 203.0.113.9 40000 typ srflx\r\n\
+             m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n\
+             a=candidate:1 1 udp 1 203.0.113.9 40000 typ srflx\r\n"
+        );
     }
 }

@@ -48,9 +48,16 @@ impl Relay {
                                 ..Default::default()
                             },
                         };
-                        match client.desktop(&offer).await {
-                            Ok(session) => {
-                                let answer = session.answer().to_string();
+                        // The page's one POST has no trickle: the answer carries every candidate.
+                        let opened = match client.desktop(&offer).await {
+                            Ok(mut session) => match session.answer_with_candidates().await {
+                                Ok(answer) => Ok((answer.to_string(), session)),
+                                Err(e) => Err(e),
+                            },
+                            Err(e) => Err(e),
+                        };
+                        match opened {
+                            Ok((answer, session)) => {
                                 kept.lock().unwrap().push(session);
                                 ("201 Created", "application/sdp", answer)
                             }
