@@ -232,6 +232,12 @@ pub enum ViewerMessage {
         /// Its size in bytes (at least).
         bytes: u64,
     },
+    /// Whether this viewer's input is injected: sent when the data channel opens and whenever
+    /// control moves (another viewer took it, or its holder left).
+    Control {
+        /// True when this viewer holds control.
+        held: bool,
+    },
     /// Something the viewer sent was refused.
     Error {
         /// Why, for the user.

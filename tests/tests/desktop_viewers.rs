@@ -110,10 +110,16 @@ fn two_viewers_watch_one_desktop_and_only_the_one_in_control_drives_it() {
         "first holds control"
     );
     assert!(!control_event(&rt, &mut second_session), "second watches");
+    // The pages know it too: the watching one offers to take control.
+    first.wait_for("viewer.control === true", Duration::from_secs(20));
+    second.wait_for(
+        "viewer.control === false && !document.getElementById('control').hidden",
+        Duration::from_secs(20),
+    );
     only_the_controller_clicks(&canvas, &mut second, (100, 100), &mut first, (900, 500));
 
-    // The second takes control: now the first's clicks are ignored.
-    second.eval("viewer.send({ type: 'take_control' }); true");
+    // The second takes control with the page's button: now the first's clicks are ignored.
+    second.eval("document.getElementById('control').click(); true");
     assert!(
         control_event(&rt, &mut second_session),
         "second took control"
@@ -122,6 +128,8 @@ fn two_viewers_watch_one_desktop_and_only_the_one_in_control_drives_it() {
         !control_event(&rt, &mut first_session),
         "first lost control"
     );
+    second.wait_for("viewer.control === true", Duration::from_secs(20));
+    first.wait_for("viewer.control === false", Duration::from_secs(20));
     only_the_controller_clicks(&canvas, &mut first, (200, 150), &mut second, (1000, 600));
 
     // The holder leaves: control comes back to the remaining viewer, which drives the desktop again
@@ -132,6 +140,7 @@ fn two_viewers_watch_one_desktop_and_only_the_one_in_control_drives_it() {
         control_event(&rt, &mut first_session),
         "control returned to the first viewer"
     );
+    first.wait_for("viewer.control === true", Duration::from_secs(20));
     first.click(640.0, 360.0);
     let click = canvas
         .wait_click(Duration::from_secs(10))

@@ -242,6 +242,8 @@ impl Session {
                 changed = holder.changed() => {
                     if changed.is_ok() {
                         let held = *holder.borrow_and_update() == Some(self.viewer);
+                        // The page hears it too (queued until its channel opens).
+                        self.tell(&ViewerMessage::Control { held });
                         if events.send(DesktopEvent::Control { held }).await.is_err() {
                             break "the caller went away".to_string();
                         }
