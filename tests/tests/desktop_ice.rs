@@ -3,13 +3,16 @@
 //! socket inside that range, advertise the public IP with the same port, and use candidates the
 //! viewer trickles after the answer (over the signalling call, not the SDP). No browser is needed:
 //! the offer is one Chromium made (a fixture), and the "viewer" side is a plain UDP socket that
-//! receives the agent's ICE connectivity checks.
+//! receives the agent's ICE connectivity checks. One test adds a real Chromium viewer to show the
+//! configured agent streams through the range.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use protocol::desktop::{DesktopOffer, IceSettings};
+use tests::desktop::chromium::Chromium;
+use tests::desktop::relay::Relay;
 use tests::desktop::xserver::{Canvas, Xvfb};
 use tests::AgentProcess;
 
@@ -205,11 +208,69 @@ fn a_port_range_with_no_free_port_is_a_clear_error_and_the_agent_carries_on() {
         }
         other => panic!("expected a clear error, got {other:?}"),
     }
+    let backwards = DesktopOffer {
+        ice: IceSettings {
+            udp_ports: Some((port, port - 1)),
+            ..offer.ice.clone()
+        },
+        ..offer.clone()
+    };
+    match rt.block_on(client.desktop(&backwards)) {
+        Err(orchestrator::ClientError::Agent(e)) => {
+            assert_eq!(e.code, protocol::ErrorCode::BadRequest, "{e}");
+            assert!(e.message.contains("empty"), "{e}");
+        }
+        other => panic!("expected a bad-request error, got {other:?}"),
+    }
     assert_eq!(
         rt.block_on(client.health())
             .expect("agent still serves")
             .status,
         "ok"
+    );
+}
+
+#[test]
+fn a_browser_watches_through_the_port_range_with_the_public_ip_advertised() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(640, 480);
+    let canvas = Canvas::open(&x.display, 0x20c040);
+    let (lo, hi) = free_port_range(4);
+    let (_agent, relay) = rt.block_on(async {
+        let agent = AgentProcess::start_with(&[("DISPLAY", x.display.as_str())]).await;
+        let ice = IceSettings {
+            bind: vec!["127.0.0.1".parse().unwrap()],
+            nat_1to1_ip: Some(PUBLIC_IP.parse().unwrap()),
+            udp_ports: Some((lo, hi)),
+            ..Default::default()
+        };
+        let relay = Relay::start_with_ice(agent.client().await, None, ice).await;
+        (agent, relay)
+    });
+    let mut browser = Chromium::launch();
+    browser.navigate(&format!("http://{}/?resize=0", relay.addr));
+    browser.wait_for(
+        "!!(window.viewer && window.viewer.frames > 0 && window.viewer.connected)",
+        Duration::from_secs(60),
+    );
+    let remote = browser.eval(
+        "(async () => { const s = await viewer.pc.getStats(); let pair = null; \
+         s.forEach(r => { if (r.type === 'transport' && r.selectedCandidatePairId) \
+           pair = s.get(r.selectedCandidatePairId); }); \
+         const c = pair && s.get(pair.remoteCandidateId); \
+         return c ? [c.address, c.port] : null; })()",
+    );
+    let port = remote[1].as_u64().expect("selected pair's remote port");
+    assert!(
+        (u64::from(lo)..=u64::from(hi)).contains(&port),
+        "media flows to the agent's socket inside {lo}-{hi}: {remote}"
+    );
+    canvas.paint(0x1040e0);
+    browser.wait_for(
+        "(() => { const p = viewer.sample(320, 240); \
+           return !!p && Math.abs(p[0] - 0x10) < 40 && Math.abs(p[1] - 0x40) < 40 \
+             && Math.abs(p[2] - 0xe0) < 40; })()",
+        Duration::from_secs(20),
     );
 }
 

@@ -20,8 +20,22 @@ pub struct Relay {
 
 impl Relay {
     /// Serves `GET /` (the viewer) and `POST /offer` (offer SDP in, answer SDP out) for `display`.
-    /// `display: None` streams the agent's default display.
+    /// `display: None` streams the agent's default display. The agent's media socket is on
+    /// loopback.
     pub async fn start(client: AgentClient, display: Option<String>) -> Self {
+        let ice = IceSettings {
+            bind: vec!["127.0.0.1".parse().unwrap()],
+            ..Default::default()
+        };
+        Self::start_with_ice(client, display, ice).await
+    }
+
+    /// [`Relay::start`] with the host's ICE configuration for every viewer.
+    pub async fn start_with_ice(
+        client: AgentClient,
+        display: Option<String>,
+        ice: IceSettings,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let sessions = Arc::new(Mutex::new(Vec::new()));
@@ -33,6 +47,7 @@ impl Relay {
                 };
                 let client = client.clone();
                 let display = display.clone();
+                let ice = ice.clone();
                 let kept = kept.clone();
                 tokio::spawn(async move {
                     let Some((head, body)) = read_request(&mut stream).await else {
@@ -43,10 +58,7 @@ impl Relay {
                             sdp: String::from_utf8_lossy(&body).into_owned(),
                             display,
                             video: Default::default(),
-                            ice: IceSettings {
-                                bind: vec!["127.0.0.1".parse().unwrap()],
-                                ..Default::default()
-                            },
+                            ice,
                         };
                         // The page's one POST has no trickle: the answer carries every candidate.
                         let opened = match client.desktop(&offer).await {

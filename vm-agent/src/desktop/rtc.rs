@@ -639,6 +639,13 @@ async fn bind_sockets(ice: &IceSettings) -> Result<Vec<Arc<UdpSocket>>, DesktopE
         ice.bind.clone()
     };
     let mut sockets = Vec::new();
+    if let Some((lo, hi)) = ice.udp_ports {
+        if lo == 0 || lo > hi {
+            return Err(DesktopError::BadOffer(format!(
+                "UDP port range {lo}-{hi} is empty or starts at 0"
+            )));
+        }
+    }
     for ip in addrs {
         let socket = match ice.udp_ports {
             Some((lo, hi)) => bind_in_range(ip, lo, hi).await?,
