@@ -2,7 +2,7 @@
 //! (`started`, `output`, `url`, `exited`), or attach the local terminal for a person
 //! (`--interactive`).
 
-use std::io::Write;
+use std::io::{Read, Write};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -10,7 +10,6 @@ use protocol::frame::{Frame, FrameKind};
 use protocol::pty::{PtyControl, PtyEvent, PtyRequest, PtySpawn};
 use protocol::secret::EnvVars;
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 
 use crate::client::StreamItem;
 use crate::{AgentClient, ClientError};
@@ -21,12 +20,13 @@ pub struct PtyArgs {
     /// Provider whose first-run prompts are answered (claude_code, codex, gemini_cli).
     #[arg(long)]
     pub provider: Option<String>,
-    /// Terminal width.
-    #[arg(long, default_value_t = 100)]
-    pub cols: u16,
-    /// Terminal height.
-    #[arg(long, default_value_t = 30)]
-    pub rows: u16,
+    /// Terminal width (default: the local terminal's with `--interactive`, following its resizes;
+    /// otherwise 100).
+    #[arg(long)]
+    pub cols: Option<u16>,
+    /// Terminal height (default: the local terminal's with `--interactive`; otherwise 30).
+    #[arg(long)]
+    pub rows: Option<u16>,
     /// Attach the local terminal (raw mode) instead of printing JSON lines.
     #[arg(long)]
     pub interactive: bool,
@@ -88,6 +88,51 @@ impl Drop for RawMode {
     }
 }
 
+/// Size used when neither the flags nor a local terminal give one.
+const DEFAULT_SIZE: (u16, u16) = (100, 30);
+
+/// The local terminal's size (columns, rows), if standard output is a terminal that knows it.
+fn local_size() -> Option<(u16, u16)> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
+}
+
+/// Sends the local terminal's new size to the session on every SIGWINCH until the call ends.
+async fn follow_resizes(
+    mut winch: tokio::signal::unix::Signal,
+    input: protocol::body::FrameSender,
+) {
+    while winch.recv().await.is_some() {
+        let Some((cols, rows)) = local_size() else {
+            continue;
+        };
+        let Ok(frame) = Frame::message(&PtyControl::Resize { cols, rows }) else {
+            return;
+        };
+        if input.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends this process's standard input to the session as keys until either side ends.
+fn forward_stdin(runtime: &tokio::runtime::Handle, input: &protocol::body::FrameSender) {
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let frame = Frame::data(FrameKind::Stdin, Bytes::copy_from_slice(&buf[..n]));
+        if runtime.block_on(input.send(frame)).is_err() {
+            return;
+        }
+    }
+}
+
 impl PtyArgs {
     /// Runs the program; returns its shell-style exit code. JSON lines go to `emit`.
     pub async fn run(
@@ -95,34 +140,44 @@ impl PtyArgs {
         client: &AgentClient,
         emit: &mut dyn FnMut(serde_json::Value),
     ) -> Result<i32, PtyCommandError> {
+        // A person's terminal: the program gets its size and follows it, unless a size was given.
+        // SIGWINCH is watched before the size is read, so a resize in between is not missed.
+        let follow = self.interactive && self.cols.is_none() && self.rows.is_none();
+        let winch = if follow {
+            Some(tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::window_change(),
+            )?)
+        } else {
+            None
+        };
+        let local = self.interactive.then(local_size).flatten();
+        let (cols, rows) = match (self.cols, self.rows, local) {
+            (Some(c), Some(r), _) => (c, r),
+            (c, r, Some((lc, lr))) => (c.unwrap_or(lc), r.unwrap_or(lr)),
+            (c, r, None) => (c.unwrap_or(DEFAULT_SIZE.0), r.unwrap_or(DEFAULT_SIZE.1)),
+        };
         let spawn = PtySpawn {
             argv: self.argv,
             env: EnvVars::from_pairs(self.env),
             cwd: self.cwd,
-            cols: self.cols,
-            rows: self.rows,
+            cols,
+            rows,
             provider: self.provider,
             interactive: self.interactive,
             keep_on_detach: false,
         };
         let mut call = client.pty(&PtyRequest::Spawn(spawn)).await?;
         let _raw = self.interactive.then(RawMode::enter);
+        if let (Some(winch), Some(input)) = (winch, call.input()) {
+            tokio::spawn(follow_resizes(winch, input));
+        }
         if self.interactive || self.stdin {
             if let Some(input) = call.input() {
-                tokio::spawn(async move {
-                    let mut stdin = tokio::io::stdin();
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(n) = stdin.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        let frame =
-                            Frame::data(FrameKind::Stdin, Bytes::copy_from_slice(&buf[..n]));
-                        if input.send(frame).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+                // A plain thread, not tokio's stdin: a read blocked on a person's terminal cannot be
+                // cancelled, and on the runtime's blocking pool it would keep agentctl from exiting
+                // after the program ended until the next key press.
+                let runtime = tokio::runtime::Handle::current();
+                std::thread::spawn(move || forward_stdin(&runtime, &input));
             }
         }
         let mut code = 255;
@@ -141,8 +196,13 @@ impl PtyArgs {
                     })),
                 },
                 StreamItem::Event(event) => {
-                    if let PtyEvent::Exited(status) = &event {
-                        code = status.shell_code();
+                    match &event {
+                        PtyEvent::Exited(status) => code = status.shell_code(),
+                        // The person sees what the agent refused (the terminal is raw: \r\n).
+                        PtyEvent::Error(e) if self.interactive => {
+                            eprint!("agentctl: pty: {e}\r\n");
+                        }
+                        _ => {}
                     }
                     if !self.interactive {
                         emit(json!(event));

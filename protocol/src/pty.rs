@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::messages::ExitStatus;
 use crate::method::{Method, Streaming};
 use crate::secret::EnvVars;
+use crate::ErrorBody;
 
 /// The `pty` streaming call.
 pub struct Pty;
@@ -158,6 +159,11 @@ pub enum PtyEvent {
     },
     /// The program ended; all its output has been sent.
     Exited(ExitStatus),
+    /// A frame the client sent was refused: a control message that is not JSON or has an unknown
+    /// `op`, a size of zero, an unknown signal, input after the program ended. The session and the
+    /// call go on; only that frame was dropped. (A frame that breaks the framing itself ends the
+    /// call's input side: nothing after it can be read, but the program and its output go on.)
+    Error(ErrorBody),
 }
 
 #[cfg(test)]
@@ -184,5 +190,15 @@ mod tests {
             serde_json::to_string(&ev).expect("json"),
             r#"{"event":"url","url":"https://x","provider":"codex","source":"browser"}"#
         );
+        let ev = PtyEvent::Error(ErrorBody::new(
+            crate::ErrorCode::BadRequest,
+            "unknown signal",
+        ));
+        let json = serde_json::to_string(&ev).expect("json");
+        assert_eq!(
+            json,
+            r#"{"event":"error","code":"bad_request","message":"unknown signal"}"#
+        );
+        assert_eq!(serde_json::from_str::<PtyEvent>(&json).expect("parse"), ev);
     }
 }

@@ -114,11 +114,33 @@ impl AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stops the agent as a service manager would (SIGTERM) and waits for it: it cleans up after
+    /// itself (PTY programs, the browser shim's directory). Killed after 10 s. Returns the status.
+    pub fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child.kill()?;
+        self.child.wait()
+    }
 }
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        self.kill();
+        // Gracefully, so no test leaves the agent's shim directory behind.
+        let _ = self.terminate();
     }
 }
 

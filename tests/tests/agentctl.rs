@@ -129,7 +129,11 @@ fn wait_hello_prints_the_agents_greeting() {
         .spawn()
         .expect("agent");
     let out = waiter.wait_with_output().expect("waited");
-    let _ = agent.kill();
+    // SIGTERM, so the agent removes its shim directory.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = agent.wait();
     assert!(out.status.success());
     let hello: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use orchestrator::client::{StreamCall, StreamItem};
-use protocol::frame::FrameKind;
+use protocol::frame::{Frame, FrameKind};
 use protocol::pty::{Pty, PtyControl, PtyEvent, PtyRequest, PtySpawn, UrlSource};
 use protocol::secret::EnvVars;
+use protocol::{ErrorBody, ErrorCode};
 use tests::{process_alive, AgentProcess};
 
 fn fixture(case: &str) -> PathBuf {
@@ -77,6 +78,7 @@ async fn drive(call: &mut StreamCall<Pty>, keys_after_url: Option<(usize, &[u8])
             Some(StreamItem::Event(PtyEvent::Exited(status))) => {
                 seen.exit = Some(status.shell_code());
             }
+            Some(StreamItem::Event(PtyEvent::Error(e))) => panic!("the agent refused input: {e}"),
         }
         if let (Some((replayed, keys)), false) = (keys_after_url, sent) {
             if !seen.urls.is_empty() && seen.output.len() >= replayed {
@@ -476,4 +478,188 @@ async fn a_callback_with_another_logins_state_fails_the_login() {
         !cred.exists(),
         "no credential file after a refused callback"
     );
+}
+
+/// Reads until the agent refuses a frame; returns the error (output before it is skipped).
+async fn next_refusal(call: &mut StreamCall<Pty>) -> ErrorBody {
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(30), call.next())
+            .await
+            .expect("pty stream stalled")
+            .expect("pty stream")
+            .expect("stream ended before the refusal");
+        match item {
+            StreamItem::Event(PtyEvent::Error(e)) => return e,
+            StreamItem::Event(PtyEvent::Exited(s)) => panic!("session ended instead: {s:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_control_messages_are_refused_with_typed_errors_and_the_session_lives_on() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let spawn = PtySpawn::new([
+        "sh",
+        "-c",
+        "echo ready; read line; echo got=$line; stty size",
+    ]);
+    let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+    read_until(&mut call, "ready").await;
+    let raw =
+        |json: &'static str| Frame::data(FrameKind::Message, Bytes::from_static(json.as_bytes()));
+    let cases: [(Frame, &str); 5] = [
+        (raw("{not json"), ""),
+        (raw(r#"{"op":"explode"}"#), "explode"),
+        (raw(r#"{"op":"resize","cols":"wide"}"#), ""),
+        (
+            Frame::message(&PtyControl::Resize { cols: 0, rows: 0 }).expect("frame"),
+            "0x0",
+        ),
+        (
+            Frame::message(&PtyControl::Signal {
+                signal: "SIGNOPE".into(),
+            })
+            .expect("frame"),
+            "SIGNOPE",
+        ),
+    ];
+    for (frame, mentions) in cases {
+        call.send_frame(frame).await.expect("send");
+        let e = next_refusal(&mut call).await;
+        assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+        assert!(e.message.contains(mentions), "{e}");
+    }
+    // An output frame is not input either.
+    call.send_frame(Frame::data(FrameKind::Stdout, Bytes::from_static(b"x")))
+        .await
+        .expect("send");
+    assert_eq!(next_refusal(&mut call).await.code, ErrorCode::BadRequest);
+    // The same session still takes a resize and keys, and ends normally.
+    orchestrator::pty::control(&call, &PtyControl::Resize { cols: 70, rows: 15 })
+        .await
+        .expect("resize");
+    call.send(FrameKind::Stdin, Bytes::from_static(b"hello\n"))
+        .await
+        .expect("keys");
+    let seen = drive(&mut call, None).await;
+    let text = String::from_utf8_lossy(&seen.output);
+    assert!(text.contains("got=hello"), "{text}");
+    assert!(text.contains("15 70"), "{text}");
+    assert_eq!(seen.exit, Some(0));
+    assert!(client.health().await.is_ok());
+}
+
+/// Where the agent with this pid keeps its browser shim (socket and symlinks).
+fn shim_dir(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("vm-agent-shim-{pid}"))
+}
+
+#[tokio::test]
+async fn the_shim_directory_is_private_and_removed_when_the_agent_stops() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let uid = nix::unistd::getuid().as_raw();
+    let mut agent = AgentProcess::start().await;
+    let dir = shim_dir(agent.pid());
+    let meta = std::fs::symlink_metadata(&dir).expect("shim directory exists");
+    assert!(meta.is_dir());
+    assert_eq!(meta.mode() & 0o777, 0o700, "{}", dir.display());
+    assert_eq!(meta.uid(), uid);
+    let socket = std::fs::symlink_metadata(dir.join("shim.sock")).expect("socket");
+    assert!(socket.file_type().is_socket());
+    assert_eq!(socket.mode() & 0o777, 0o600);
+    assert_eq!(socket.uid(), uid);
+    // Programs are pointed at it.
+    let (out, code) = run_in_pty(
+        agent.client().await,
+        vec!["sh".into(), "-c".into(), "echo browser=$BROWSER".into()],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("browser={}/bin/vm-agent-browser", dir.display())),
+        "{out}"
+    );
+
+    let status = agent.terminate().expect("agent stopped");
+    assert!(status.success(), "{status:?}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+
+    // An agent killed outright cannot clean up: the next one removes what it left.
+    let mut killed = AgentProcess::start().await;
+    let left = shim_dir(killed.pid());
+    killed.kill();
+    assert!(left.exists());
+    let next = AgentProcess::start().await;
+    assert!(!left.exists(), "{} not swept", left.display());
+    assert!(shim_dir(next.pid()).exists());
+}
+
+#[tokio::test]
+async fn interactive_agentctl_takes_the_local_terminal_size_and_follows_its_resizes() {
+    use portable_pty::{native_pty_system, CommandBuilder, PtySize};
+    use std::io::Read;
+    let agent = AgentProcess::start().await;
+    let size = |cols, rows| PtySize {
+        rows,
+        cols,
+        pixel_width: 0,
+        pixel_height: 0,
+    };
+    // A person's terminal: a real PTY of 77x19 with agentctl as its session leader.
+    let local = native_pty_system()
+        .openpty(size(77, 19))
+        .expect("local pty");
+    let mut cmd = CommandBuilder::new(tests::workspace_bin("agentctl"));
+    cmd.arg("--connect");
+    cmd.arg(format!("unix:{}", agent.socket().display()));
+    cmd.args([
+        "pty",
+        "--interactive",
+        "--",
+        "sh",
+        "-c",
+        "stty size; trap 'stty size; exit 3' WINCH; echo ready; while :; do sleep 0.05; done",
+    ]);
+    let mut child = local.slave.spawn_command(cmd).expect("agentctl");
+    drop(local.slave);
+    let mut reader = local.master.try_clone_reader().expect("reader");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = String::new();
+    let mut wait_for = async |needle: &str| {
+        while !screen.contains(needle) {
+            let chunk = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} in {screen:?}"))
+                .unwrap_or_else(|| panic!("terminal closed before {needle:?}: {screen:?}"));
+            screen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        screen.clone()
+    };
+    let shown = wait_for("ready").await;
+    assert!(shown.contains("19 77"), "{shown:?}");
+    local.master.resize(size(93, 21)).expect("resize");
+    wait_for("21 93").await;
+    // agentctl ends with the program (no key press needed) and passes its exit code on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("agentctl status") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agentctl still running after its program ended: {screen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.exit_code(), 3, "{screen:?}");
 }

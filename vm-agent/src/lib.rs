@@ -19,6 +19,7 @@ pub mod providers;
 pub mod pty;
 pub mod rpc;
 pub mod shim;
+pub mod shutdown;
 pub mod state;
 pub mod system;
 pub mod transport;
@@ -49,6 +50,14 @@ pub enum RunError {
 /// Runs the agent until every listener fails: binds the listeners first, then says hello (so the host
 /// can connect as soon as it hears from us), then serves.
 pub async fn run(config: AgentConfig) -> Result<(), RunError> {
+    // Before anything can be left behind: a stop signal from now on cleans up (not as PID 1).
+    let mut stop = if config.under_init {
+        None
+    } else {
+        shutdown::StopSignals::register()
+            .inspect_err(|e| warn!(error = %e, "stop signals not handled"))
+            .ok()
+    };
     let mut agent = Agent::new(&config);
     // The `$BROWSER`/`xdg-open` shim for PTY programs; without it URLs still come from the screen.
     match std::env::current_exe()
@@ -93,10 +102,20 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
         let agent = agent.clone();
         tasks.spawn(async move { listener.serve(agent).await });
     }
-    while let Some(res) = tasks.join_next().await {
-        if let Ok(Err(e)) = res {
-            warn!(error = %e, "listener stopped");
+    let serve = async {
+        while let Some(res) = tasks.join_next().await {
+            if let Ok(Err(e)) = res {
+                warn!(error = %e, "listener stopped");
+            }
         }
+    };
+    match stop.as_mut() {
+        Some(stop) => tokio::select! {
+            () = serve => {}
+            signal = stop.wait() => info!(signal, "stopping"),
+        },
+        None => serve.await,
     }
+    shutdown::clean_up(&agent);
     Ok(())
 }

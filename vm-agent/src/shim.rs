@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub const SHIM_NAMES: &[&str] = &["vm-agent-browser", "xdg-open"];
 pub const SOCKET_ENV: &str = "AGENT_SHIM_SOCKET";
 /// Variable telling the shim which PTY session it runs in (set per session by the agent).
 pub const SESSION_ENV: &str = "AGENT_PTY_SESSION";
+/// Name of the shim's directory under the temporary directory, followed by the agent's pid.
+pub const DIR_PREFIX: &str = "vm-agent-shim-";
 /// Longest request line accepted from a shim.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -89,15 +91,24 @@ pub struct ShimServer {
 }
 
 impl ShimServer {
-    /// Creates a private directory under `parent` with the shim symlinks to `exe` and binds the
-    /// socket (mode 0600).
+    /// Creates a private directory (0700) under `parent` with the shim symlinks to `exe` and binds
+    /// the socket (0600). Directories that agents killed without a chance to clean up left behind
+    /// (same owner, process gone) are removed first.
     pub fn start(parent: &Path, exe: &Path) -> std::io::Result<ShimServer> {
-        let dir = parent.join(format!("vm-agent-shim-{}", std::process::id()));
-        if dir.exists() {
+        sweep_stale(parent);
+        let dir = parent.join(format!("{DIR_PREFIX}{}", std::process::id()));
+        if std::fs::symlink_metadata(&dir).is_ok() {
+            // Ours by name: an earlier agent that had this pid (a VM's PID 1 on every boot).
             std::fs::remove_dir_all(&dir)?;
         }
-        std::fs::create_dir_all(dir.join("bin"))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        // Created private, and not over anything that appeared since: never a moment at 0755.
+        let private = || {
+            let mut b = std::fs::DirBuilder::new();
+            b.mode(0o700);
+            b
+        };
+        private().create(&dir)?;
+        private().create(dir.join("bin"))?;
         for name in SHIM_NAMES {
             std::os::unix::fs::symlink(exe, dir.join("bin").join(name))?;
         }
@@ -110,6 +121,22 @@ impl ShimServer {
             socket,
             listener: Mutex::new(Some(listener)),
         })
+    }
+
+    /// The private directory (socket and symlinks).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Removes the directory now (on shutdown; dropping the server does it too).
+    pub fn remove(&self) {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => debug!(dir = %self.dir.display(), "shim directory removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "cannot remove the shim directory")
+            }
+        }
     }
 
     /// The socket path.
@@ -159,7 +186,35 @@ impl ShimServer {
 
 impl Drop for ShimServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.remove();
+    }
+}
+
+/// Removes `<parent>/vm-agent-shim-<pid>` directories of this user whose agent no longer runs.
+fn sweep_stale(parent: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let uid = rustix::process::getuid().as_raw();
+    let own = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if pid == own || !ours || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if std::fs::remove_dir_all(&path).is_ok() {
+            debug!(dir = %path.display(), "stale shim directory removed");
+        }
     }
 }
 

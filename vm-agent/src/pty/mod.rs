@@ -100,6 +100,13 @@ impl PtySessions {
         self.map().remove(id);
     }
 
+    /// Kills every session's process group (the agent is stopping: no program outlives it).
+    pub fn kill_all(&self) {
+        for session in self.map().values() {
+            session.kill_all();
+        }
+    }
+
     /// Sessions currently registered.
     pub fn len(&self) -> usize {
         self.map().len()

@@ -202,16 +202,23 @@ async fn run(
             frame = reader.next(), if input_open => match frame {
                 Ok(Some(frame)) => {
                     if let Err(e) = handle_input(agent, &session, frame).await {
-                        warn!(session = %id, error = %e, "bad pty input");
-                        let _ = tx.send(Frame::error(&e)).await;
-                        break;
+                        // The client's mistake, not the program's: say which frame was refused
+                        // and go on.
+                        warn!(session = %id, error = %e, "pty input refused");
+                        ok = tx.send_message(&PtyEvent::Error(e)).await.is_ok();
                     }
                 }
                 // The client finished sending (or reset its half): keep streaming output.
                 Ok(None) | Err(protocol::body::ReadError::Body(_)) => input_open = false,
                 Err(protocol::body::ReadError::Frame(e)) => {
-                    let _ = tx.send(Frame::error(&e.to_error_body())).await;
-                    break;
+                    // Nothing after a broken frame can be read, but the program and its output
+                    // go on until it ends or the client leaves.
+                    warn!(session = %id, error = %e, "pty input unreadable, ignoring the rest");
+                    ok = tx
+                        .send_message(&PtyEvent::Error(e.to_error_body()))
+                        .await
+                        .is_ok();
+                    input_open = false;
                 }
             },
             () = tx.closed() => break,
