@@ -272,3 +272,42 @@ async fn codex_home_override_and_writer_styles_through_the_client() {
     assert_eq!(c.content, codex("0006").as_bytes());
     assert_eq!(c.sha256, res.written[0].sha256);
 }
+
+/// A CLI that makes its config directory several levels deep while the watch is starting (the
+/// race of `mkdir -p` against the watch on the deepest existing directory): every round captures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_made_while_the_watch_starts_are_followed() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let codex = |n: usize| {
+        format!(
+            r#"{{"auth_mode":"chatgpt","tokens":{{"id_token":"fake.id.token","access_token":"fake-access-token-{n:04}","refresh_token":"fake-refresh-token","account_id":"fake-account"}}}}"#
+        )
+    };
+    for round in 0..20 {
+        let codex_home = home(&agent).join(format!("r{round}/a/b/c"));
+        let scope = CredsScope {
+            provider: "codex".into(),
+            env: EnvVars::from_pairs([("CODEX_HOME", codex_home.display().to_string())]),
+            ..Default::default()
+        };
+        let request = CredsWatchRequest {
+            scope,
+            include_existing: false,
+        };
+        let (watch, ()) = tokio::join!(client.creds_watch(&request), async {
+            // Races the watch's set-up: some rounds create before it looks, some while it adds
+            // watches, some after.
+            tokio::time::sleep(Duration::from_micros(round * 150)).await;
+            std::fs::create_dir_all(&codex_home).expect("mkdir -p");
+        });
+        let mut watch = watch.expect("watch");
+        std::fs::write(codex_home.join("auth.json"), codex(round as usize)).expect("write");
+        let c = tokio::time::timeout(Duration::from_secs(20), watch.next_capture())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no capture"))
+            .expect("capture")
+            .expect("watch open");
+        assert_eq!(c.content, codex(round as usize).as_bytes(), "round {round}");
+    }
+}

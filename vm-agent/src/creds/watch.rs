@@ -28,6 +28,9 @@ use super::write::hex_sha256;
 
 /// After an in-place write with the file still open, wait this long for quiet before reading.
 const QUIET_AFTER_WRITE: Duration = Duration::from_millis(150);
+/// How often [`WatchState::replan`] looks again while directories keep appearing (each round
+/// follows at least one new level of a `mkdir -p`).
+const MAX_REPLAN_ROUNDS: usize = 32;
 /// Credential files are a few KiB; anything bigger is not one and is not read into memory.
 const MAX_CREDENTIAL_FILE: u64 = 1 << 20;
 
@@ -200,8 +203,12 @@ impl WatchState {
 
     /// Watches the deepest existing directory of every target's path; drops watches no longer
     /// needed and renews those whose directory was replaced.
+    ///
+    /// Looks again after every change until nothing changes: a directory created between the look
+    /// and the new watch on its parent raises no event on that watch, so only another look finds it
+    /// (`mkdir -p a/b` racing the watch on `a`).
     fn replan(&mut self) -> Result<(), notify::Error> {
-        for _ in 0..8 {
+        for _ in 0..MAX_REPLAN_ROUNDS {
             let mut wanted: HashMap<PathBuf, (u64, u64)> = HashMap::new();
             for t in &self.targets {
                 if let Some((dir, id)) = deepest_existing_dir(&t.rule.path) {
@@ -214,29 +221,31 @@ impl WatchState {
                 .filter(|(p, id)| wanted.get(*p) != Some(id))
                 .map(|(p, _)| p.clone())
                 .collect();
+            let mut changed = !stale.is_empty();
             for p in stale {
                 let _ = self.watcher.unwatch(&p);
                 self.watched.remove(&p);
             }
-            let mut raced = false;
             for (dir, id) in wanted {
                 if self.watched.contains_key(&dir) {
                     continue;
                 }
+                changed = true;
                 match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
                     Ok(()) => {
                         tracing::debug!(dir = %dir.display(), "watching for credentials");
                         self.watched.insert(dir, id);
                     }
                     // The directory vanished between the look and the watch: look again.
-                    Err(e) if is_not_found(&e) => raced = true,
+                    Err(e) if is_not_found(&e) => {}
                     Err(e) => return Err(e),
                 }
             }
-            if !raced {
+            if !changed {
                 return Ok(());
             }
         }
+        tracing::warn!("credential directories keep changing; watching what was there last");
         Ok(())
     }
 
