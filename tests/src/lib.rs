@@ -115,26 +115,31 @@ impl AgentProcess {
         let _ = self.child.wait();
     }
 
-    /// Stops the agent as a service manager would (SIGTERM) and waits for it: it cleans up after
-    /// itself (PTY programs, the browser shim's directory). Killed after 10 s. Returns the status.
+    /// Stops the agent as a service manager would; see [`stop_agent`].
     pub fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        if let Some(status) = self.child.try_wait()? {
+        stop_agent(&mut self.child)
+    }
+}
+
+/// Stops an agent process with SIGTERM and waits for it: it cleans up after itself (PTY programs,
+/// the browser shim's directory in the temporary directory). Killed after 10 s. Returns the status.
+pub fn stop_agent(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if let Some(status) = child.try_wait()? {
+        return Ok(status);
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
             return Ok(status);
         }
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.child.kill()?;
-        self.child.wait()
+        std::thread::sleep(Duration::from_millis(10));
     }
+    child.kill()?;
+    child.wait()
 }
 
 impl Drop for AgentProcess {

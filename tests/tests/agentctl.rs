@@ -129,12 +129,7 @@ fn wait_hello_prints_the_agents_greeting() {
         .spawn()
         .expect("agent");
     let out = waiter.wait_with_output().expect("waited");
-    // SIGTERM, so the agent removes its shim directory.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = agent.wait();
+    let _ = tests::stop_agent(&mut agent);
     assert!(out.status.success());
     let hello: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(hello["protocol_version"], protocol::PROTOCOL_VERSION);
