@@ -150,6 +150,11 @@ impl LocalAgentBackend {
         let home = dir.join("home");
         std::fs::create_dir_all(&home)
             .map_err(|e| BackendError::Create(format!("{}: {e}", home.display())))?;
+        // The VM's own /tmp: what the agent and its programs put there (the browser shim's socket
+        // directory among them) goes when the VM's directory goes, even after a SIGKILL.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| BackendError::Create(format!("{}: {e}", tmp.display())))?;
         let agent_sock = dir.join("agent.sock");
         // Bound before the agent starts, so its first dial finds the socket.
         let hello = HelloListener::bind(dir.join("hello.sock"))
@@ -183,6 +188,7 @@ impl LocalAgentBackend {
         };
         cmd.args(agent_args)
             .env("HOME", &home)
+            .env("TMPDIR", &tmp)
             .env("PATH", path)
             .env(VM_ID_ENV, &id)
             .env(
