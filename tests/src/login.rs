@@ -28,3 +28,16 @@ pub fn fake_vault() -> Arc<Vault> {
         Keyring::from_spec(FAKE_KEY, "test-key").expect("keyring"),
     ))
 }
+
+/// The states a login that succeeds goes through, in order.
+pub const HAPPY_PATH: [orchestrator::login::SessionState; 6] = {
+    use orchestrator::login::SessionState::*;
+    [
+        Pending,
+        VmCreated,
+        Ready,
+        AwaitingUserAuth,
+        Authenticating,
+        Completed,
+    ]
+};

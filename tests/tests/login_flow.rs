@@ -269,18 +269,7 @@ async fn happy_path(provider: &str, url_prefix: &str, credential_file: &str) {
             states.push(state);
         }
     }
-    use SessionState::*;
-    assert_eq!(
-        states,
-        [
-            Pending,
-            VmCreated,
-            Ready,
-            AwaitingUserAuth,
-            Authenticating,
-            Completed
-        ]
-    );
+    assert_eq!(states, tests::login::HAPPY_PATH);
 
     let events: Vec<String> = h
         .store
