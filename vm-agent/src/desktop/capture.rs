@@ -62,11 +62,7 @@ unsafe impl Send for ShmSegment {}
 impl Capture {
     /// Connects to `display` and starts tracking damage on its root window.
     pub fn open(display: &str) -> Result<Self, DesktopError> {
-        let (conn, screen_num) = x11rb::connect(Some(display))
-            .map_err(|e| DesktopError::Display(format!("cannot connect to {display}: {e}")))?;
-        let screen = conn.setup().roots.get(screen_num).ok_or_else(|| {
-            DesktopError::Display(format!("{display} has no screen {screen_num}"))
-        })?;
+        let (conn, screen) = super::x11::open(display)?;
         let root = screen.root;
         let (width, height) = (screen.width_in_pixels, screen.height_in_pixels);
         if screen.root_depth != 24 && screen.root_depth != 32 {

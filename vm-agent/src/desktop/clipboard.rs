@@ -160,14 +160,8 @@ struct Selections {
 
 impl Selections {
     fn open(display: &str) -> Result<Self, DesktopError> {
-        let (conn, screen_num) = x11rb::connect(Some(display))
-            .map_err(|e| DesktopError::Display(format!("cannot connect to {display}: {e}")))?;
-        let root = conn
-            .setup()
-            .roots
-            .get(screen_num)
-            .map(|s| s.root)
-            .ok_or_else(|| DesktopError::Display(format!("{display} has no screen")))?;
+        let (conn, screen) = super::x11::open(display)?;
+        let root = screen.root;
         conn.xfixes_query_version(5, 0)?
             .reply()
             .map_err(|e| DesktopError::Display(format!("no XFIXES on {display}: {e}")))?;

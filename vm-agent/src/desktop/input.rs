@@ -43,15 +43,12 @@ impl std::fmt::Debug for Injector {
 impl Injector {
     /// Connects to `display` and reads its keyboard mapping.
     pub fn open(display: &str) -> Result<Self, DesktopError> {
-        let (conn, screen_num) = x11rb::connect(Some(display))
-            .map_err(|e| DesktopError::Display(format!("cannot connect to {display}: {e}")))?;
+        let (conn, screen) = super::x11::open(display)?;
         conn.xtest_get_version(2, 2)?
             .reply()
             .map_err(|e| DesktopError::Display(format!("no XTEST on {display}: {e}")))?;
         let setup = conn.setup();
-        let root = setup.roots.get(screen_num).map(|s| s.root).ok_or_else(|| {
-            DesktopError::Display(format!("{display} has no screen {screen_num}"))
-        })?;
+        let root = screen.root;
         let (min_keycode, max_keycode) = (setup.min_keycode, setup.max_keycode);
         let mut injector = Self {
             conn,

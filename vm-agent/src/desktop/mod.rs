@@ -17,6 +17,7 @@ pub mod resize;
 pub mod rtc;
 pub mod screen;
 pub mod serve;
+pub mod x11;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};

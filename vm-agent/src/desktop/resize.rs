@@ -35,14 +35,8 @@ impl std::fmt::Debug for Resizer {
 impl Resizer {
     /// Connects to `display`; fails when it has no RandR 1.2.
     pub fn open(display: &str) -> Result<Self, DesktopError> {
-        let (conn, screen_num) = x11rb::connect(Some(display))
-            .map_err(|e| DesktopError::Display(format!("cannot connect to {display}: {e}")))?;
-        let root = conn
-            .setup()
-            .roots
-            .get(screen_num)
-            .map(|s| s.root)
-            .ok_or_else(|| DesktopError::Display(format!("{display} has no screen")))?;
+        let (conn, screen) = super::x11::open(display)?;
+        let root = screen.root;
         conn.randr_query_version(1, 2)?
             .reply()
             .map_err(|e| DesktopError::Display(format!("no RandR 1.2 on {display}: {e}")))?;
