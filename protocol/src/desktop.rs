@@ -60,8 +60,14 @@ pub struct VideoSettings {
 /// `nat_1to1_ip` (the gateway forwards the same UDP port to the VM); all of these are in the answer.
 /// It then asks the STUN servers of `servers` (and TURN servers over UDP, which answer STUN too)
 /// which address its socket appears from outside, and trickles that as a
-/// [`DesktopEvent::Candidate`] when it is new, then [`DesktopEvent::EndOfCandidates`]. Relaying
-/// through TURN is the browser's side: the host gives the browser the same `servers`.
+/// [`DesktopEvent::Candidate`] when it is new. On every `turn:` server (UDP transport, with
+/// `username` and `credential`) it allocates a relay of its own from the same socket and trickles
+/// it as a `relay` candidate, so a VM behind a symmetric NAT or without any forward still gets
+/// media through; `turns:` and `?transport=tcp` servers are skipped with a warning in the agent's
+/// log (the browser may still relay through them), and a server that refuses the credentials or
+/// does not answer costs one warning, not the session. [`DesktopEvent::EndOfCandidates`] follows
+/// once every server answered or was given up (a few seconds at most). The host may give the
+/// browser the same `servers`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceSettings {
     /// STUN and TURN servers, as the browser's `RTCIceServer`s (the same JSON works for both).
@@ -114,7 +120,7 @@ pub enum DesktopEvent {
         sdp: String,
     },
     /// A candidate of the agent found after the answer (a server-reflexive address a STUN server
-    /// reported), as an `RTCIceCandidate.candidate` line.
+    /// reported, or a relay on a TURN server), as an `RTCIceCandidate.candidate` line.
     Candidate {
         /// The candidate attribute.
         candidate: String,

@@ -54,6 +54,20 @@ impl AgentProcess {
 
     /// Same, with extra environment for the agent process.
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::spawn(env, false).await
+    }
+
+    /// Same, with the agent's log (stderr) kept in a file for [`AgentProcess::log`].
+    pub async fn start_logged(env: &[(&str, &str)]) -> Self {
+        Self::spawn(env, true).await
+    }
+
+    /// The agent's log so far (empty unless started with [`AgentProcess::start_logged`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    async fn spawn(env: &[(&str, &str)], logged: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("agent.sock");
         let home = dir.path().join("home");
@@ -68,6 +82,11 @@ impl AgentProcess {
             .env("AGENT_LOG", "warn")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
+            .stderr(if logged {
+                Stdio::from(std::fs::File::create(dir.path().join("agent.log")).expect("log"))
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("start vm-agent");
         let hello = hello

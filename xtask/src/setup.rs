@@ -36,6 +36,9 @@ pub const APT_PACKAGES: &[&str] = &[
     // Desktop clipboard tests: xclip is the real X client that copies into and pastes from the
     // VM's CLIPBOARD/PRIMARY selections.
     "xclip",
+    // Desktop TURN relay tests: coturn's `turnserver` is the real TURN server the agent allocates
+    // a relay on (started by the tests on loopback; the package's own service is not used).
+    "coturn",
     // `cargo xtask fuzz` (issue 3): cargo-fuzz's libfuzzer-sys compiles libFuzzer's C++ sources.
     "g++",
 ];

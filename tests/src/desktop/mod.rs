@@ -1,6 +1,8 @@
 //! Real peers for the desktop tests and bench: an X server with a painting client, headless
-//! Chromium driven over DevTools, and the signalling relay a host service runs for the viewer.
+//! Chromium driven over DevTools, the signalling relay a host service runs for the viewer, and a
+//! real TURN server (coturn).
 
 pub mod chromium;
 pub mod relay;
+pub mod turn;
 pub mod xserver;

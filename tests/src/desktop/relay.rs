@@ -36,6 +36,17 @@ impl Relay {
         display: Option<String>,
         ice: IceSettings,
     ) -> Self {
+        Self::start_filtered(client, display, ice, |answer| answer).await
+    }
+
+    /// [`Relay::start_with_ice`], giving the page `filter(answer)` instead of the agent's answer
+    /// (a test hides candidates from the browser this way).
+    pub async fn start_filtered(
+        client: AgentClient,
+        display: Option<String>,
+        ice: IceSettings,
+        filter: fn(String) -> String,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let sessions = Arc::new(Mutex::new(Vec::new()));
@@ -63,7 +74,7 @@ impl Relay {
                         // The page's one POST has no trickle: the answer carries every candidate.
                         let opened = match client.desktop(&offer).await {
                             Ok(mut session) => match session.answer_with_candidates().await {
-                                Ok(answer) => Ok((answer.to_string(), session)),
+                                Ok(answer) => Ok((filter(answer.to_string()), session)),
                                 Err(e) => Err(e),
                             },
                             Err(e) => Err(e),

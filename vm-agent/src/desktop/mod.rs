@@ -2,7 +2,8 @@
 //!
 //! [`capture`] grabs the root window (MIT-SHM, XDamage), [`encode`] makes H.264 of it, [`screen`]
 //! runs both on a thread while someone watches and shares the frames, [`rtc`] is one viewer's WebRTC
-//! session ([`reflexive`] learns its public address from STUN servers), [`input`] injects its pointer and keys with XTEST ([`keymap`] translates browser keys),
+//! session ([`reflexive`] learns its public address from STUN servers, [`turn`] relays through
+//! TURN servers), [`input`] injects its pointer and keys with XTEST ([`keymap`] translates browser keys),
 //! [`clipboard`] shares the X clipboard both ways, [`resize`] makes the screen follow the viewer's
 //! window (XRandR), and [`serve`] is the `desktop` call that carries the signalling over the host
 //! connection.
@@ -17,6 +18,7 @@ pub mod resize;
 pub mod rtc;
 pub mod screen;
 pub mod serve;
+pub mod turn;
 pub mod x11;
 
 use std::collections::HashMap;

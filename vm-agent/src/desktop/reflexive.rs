@@ -6,7 +6,7 @@
 //! XOR-MAPPED-ADDRESS is one attribute) because str0m's STUN parser is for ICE connectivity checks
 //! and refuses a Binding answer without MESSAGE-INTEGRITY, which plain STUN servers never send.
 //! TURN servers answer Binding requests too, so their `turn:` URLs (UDP) count as STUN servers;
-//! relaying through TURN is the browser's side (it has the same server list).
+//! the agent's relay on them is [`super::turn`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -62,7 +62,7 @@ pub fn stun_targets(servers: &[IceServer]) -> Vec<(String, u16)> {
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn split_host_port(s: &str) -> (&str, u16) {
+pub(super) fn split_host_port(s: &str) -> (&str, u16) {
     if let Some(v6) = s.strip_prefix('[') {
         let (host, rest) = v6.split_once(']').unwrap_or((v6, ""));
         let port = rest
@@ -116,7 +116,7 @@ pub fn parse_binding_success(msg: &[u8]) -> Option<([u8; 12], SocketAddr)> {
 }
 
 /// A (XOR-)MAPPED-ADDRESS value; `xor` holds the transaction id for the XOR variant.
-fn decode_address(value: &[u8], xor: Option<&[u8; 12]>) -> Option<SocketAddr> {
+pub(super) fn decode_address(value: &[u8], xor: Option<&[u8; 12]>) -> Option<SocketAddr> {
     let family = *value.get(1)?;
     let mut port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]);
     let mut key = [0u8; 16];
@@ -148,7 +148,7 @@ fn decode_address(value: &[u8], xor: Option<&[u8; 12]>) -> Option<SocketAddr> {
 
 /// A fresh random transaction id (it is all that ties an answer to our request, so it comes from
 /// the kernel's random source; the process-seeded SipHash keys are the fallback).
-fn transaction_id() -> [u8; 12] {
+pub(super) fn transaction_id() -> [u8; 12] {
     use std::hash::{BuildHasher, Hasher};
     use std::io::Read;
 

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use super::clipboard::ClipboardContent;
 use super::reflexive::{stun_targets, Gathering};
 use super::screen::{Screen, VideoFrame};
+use super::turn::{turn_targets, TurnClient, TurnEvent, TurnTarget};
 use super::DesktopError;
 
 /// How often a watching viewer's caller hears [`DesktopEvent::Stats`].
@@ -59,6 +60,12 @@ pub struct Session {
     stun: Vec<(String, u16)>,
     /// Addresses already advertised (host and 1:1 candidates).
     advertised: Vec<SocketAddr>,
+    /// TURN servers to allocate a relay on.
+    turn: Vec<TurnTarget>,
+    /// The relays being allocated or in use, one per TURN server address and local socket.
+    turns: Vec<TurnClient>,
+    /// Addresses of the viewer's candidates: the relays let them through (TURN permissions).
+    remote_ips: Vec<IpAddr>,
 }
 
 impl std::fmt::Debug for Session {
@@ -76,6 +83,7 @@ impl Session {
         offer: &str,
         ice: &IceSettings,
     ) -> Result<(Self, String), DesktopError> {
+        let offer_text = offer;
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| DesktopError::BadOffer(e.to_string()))?;
         let mut rtc = RtcConfig::new()
@@ -118,6 +126,9 @@ impl Session {
             clipboard_in_over: None,
             stun: stun_targets(&ice.servers),
             advertised,
+            turn: turn_targets(&ice.servers),
+            turns: Vec::new(),
+            remote_ips: candidate_ips(offer_text),
         };
         Ok((session, answer.to_sdp_string()))
     }
@@ -152,6 +163,9 @@ impl Session {
             (!self.stun.is_empty()).then(|| tokio::spawn(resolve(std::mem::take(&mut self.stun))));
         let mut gathering = Gathering::default();
         let mut gathered = false;
+        // Relay candidates: resolve the TURN servers, then allocate on each.
+        let mut turn_resolving = (!self.turn.is_empty())
+            .then(|| tokio::spawn(super::turn::resolve(std::mem::take(&mut self.turn))));
         let reason = loop {
             let deadline = match self.drain(&events, &mut connected).await {
                 Ok(Some(deadline)) => deadline,
@@ -159,7 +173,15 @@ impl Session {
                 Err(e) => break e.to_string(),
             };
             self.ask_stun(&mut gathering).await;
-            if !gathered && resolving.is_none() && gathering.done() {
+            if let Err(e) = self.ask_turn(&events).await {
+                break e;
+            }
+            if !gathered
+                && resolving.is_none()
+                && gathering.done()
+                && turn_resolving.is_none()
+                && self.turns.iter().all(TurnClient::settled)
+            {
                 gathered = true;
                 if events.send(DesktopEvent::EndOfCandidates).await.is_err() {
                     break "the caller went away".to_string();
@@ -167,7 +189,9 @@ impl Session {
             }
             let deadline = gathering
                 .next_deadline()
-                .map_or(deadline, |d| d.min(deadline));
+                .into_iter()
+                .chain(self.turns.iter().filter_map(TurnClient::next_deadline))
+                .fold(deadline, Instant::min);
             if std::mem::take(&mut self.channel_opened) {
                 if let Some(content) = clipboard
                     .as_mut()
@@ -187,11 +211,42 @@ impl Session {
                     gathering = Gathering::start(&self.local_addrs(), &resolved, Instant::now());
                     continue;
                 }
+                servers = resolved(turn_resolving.as_mut()) => {
+                    turn_resolving = None;
+                    let now = Instant::now();
+                    for local in self.local_addrs() {
+                        for (server, target) in &servers {
+                            if server.is_ipv4() == local.is_ipv4() {
+                                self.turns.push(TurnClient::new(local, *server, target, now));
+                            }
+                        }
+                    }
+                    continue;
+                }
                 d = datagrams.recv() => match d {
                     Some((data, source, destination)) => {
                         if let Some((base, mapped)) = gathering.answer(destination, source, &data) {
                             if let Err(e) = self.reflexive(base, mapped, &events).await {
                                 break e;
+                            }
+                            continue;
+                        }
+                        if let Some(turn) = self
+                            .turns
+                            .iter_mut()
+                            .find(|t| t.server() == source && t.local() == destination)
+                        {
+                            // The TURN server's: an answer, or a peer's datagram it relayed.
+                            let Some((peer, relay, data)) = turn.receive(Instant::now(), &data) else {
+                                continue;
+                            };
+                            let Ok(contents) = data.as_slice().try_into() else { continue };
+                            let input = Input::Receive(
+                                Instant::now(),
+                                Receive { proto: Protocol::Udp, source: peer, destination: relay, contents },
+                            );
+                            if let Err(e) = self.rtc.handle_input(input) {
+                                break e.to_string();
                             }
                             continue;
                         }
@@ -274,6 +329,13 @@ impl Session {
             }
         };
         self.rtc.disconnect();
+        for i in 0..self.turns.len() {
+            // The server frees the relay now rather than when its lifetime runs out.
+            if let Some(bye) = self.turns[i].close() {
+                let (local, server) = (self.turns[i].local(), self.turns[i].server());
+                self.send_from(local, server, &bye).await;
+            }
+        }
         self.screen.leave(self.viewer);
         readers.abort_all();
         info!(viewer = self.viewer, %reason, "viewer session ended");
@@ -298,6 +360,20 @@ impl Session {
             match output {
                 Output::Timeout(deadline) => return Ok(Some(deadline)),
                 Output::Transmit(t) => {
+                    if let Some(turn) = self
+                        .turns
+                        .iter_mut()
+                        .find(|c| c.allocated() == Some(t.source))
+                    {
+                        // From the relay candidate: wrapped for the TURN server (dropped when
+                        // the allocation is gone).
+                        let (local, server) = (turn.local(), turn.server());
+                        if let Some(wrapped) = turn.send(Instant::now(), t.destination, &t.contents)
+                        {
+                            self.send_from(local, server, &wrapped).await;
+                        }
+                        continue;
+                    }
                     let socket = self
                         .sockets
                         .iter()
@@ -360,6 +436,74 @@ impl Session {
         }
     }
 
+    /// Sends `datagram` to `to` from the media socket bound at `local`.
+    async fn send_from(&self, local: SocketAddr, to: SocketAddr, datagram: &[u8]) {
+        if let Some(socket) = self
+            .sockets
+            .iter()
+            .find(|s| s.local_addr().is_ok_and(|a| a == local))
+        {
+            // A lost datagram is what UDP does; TURN requests are retried.
+            let _ = socket.send_to(datagram, to).await;
+        }
+    }
+
+    /// Sends what the TURN clients have due and acts on what they report: a relay becomes a
+    /// local candidate trickled to the viewer; a server that refused or never answered is one
+    /// warning, and the session goes on with its other candidates.
+    async fn ask_turn(&mut self, events: &mpsc::Sender<DesktopEvent>) -> Result<(), String> {
+        let now = Instant::now();
+        for i in 0..self.turns.len() {
+            let (local, server) = (self.turns[i].local(), self.turns[i].server());
+            for datagram in self.turns[i].due(now) {
+                self.send_from(local, server, &datagram).await;
+            }
+            while let Some(event) = self.turns[i].poll_event() {
+                match event {
+                    TurnEvent::Allocated(relay) => self.relayed(i, relay, events).await?,
+                    TurnEvent::Failed(why) => {
+                        warn!(viewer = self.viewer, %server, "no TURN relay: {why}")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// TURN client `i` relays for us at `relay`: a relay candidate, trickled to the viewer; the
+    /// viewer's known addresses get their permissions right away.
+    async fn relayed(
+        &mut self,
+        i: usize,
+        relay: SocketAddr,
+        events: &mpsc::Sender<DesktopEvent>,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        let turn = &mut self.turns[i];
+        for ip in &self.remote_ips {
+            turn.permit(now, *ip);
+        }
+        let (local, server) = (turn.local(), turn.server());
+        let candidate = match Candidate::relayed(relay, local, "udp") {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(viewer = self.viewer, %server, error = %e, "relay candidate refused");
+                return Ok(());
+            }
+        };
+        let Some(added) = self.rtc.add_local_candidate(candidate) else {
+            return Ok(());
+        };
+        let line = added.to_sdp_string();
+        info!(viewer = self.viewer, %relay, %server, "relay candidate");
+        events
+            .send(DesktopEvent::Candidate {
+                candidate: line.trim().trim_start_matches("a=").to_string(),
+            })
+            .await
+            .map_err(|_| "the caller went away".to_string())
+    }
+
     /// A STUN server saw socket `base` as `mapped`: a new address becomes a local candidate and is
     /// trickled to the viewer.
     async fn reflexive(
@@ -418,7 +562,16 @@ impl Session {
             DesktopSignal::Candidate { candidate } => {
                 let line = candidate.trim().trim_start_matches("a=");
                 match Candidate::from_sdp_string(line) {
-                    Ok(c) => self.rtc.add_remote_candidate(c),
+                    Ok(c) => {
+                        let ip = c.addr().ip();
+                        if !self.remote_ips.contains(&ip) {
+                            self.remote_ips.push(ip);
+                            for turn in &mut self.turns {
+                                turn.permit(Instant::now(), ip);
+                            }
+                        }
+                        self.rtc.add_remote_candidate(c)
+                    }
                     // mDNS (`.local`) candidates cannot be resolved here; the browser's checks
                     // reach us anyway and become peer-reflexive candidates.
                     Err(e) => debug!(error = %e, "remote candidate skipped"),
@@ -571,14 +724,33 @@ async fn resolve(servers: Vec<(String, u16)>) -> Vec<SocketAddr> {
     found
 }
 
-/// The resolved STUN servers once resolution finished; never resolves when nothing is resolving.
-async fn resolved(
-    resolving: Option<&mut tokio::task::JoinHandle<Vec<SocketAddr>>>,
-) -> Vec<SocketAddr> {
+/// The resolved servers once resolution finished; never resolves when nothing is resolving.
+async fn resolved<T: Send + 'static>(
+    resolving: Option<&mut tokio::task::JoinHandle<Vec<T>>>,
+) -> Vec<T> {
     match resolving {
         Some(task) => task.await.unwrap_or_default(),
         None => std::future::pending().await,
     }
+}
+
+/// The addresses of the `a=candidate` lines of `sdp` (mDNS `.local` names are skipped).
+fn candidate_ips(sdp: &str) -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    for line in sdp.lines() {
+        let Some(line) = line.trim().strip_prefix("a=") else {
+            continue;
+        };
+        if !line.starts_with("candidate:") {
+            continue;
+        }
+        if let Ok(c) = Candidate::from_sdp_string(line) {
+            if !ips.contains(&c.addr().ip()) {
+                ips.push(c.addr().ip());
+            }
+        }
+    }
+    ips
 }
 
 /// The next clipboard content; `None` when there is no clipboard (it never resolves then).
