@@ -66,8 +66,10 @@ pub struct VideoSettings {
 /// media through; `turns:` and `?transport=tcp` servers are skipped with a warning in the agent's
 /// log (the browser may still relay through them), and a server that refuses the credentials or
 /// does not answer costs one warning, not the session. [`DesktopEvent::EndOfCandidates`] follows
-/// once every server answered or was given up (a few seconds at most). The host may give the
-/// browser the same `servers`.
+/// once every server answered or was given up (a few seconds at most). The relay forwards only
+/// from addresses the viewer announced (TURN permissions): the browser needs a STUN or TURN server
+/// of its own so that it has a server-reflexive or relay candidate (its mDNS `.local` host
+/// candidates are no addresses); the host may give the browser the same `servers`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceSettings {
     /// STUN and TURN servers, as the browser's `RTCIceServer`s (the same JSON works for both).

@@ -256,6 +256,19 @@ fn the_agent_trickles_a_relay_on_a_turn_server_and_goes_on_without_a_working_one
     );
     drop((session, refused, ignored));
     assert!(junk_server.join().expect("garbage server") > 0);
+
+    // The viewer left: the agent gave its relay back (a Refresh with lifetime 0) instead of
+    // leaving it to expire.
+    let freed = format!("username=<{TURN_USER}>, lifetime=0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !turn.log().contains(&freed) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        turn.log().contains(&freed),
+        "coturn's log has no deallocation:\n{}",
+        turn.log()
+    );
 }
 
 /// The agent's answer with only its relay candidates: the browser never learns another address

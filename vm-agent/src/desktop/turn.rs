@@ -1119,6 +1119,111 @@ mod tests {
         assert!(c.settled() && c.relay().is_none());
     }
 
+    /// Walks a new client through the 401 challenge to an allocation at `relay`; returns the key.
+    fn allocate(c: &mut TurnClient, now: Instant, relay: SocketAddr) -> [u8; 16] {
+        let first = c.due(now);
+        let challenge = answer(
+            ALLOCATE | ERROR,
+            id_of(&first[0]),
+            &[
+                (ATTR_ERROR_CODE, error(401, "Unauthorized")),
+                (ATTR_REALM, b"test.invalid".to_vec()),
+                (ATTR_NONCE, b"fake-nonce-1".to_vec()),
+            ],
+            None,
+        );
+        c.receive(now, &challenge);
+        let signed = c.due(now);
+        let id = id_of(&signed[0]);
+        let key = long_term_key("fakeuser", "test.invalid", "fake-turn-password-0001");
+        let ok = answer(
+            ALLOCATE | SUCCESS,
+            id,
+            &[
+                (ATTR_XOR_RELAYED_ADDRESS, xor_address(relay, &id)),
+                (ATTR_LIFETIME, 600u32.to_be_bytes().to_vec()),
+            ],
+            Some(&key),
+        );
+        c.receive(now, &ok);
+        assert_eq!(c.poll_event(), Some(TurnEvent::Allocated(relay)));
+        key
+    }
+
+    #[test]
+    fn refused_permissions_are_asked_again_and_a_refused_refresh_ends_the_relay() {
+        let now = Instant::now();
+        let local: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let server: SocketAddr = "192.0.2.10:3478".parse().unwrap();
+        let relay: SocketAddr = "192.0.2.10:50000".parse().unwrap();
+        let mut c = TurnClient::new(local, server, &target(), now);
+        let key = allocate(&mut c, now, relay);
+
+        // A permission the server refuses is asked for again later, not in a loop.
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        c.permit(now, ip);
+        c.permit(now, ip);
+        let asked = c.due(now);
+        assert_eq!(asked.len(), 1, "one request per address");
+        let m = Message::parse(&asked[0]).unwrap();
+        assert_eq!(m.kind, CREATE_PERMISSION);
+        let refusal = answer(
+            CREATE_PERMISSION | ERROR,
+            m.id,
+            &[(ATTR_ERROR_CODE, error(403, "Forbidden"))],
+            None,
+        );
+        c.receive(now, &refusal);
+        assert!(c.due(now + Duration::from_secs(5)).is_empty());
+        let again = c.due(now + REFUSED_RETRY);
+        assert_eq!(again.len(), 1);
+        assert_eq!(Message::parse(&again[0]).unwrap().kind, CREATE_PERMISSION);
+        assert_eq!(
+            c.poll_event(),
+            None,
+            "a refused permission does not end the relay"
+        );
+
+        // A stale nonce on a refresh is followed; a refresh refused for good ends the relay.
+        let at = now + Duration::from_secs(541);
+        let refresh = c
+            .due(at)
+            .into_iter()
+            .map(|r| Message::parse(&r).map(|m| (m.kind, m.id)).unwrap())
+            .find(|(kind, _)| *kind == REFRESH)
+            .expect("a refresh");
+        let stale = answer(
+            REFRESH | ERROR,
+            refresh.1,
+            &[
+                (ATTR_ERROR_CODE, error(438, "Stale Nonce")),
+                (ATTR_NONCE, b"fake-nonce-2".to_vec()),
+            ],
+            None,
+        );
+        c.receive(at, &stale);
+        let retried = c.due(at);
+        let m = Message::parse(&retried[0]).unwrap();
+        assert_eq!(m.kind, REFRESH);
+        assert_eq!(m.attr(ATTR_NONCE), Some(&b"fake-nonce-2"[..]));
+        assert!(m.verify(&key));
+        let gone = answer(
+            REFRESH | ERROR,
+            m.id,
+            &[(ATTR_ERROR_CODE, error(437, "Allocation Mismatch"))],
+            None,
+        );
+        c.receive(at, &gone);
+        match c.poll_event() {
+            Some(TurnEvent::Failed(why)) => assert!(why.contains("437"), "{why}"),
+            other => panic!("expected the relay to end, got {other:?}"),
+        }
+        assert_eq!(c.relay(), None);
+        assert_eq!(c.allocated(), Some(relay), "still recognized as ours");
+        assert_eq!(c.send(at, "198.51.100.7:1".parse().unwrap(), b"x"), None);
+        assert!(c.due(at + Duration::from_secs(600)).is_empty());
+    }
+
     #[test]
     fn only_udp_turn_urls_with_credentials_are_targets() {
         let servers = [
