@@ -1,6 +1,7 @@
 //! Real microVMs for the tests: the image, kernel and vsock backend come from
-//! `cargo xtask image minimal` (cached under `target/`: seconds when nothing changed, a few minutes
-//! on a fresh machine), and VMs boot with the orchestrator's QEMU backend.
+//! `cargo xtask image minimal` (or `desktop`, with an X server and a network card; cached under
+//! `target/`: seconds when nothing changed, a few minutes on a fresh machine), and VMs boot with the
+//! orchestrator's QEMU backend.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -8,7 +9,7 @@ use std::sync::OnceLock;
 
 use orchestrator::vm::{QemuBackend, QemuConfig};
 
-/// What `cargo xtask image minimal` printed.
+/// What `cargo xtask image <which>` printed.
 #[derive(Debug, Clone)]
 pub struct VmAssets {
     /// Plain ELF guest kernel.
@@ -23,17 +24,23 @@ pub struct VmAssets {
 /// when it fails: a VM test never skips.
 pub fn assets() -> &'static VmAssets {
     static ASSETS: OnceLock<VmAssets> = OnceLock::new();
-    ASSETS.get_or_init(build_assets)
+    ASSETS.get_or_init(|| build_assets("minimal"))
 }
 
-fn build_assets() -> VmAssets {
+/// [`assets`] of the desktop image: Xvfb, `x-probe` and a network card's modules added.
+pub fn desktop_assets() -> &'static VmAssets {
+    static ASSETS: OnceLock<VmAssets> = OnceLock::new();
+    ASSETS.get_or_init(|| build_assets("desktop"))
+}
+
+fn build_assets(which: &str) -> VmAssets {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
         .to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["xtask", "image", "minimal"])
+        .args(["xtask", "image", which])
         .current_dir(&root)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -41,7 +48,7 @@ fn build_assets() -> VmAssets {
         .expect("run `cargo xtask image minimal`");
     assert!(
         out.status.success(),
-        "`cargo xtask image minimal` failed ({}); see its output above",
+        "`cargo xtask image {which}` failed ({}); see its output above",
         out.status
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -50,7 +57,7 @@ fn build_assets() -> VmAssets {
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))
             .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("`cargo xtask image minimal` printed no {name}=: {text}"))
+            .unwrap_or_else(|| panic!("`cargo xtask image {which}` printed no {name}=: {text}"))
     };
     VmAssets {
         kernel: field("kernel"),
@@ -61,10 +68,14 @@ fn build_assets() -> VmAssets {
 
 /// A QEMU backend for the test image (accelerator detected: TCG on machines without real KVM).
 pub fn backend() -> QemuBackend {
-    let a = assets();
-    QemuBackend::new(QemuConfig::new(
-        &a.vhost_device_vsock,
-        &a.kernel,
-        &a.initramfs,
-    ))
+    QemuBackend::new(config(assets()))
+}
+
+/// The QEMU configuration of VMs booting `assets`, to adjust before making a backend.
+pub fn config(assets: &VmAssets) -> QemuConfig {
+    QemuConfig::new(
+        &assets.vhost_device_vsock,
+        &assets.kernel,
+        &assets.initramfs,
+    )
 }

@@ -36,27 +36,6 @@ fn open_viewer(relay: &Relay) -> Chromium {
     browser
 }
 
-/// Waits until the pixel at (x, y) is within `tol` of `rgb` on every channel; returns it.
-fn wait_colour(browser: &mut Chromium, x: u32, y: u32, rgb: u32, tol: i64) -> Vec<i64> {
-    let want = [(rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255].map(i64::from);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let px = browser.eval(&format!("viewer.sample({x}, {y})"));
-        let got: Vec<i64> = px
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_i64()).collect())
-            .unwrap_or_default();
-        if got.len() == 4 && got.iter().zip(want).all(|(g, w)| (g - w).abs() <= tol) {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pixel ({x},{y}) is {got:?}, expected about {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn the_viewer_shows_the_colours_an_x_client_paints() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -70,11 +49,11 @@ fn the_viewer_shows_the_colours_an_x_client_paints() {
         json!([W, H]),
         "the video has the desktop's size"
     );
-    wait_colour(&mut browser, 640, 360, 0xff0000, 24);
+    browser.wait_colour(640, 360, 0xff0000, 24);
     for colour in [0x00ff00, 0x0000ff, 0xffffff, 0x336699] {
         canvas.paint(colour);
-        wait_colour(&mut browser, 640, 360, colour, 24);
-        wait_colour(&mut browser, 5, 5, colour, 24);
+        browser.wait_colour(640, 360, colour, 24);
+        browser.wait_colour(5, 5, colour, 24);
     }
 }
 
@@ -536,13 +515,7 @@ fn the_screen_follows_the_viewer_window_without_reconnecting() {
         wait_sizes(&mut browser, &x.display, want);
         // What a client paints at the new size shows in the video at the new size.
         let canvas = Canvas::open(&x.display, 0x3366cc);
-        wait_colour(
-            &mut browser,
-            u32::from(want.0) - 4,
-            u32::from(want.1) - 4,
-            0x3366cc,
-            24,
-        );
+        browser.wait_colour(u32::from(want.0) - 4, u32::from(want.1) - 4, 0x3366cc, 24);
         drop(canvas);
     }
     assert_eq!(

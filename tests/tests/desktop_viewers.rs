@@ -3,7 +3,7 @@
 //! moves on request and comes back when the holder leaves. Real agent, Xvfb, and two headless
 //! Chromium viewers.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use orchestrator::desktop::DesktopSession;
 use protocol::desktop::DesktopEvent;
@@ -20,27 +20,6 @@ fn open_viewer(relay: &Relay) -> Chromium {
         Duration::from_secs(60),
     );
     browser
-}
-
-/// Waits until the pixel at (x, y) is within 40 of `rgb` on every channel.
-fn wait_colour(browser: &mut Chromium, x: u32, y: u32, rgb: u32) {
-    let want = [(rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255].map(i64::from);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let px = browser.eval(&format!("viewer.sample({x}, {y})"));
-        let got: Vec<i64> = px
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_i64()).collect())
-            .unwrap_or_default();
-        if got.len() == 4 && got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 40) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pixel ({x},{y}) is {got:?}, expected about {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Reads `session`'s events until it hears whether it holds control; returns that.
@@ -100,8 +79,8 @@ fn two_viewers_watch_one_desktop_and_only_the_one_in_control_drives_it() {
     // Both see what X clients paint.
     for rgb in [0x20c040, 0xd02060] {
         canvas.paint(rgb);
-        wait_colour(&mut first, 640, 360, rgb);
-        wait_colour(&mut second, 640, 360, rgb);
+        first.wait_colour(640, 360, rgb, 40);
+        second.wait_colour(640, 360, rgb, 40);
     }
 
     // The first viewer holds control; the second's clicks are ignored.
@@ -147,5 +126,5 @@ fn two_viewers_watch_one_desktop_and_only_the_one_in_control_drives_it() {
         .expect("the remaining viewer's click");
     assert_eq!((click.1, click.2), (640, 360));
     canvas.paint(0x1040e0);
-    wait_colour(&mut first, 640, 360, 0x1040e0);
+    first.wait_colour(640, 360, 0x1040e0, 40);
 }

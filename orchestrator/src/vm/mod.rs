@@ -14,5 +14,7 @@ mod qemu_backend;
 mod watch;
 
 pub use backend::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
-pub use qemu::{Accel, DestroyReport, QemuBackend, QemuConfig, QemuVm, VmError};
+pub use qemu::{
+    Accel, DestroyReport, QemuBackend, QemuConfig, QemuVm, UdpForward, UserNetwork, VmError,
+};
 pub use qemu_backend::QemuVmBackend;

@@ -6,6 +6,7 @@
 //! backend appends `_<port>`), holding every file and socket the VM uses; [`QemuVm::destroy`] stops
 //! both processes by PID and removes that directory, listing what it removed.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -95,6 +96,42 @@ pub struct QemuConfig {
     /// agent's environment (e.g. `AGENT_LOG=debug`). Never put secrets here: the host sends
     /// configuration over vsock instead.
     pub kernel_args: Vec<String>,
+    /// A network card, or none (the default): the agent itself needs only vsock.
+    pub network: Option<UserNetwork>,
+}
+
+/// A network card on QEMU's user-mode network (slirp): the VM is reached from the host only on the
+/// UDP ports forwarded to it, which is the shape of a gateway's per-VM forward that WebRTC media
+/// needs (the desktop's `IceSettings::nat_1to1_ip` and `udp_ports` describe it to the agent).
+///
+/// Not a firewall: through QEMU's NAT the guest can open connections to the host (as
+/// [`UserNetwork::HOST_ALIAS`]) and beyond. QEMU's `restrict=on` would stop that, but it also drops
+/// the guest's UDP replies on the forwards, so it cannot be used here. Deployments that must
+/// confine VMs put them behind a real gateway (tap device and packet filter) instead.
+///
+/// The guest configures its side itself: address [`UserNetwork::GUEST_ADDR`] on `eth0`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserNetwork {
+    /// UDP forwards from a host socket address to the same guest's port.
+    pub udp_forwards: Vec<UdpForward>,
+}
+
+impl UserNetwork {
+    /// The guest's address on the user-mode network (QEMU's fixed default).
+    pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+    /// The prefix length of that network.
+    pub const PREFIX_LEN: u8 = 24;
+    /// Where forwarded traffic appears to come from inside the guest (the host's alias).
+    pub const HOST_ALIAS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+}
+
+/// One forwarded UDP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpForward {
+    /// Host address and port QEMU listens on.
+    pub host: SocketAddr,
+    /// Guest port the datagrams go to.
+    pub guest_port: u16,
 }
 
 impl QemuConfig {
@@ -118,6 +155,7 @@ impl QemuConfig {
             hello_port: protocol::DEFAULT_HELLO_PORT,
             hello_timeout: Duration::from_secs(90),
             kernel_args: Vec::new(),
+            network: None,
         }
     }
 }
@@ -488,6 +526,27 @@ fn qemu_args(cfg: &QemuConfig, vhost: &Path, serial: &Path) -> Vec<String> {
         "-append".into(),
         kernel_cmdline(&cfg.kernel_args),
     ]);
+    if let Some(net) = &cfg.network {
+        // No restrict=on: it drops the guest's replies on UDP forwards (see UserNetwork).
+        let mut netdev = String::from("user,id=net0");
+        for fwd in &net.udp_forwards {
+            let host_ip = match fwd.host.ip() {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            };
+            netdev.push_str(&format!(
+                ",hostfwd=udp:{host_ip}:{}-:{}",
+                fwd.host.port(),
+                fwd.guest_port
+            ));
+        }
+        args.extend([
+            "-netdev".into(),
+            netdev,
+            "-device".into(),
+            "virtio-net-device,netdev=net0".into(),
+        ]);
+    }
     args
 }
 
@@ -571,6 +630,19 @@ mod tests {
         assert!(joined.contains("memory-backend-memfd,id=mem0,size=128M,share=on"));
         assert!(joined.contains("socket,id=vsock0,path=/tmp/vmX/vhost.sock"));
         assert!(!joined.contains("-cpu host"));
+        assert!(!joined.contains("-netdev"), "no network card unless asked");
+        cfg.network = Some(UserNetwork {
+            udp_forwards: vec![UdpForward {
+                host: "127.0.0.1:40000".parse().unwrap(),
+                guest_port: 40001,
+            }],
+        });
+        let joined = qemu_args(&cfg, Path::new("/v"), Path::new("/s")).join(" ");
+        assert!(joined.contains(
+            "-netdev user,id=net0,hostfwd=udp:127.0.0.1:40000-:40001 \
+             -device virtio-net-device,netdev=net0"
+        ));
+        cfg.network = None;
         cfg.accel = Accel::Kvm;
         assert!(qemu_args(&cfg, Path::new("/v"), Path::new("/s"))
             .join(" ")

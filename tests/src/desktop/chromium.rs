@@ -185,6 +185,29 @@ impl Chromium {
         }
     }
 
+    /// Waits until the viewer's video shows, at desktop pixel (x, y), `rgb` (0xRRGGBB) within
+    /// `tol` on every channel (video coding shifts colours a little); returns the pixel. Fails the
+    /// test after a minute.
+    pub fn wait_colour(&mut self, x: u32, y: u32, rgb: u32, tol: i64) -> Vec<i64> {
+        let want = [(rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255].map(i64::from);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let px = self.eval(&format!("viewer.sample({x}, {y})"));
+            let got: Vec<i64> = px
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_i64()).collect())
+                .unwrap_or_default();
+            if got.len() == 4 && got.iter().zip(want).all(|(g, w)| (g - w).abs() <= tol) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pixel ({x},{y}) is {got:?}, expected about {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A real mouse click at page coordinates.
     pub fn click(&mut self, x: f64, y: f64) {
         self.call(

@@ -36,16 +36,16 @@ impl Relay {
         display: Option<String>,
         ice: IceSettings,
     ) -> Self {
-        Self::start_filtered(client, display, ice, |answer| answer).await
+        Self::start_filtered(client, display, ice, |_| true).await
     }
 
-    /// [`Relay::start_with_ice`], giving the page `filter(answer)` instead of the agent's answer
-    /// (a test hides candidates from the browser this way).
+    /// [`Relay::start_with_ice`], passing the page only the answer's candidates `keep` accepts (a
+    /// host service drops the VM's private addresses, which mean nothing to a viewer elsewhere).
     pub async fn start_filtered(
         client: AgentClient,
         display: Option<String>,
         ice: IceSettings,
-        filter: fn(String) -> String,
+        keep: fn(&str) -> bool,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -74,7 +74,7 @@ impl Relay {
                         // The page's one POST has no trickle: the answer carries every candidate.
                         let opened = match client.desktop(&offer).await {
                             Ok(mut session) => match session.answer_with_candidates().await {
-                                Ok(answer) => Ok((filter(answer.to_string()), session)),
+                                Ok(answer) => Ok((keep_candidates(answer, keep), session)),
                                 Err(e) => Err(e),
                             },
                             Err(e) => Err(e),
@@ -105,6 +105,13 @@ impl Relay {
         });
         Self { addr, sessions }
     }
+}
+
+/// `sdp` without the `a=candidate:` lines `keep` refuses.
+fn keep_candidates(sdp: &str, keep: fn(&str) -> bool) -> String {
+    sdp.split_inclusive('\n')
+        .filter(|line| !line.starts_with("a=candidate:") || keep(line.trim_end()))
+        .collect()
 }
 
 async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {

@@ -4,6 +4,7 @@
 //! without running as root, and its bytes depend only on its inputs (fixed mtimes), which keeps the
 //! image cache key honest.
 
+use std::collections::BTreeSet;
 use std::io::{self, Write};
 
 const S_IFDIR: u32 = 0o040000;
@@ -16,6 +17,8 @@ pub struct CpioWriter<W: Write> {
     out: W,
     written: u64,
     next_ino: u32,
+    /// Directories written so far: adding one twice is a no-op.
+    dirs: BTreeSet<String>,
 }
 
 impl<W: Write> CpioWriter<W> {
@@ -25,12 +28,31 @@ impl<W: Write> CpioWriter<W> {
             out,
             written: 0,
             next_ino: 1,
+            dirs: BTreeSet::new(),
         }
     }
 
-    /// Adds a directory (parents must be added first).
+    /// Adds a directory (parents must be added first); a directory already added is skipped.
     pub fn dir(&mut self, path: &str, mode: u32) -> io::Result<()> {
+        if !self.dirs.insert(path.to_owned()) {
+            return Ok(());
+        }
         self.entry(path, S_IFDIR | mode, 0, &[])
+    }
+
+    /// Adds the missing ancestors of `path` (mode 0755), outermost first: the kernel's unpacker
+    /// does not create them.
+    pub fn parents(&mut self, path: &str) -> io::Result<()> {
+        let ancestors: Vec<&str> = std::path::Path::new(path)
+            .ancestors()
+            .skip(1)
+            .filter_map(|p| p.to_str())
+            .filter(|p| !p.is_empty() && *p != "/")
+            .collect();
+        for dir in ancestors.into_iter().rev() {
+            self.dir(dir, 0o755)?;
+        }
+        Ok(())
     }
 
     /// Adds a regular file with `data` as its content.

@@ -21,6 +21,10 @@ pub const MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport",
 ];
 
+/// Modules of the desktop image's network card (virtio-net over virtio-mmio), in load order after
+/// [`MODULES`]: WebRTC media reaches the VM over UDP, never over vsock.
+pub const NET_MODULES: &[&str] = &["failover", "net_failover", "virtio_net"];
+
 /// The xz stream magic inside a bzImage.
 const XZ_MAGIC: &[u8] = &[0xFD, b'7', b'z', b'X', b'Z', 0x00];
 
@@ -33,6 +37,8 @@ pub struct Kernel {
     pub vmlinux: PathBuf,
     /// Module files in [`MODULES`] order.
     pub modules: Vec<PathBuf>,
+    /// Module files in [`NET_MODULES`] order.
+    pub net_modules: Vec<PathBuf>,
 }
 
 /// Returns the cached kernel under `cache`, downloading and unpacking Debian's current guest kernel
@@ -40,15 +46,25 @@ pub struct Kernel {
 pub fn ensure(cache: &Path) -> Result<Kernel> {
     let package = current_package(cache)?;
     let dir = cache.join(&package);
-    let kernel = Kernel {
-        vmlinux: dir.join("vmlinux"),
-        modules: MODULES
+    let module_paths = |names: &[&str]| -> Vec<PathBuf> {
+        names
             .iter()
             .map(|m| dir.join("modules").join(format!("{m}.ko")))
-            .collect(),
+            .collect()
+    };
+    let kernel = Kernel {
+        vmlinux: dir.join("vmlinux"),
+        modules: module_paths(MODULES),
+        net_modules: module_paths(NET_MODULES),
         package,
     };
-    if dir.join("complete").exists() {
+    // A kernel unpacked before a module was added to the lists is unpacked again.
+    let all_there = kernel
+        .modules
+        .iter()
+        .chain(&kernel.net_modules)
+        .all(|m| m.exists());
+    if dir.join("complete").exists() && all_there {
         progress(&format!("kernel: {} (cached)", kernel.package));
         return Ok(kernel);
     }
@@ -72,7 +88,12 @@ pub fn ensure(cache: &Path) -> Result<Kernel> {
     let tree = work.join("tree");
     fs::create_dir_all(&tree)?;
     let mut wanted: Vec<String> = vec!["./boot/vmlinuz-*".into()];
-    wanted.extend(MODULES.iter().map(|m| format!("*/{m}.ko")));
+    wanted.extend(
+        MODULES
+            .iter()
+            .chain(NET_MODULES)
+            .map(|m| format!("*/{m}.ko")),
+    );
     let mut tar = Command::new("tar");
     tar.arg("-x")
         .arg("--wildcards")
@@ -94,7 +115,7 @@ pub fn ensure(cache: &Path) -> Result<Kernel> {
     }
     let out = work.join("out");
     fs::create_dir_all(out.join("modules"))?;
-    for m in MODULES {
+    for m in MODULES.iter().chain(NET_MODULES) {
         let name = format!("{m}.ko");
         let found = find_file(&tree, &name)?
             .with_context(|| format!("{} has no {name} (compressed modules?)", kernel.package))?;
@@ -110,7 +131,7 @@ pub fn ensure(cache: &Path) -> Result<Kernel> {
     progress("kernel: unpacking vmlinuz to a plain ELF");
     unpack_bzimage(&vmlinuz, &out.join("vmlinux"))?;
     fs::write(out.join("complete"), format!("{}\n", kernel.package))?;
-    if dir.exists() && !dir.join("complete").exists() {
+    if dir.exists() && !(dir.join("complete").exists() && all_there) {
         fs::remove_dir_all(&dir)?;
     }
     // Losing the race to a concurrent build is fine: its result is the same.

@@ -1,9 +1,12 @@
-//! `cargo xtask image minimal`: the test image. Debian's guest kernel as a plain ELF, and an initramfs
+//! `cargo xtask image minimal|desktop`: the test images. Debian's guest kernel as a plain ELF, and an initramfs
 //! holding the static agent as PID 1 (`/init`), static busybox for a shell, the vsock modules the
-//! agent loads at boot, and the fake CLIs of the tests (`claude`, `codex`, `gemini` on `PATH`). Cached under `target/vm-image/`, keyed by a hash of every input, so an
-//! unchanged image costs nothing and a changed agent is picked up.
+//! agent loads at boot, and the fake CLIs of the tests (`claude`, `codex`, `gemini` on `PATH`). The
+//! desktop image adds an X server and a network card for WebRTC media ([`desktop`]). Cached under
+//! `target/vm-image/`, keyed by a hash of every input, so an unchanged image costs nothing and a
+//! changed agent is picked up.
 
 pub mod cpio;
+pub mod desktop;
 pub mod fake_clis;
 pub mod kernel;
 
@@ -14,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 /// Bumped when the layout below changes, so old cached images are not reused.
-const LAYOUT_VERSION: &str = "minimal-2";
+const LAYOUT_VERSION: &str = "layout-3";
 
 /// Where the agent finds the module load order in the image (one file name per line).
 pub const MODULE_ORDER_PATH: &str = "/lib/modules/load-order";
@@ -33,9 +36,21 @@ pub struct Image {
 pub enum Which {
     /// Test image: Debian's kernel, the static agent as PID 1, busybox, vsock modules, fake CLIs.
     Minimal,
+    /// The test image with Xvfb, a network card's modules and x-probe, for the desktop in a VM.
+    Desktop,
 }
 
-/// Everything needed to boot a test VM, as printed by `cargo xtask image minimal`.
+impl Which {
+    /// Name of the image, as on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Which::Minimal => "minimal",
+            Which::Desktop => "desktop",
+        }
+    }
+}
+
+/// Everything needed to boot a test VM, as printed by `cargo xtask image <which>`.
 #[derive(Debug, Clone)]
 pub struct VmAssets {
     /// The image.
@@ -49,9 +64,7 @@ pub fn prepare(which: Which) -> Result<VmAssets> {
     let agent = crate::agent::build()?;
     let vhost_device_vsock = crate::vmtools::vhost_device_vsock()?;
     let cache = crate::shell::root().join("target").join("vm-image");
-    let image = match which {
-        Which::Minimal => minimal(&cache, &agent)?,
-    };
+    let image = build(&cache, &agent, which)?;
     Ok(VmAssets {
         image,
         vhost_device_vsock,
@@ -73,18 +86,26 @@ pub fn progress(msg: &str) {
     crate::shell::step(&format!("image: {msg}"));
 }
 
-/// Builds (or finds cached) the minimal image around the static `agent` binary.
-pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
+/// Builds (or finds cached) the image `which` around the static `agent` binary.
+pub fn build(cache: &Path, agent: &Path, which: Which) -> Result<Image> {
     fs::create_dir_all(cache)?;
     let kernel = kernel::ensure(&cache.join("kernel"))?;
     let busybox = find_static_busybox()?;
     let fake_clis = fake_clis::FakeClis::collect()?;
+    let desktop = match which {
+        Which::Minimal => None,
+        Which::Desktop => Some(desktop::Desktop::collect()?),
+    };
+    let module_paths: Vec<&PathBuf> = match which {
+        Which::Minimal => kernel.modules.iter().collect(),
+        Which::Desktop => kernel.modules.iter().chain(&kernel.net_modules).collect(),
+    };
 
     let agent_bytes = fs::read(agent).with_context(|| format!("reading {}", agent.display()))?;
     let busybox_bytes = fs::read(&busybox)?;
     let applets = busybox_applets(&busybox)?;
     let mut modules = Vec::new();
-    for path in &kernel.modules {
+    for path in module_paths {
         let name = path
             .file_name()
             .context("module path")?
@@ -102,13 +123,16 @@ pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
         hash.update(bytes);
     }
     fake_clis.hash_into(&mut hash);
+    if let Some(desktop) = &desktop {
+        desktop.hash_into(&mut hash);
+    }
     let key: String = hash.finalize()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let out_dir = cache.join(format!("minimal-{key}"));
+    let out_dir = cache.join(format!("{}-{key}", which.name()));
     let initramfs = out_dir.join("initramfs.cpio");
-    prune_old_images(cache, &out_dir);
+    prune_old_images(cache, which.name(), &out_dir);
     if initramfs.exists() {
         progress(&format!("initramfs: {} (cached)", initramfs.display()));
         return Ok(Image {
@@ -117,10 +141,14 @@ pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
         });
     }
     progress(&format!(
-        "initramfs: packing agent ({} KiB), busybox, {} modules, {}",
+        "initramfs: packing agent ({} KiB), busybox, {} modules, {}{}",
         agent_bytes.len() / 1024,
         modules.len(),
-        fake_clis.describe()
+        fake_clis.describe(),
+        desktop
+            .as_ref()
+            .map(|d| format!(", {}", d.describe()))
+            .unwrap_or_default()
     ));
     fs::create_dir_all(&out_dir)?;
     let partial = out_dir.join(format!("initramfs.cpio.partial-{}", std::process::id()));
@@ -164,6 +192,9 @@ pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
     }
     w.file(MODULE_ORDER_PATH, 0o644, order.as_bytes())?;
     fake_clis.pack(&mut w)?;
+    if let Some(desktop) = &desktop {
+        desktop.pack(&mut w)?;
+    }
     w.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
     w.file("/etc/group", 0o644, b"root:x:0:\n")?;
     w.finish()?
@@ -178,14 +209,19 @@ pub fn minimal(cache: &Path, agent: &Path) -> Result<Image> {
     })
 }
 
-/// Removes initramfs builds of earlier inputs (every agent change makes one), keeping `current`.
-fn prune_old_images(cache: &Path, current: &Path) {
+/// Removes builds of image `name` from earlier inputs (every agent change makes one), keeping
+/// `current`.
+fn prune_old_images(cache: &Path, name: &str, current: &Path) {
     let Ok(entries) = fs::read_dir(cache) else {
         return;
     };
     for entry in entries.filter_map(|e| e.ok()) {
         let path = entry.path();
-        let old = entry.file_name().to_string_lossy().starts_with("minimal-") && path != current;
+        let old = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{name}-"))
+            && path != current;
         if old && fs::remove_dir_all(&path).is_ok() {
             progress(&format!("removed the outdated image {}", path.display()));
         }
