@@ -271,8 +271,8 @@ fn the_agent_trickles_a_relay_on_a_turn_server_and_goes_on_without_a_working_one
     );
 }
 
-/// The agent's answer with only its relay candidates: the browser never learns another address
-/// of the agent.
+/// Keeps only the agent's relay candidates in the answer: the browser never learns another
+/// address of the agent.
 fn only_relay_candidates(candidate: &str) -> bool {
     candidate.contains(" typ relay")
 }
