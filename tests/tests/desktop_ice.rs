@@ -266,12 +266,7 @@ fn a_browser_watches_through_the_port_range_with_the_public_ip_advertised() {
         "media flows to the agent's socket inside {lo}-{hi}: {remote}"
     );
     canvas.paint(0x1040e0);
-    browser.wait_for(
-        "(() => { const p = viewer.sample(320, 240); \
-           return !!p && Math.abs(p[0] - 0x10) < 40 && Math.abs(p[1] - 0x40) < 40 \
-             && Math.abs(p[2] - 0xe0) < 40; })()",
-        Duration::from_secs(20),
-    );
+    browser.wait_colour(320, 240, 0x1040e0, 40);
 }
 
 /// A STUN server on loopback that answers every Binding request as if a NAT stood between it and

@@ -351,10 +351,5 @@ fn a_browser_watches_through_the_agents_relay_only() {
         agent.log()
     );
     canvas.paint(0x1040e0);
-    browser.wait_for(
-        "(() => { const p = viewer.sample(320, 240); \
-           return !!p && Math.abs(p[0] - 0x10) < 40 && Math.abs(p[1] - 0x40) < 40 \
-             && Math.abs(p[2] - 0xe0) < 40; })()",
-        Duration::from_secs(20),
-    );
+    browser.wait_colour(320, 240, 0x1040e0, 40);
 }
