@@ -82,6 +82,8 @@ pub struct IceSettings {
     #[serde(default)]
     pub nat_1to1_ip: Option<IpAddr>,
     /// Fixed UDP port range (inclusive) for the media socket, e.g. the gateway's per-VM forward.
+    /// Every viewer's session binds a port of its own, so the range's size is how many viewers can
+    /// watch at once.
     #[serde(default)]
     pub udp_ports: Option<(u16, u16)>,
 }

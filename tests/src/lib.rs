@@ -4,6 +4,7 @@
 pub mod desktop;
 pub mod fake_clis;
 pub mod login;
+pub mod ports;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -26,19 +26,6 @@ fn chromium_offer() -> String {
     text.lines().map(|l| format!("{l}\r\n")).collect()
 }
 
-/// A run of `n` consecutive loopback UDP ports nobody uses right now.
-fn free_port_range(n: u16) -> (u16, u16) {
-    for lo in (42000u16..60000).step_by(usize::from(n) * 7) {
-        let held: Vec<_> = (lo..lo + n)
-            .map_while(|p| UdpSocket::bind(("127.0.0.1", p)).ok())
-            .collect();
-        if held.len() == usize::from(n) {
-            return (lo, lo + n - 1);
-        }
-    }
-    panic!("no free range of {n} UDP ports on loopback");
-}
-
 /// `(kind, address, port)` of every `a=candidate` line of `sdp` (related addresses are not
 /// compared: str0m, like browsers, shows them as 0.0.0.0).
 fn candidates(sdp: &str) -> Vec<(String, IpAddr, u16)> {
@@ -91,7 +78,7 @@ fn the_agent_binds_in_the_gateways_port_range_and_advertises_the_public_ip() {
     let _canvas = Canvas::open(&x.display, 0x336699);
     let agent = rt.block_on(AgentProcess::start_with(&[("DISPLAY", x.display.as_str())]));
     let client = rt.block_on(agent.client());
-    let (lo, hi) = free_port_range(4);
+    let (lo, hi) = tests::ports::free_udp_range(4);
     let public: IpAddr = PUBLIC_IP.parse().unwrap();
     let offer = DesktopOffer {
         sdp: chromium_offer(),
@@ -235,7 +222,7 @@ fn a_browser_watches_through_the_port_range_with_the_public_ip_advertised() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let x = Xvfb::start(640, 480);
     let canvas = Canvas::open(&x.display, 0x20c040);
-    let (lo, hi) = free_port_range(4);
+    let (lo, hi) = tests::ports::free_udp_range(4);
     let (_agent, relay) = rt.block_on(async {
         let agent = AgentProcess::start_with(&[("DISPLAY", x.display.as_str())]).await;
         let ice = IceSettings {
@@ -253,13 +240,7 @@ fn a_browser_watches_through_the_port_range_with_the_public_ip_advertised() {
         "!!(window.viewer && window.viewer.frames > 0 && window.viewer.connected)",
         Duration::from_secs(60),
     );
-    let remote = browser.eval(
-        "(async () => { const s = await viewer.pc.getStats(); let pair = null; \
-         s.forEach(r => { if (r.type === 'transport' && r.selectedCandidatePairId) \
-           pair = s.get(r.selectedCandidatePairId); }); \
-         const c = pair && s.get(pair.remoteCandidateId); \
-         return c ? [c.address, c.port] : null; })()",
-    );
+    let remote = browser.selected_remote_candidate();
     let port = remote[1].as_u64().expect("selected pair's remote port");
     assert!(
         (u64::from(lo)..=u64::from(hi)).contains(&port),

@@ -337,13 +337,7 @@ fn a_browser_watches_through_the_agents_relay_only() {
         assert_eq!(relays.len(), 1, "{answer}");
         SocketAddr::new(relays[0].1, relays[0].2)
     };
-    let remote = browser.eval(
-        "(async () => { const s = await viewer.pc.getStats(); let pair = null; \
-         s.forEach(r => { if (r.type === 'transport' && r.selectedCandidatePairId) \
-           pair = s.get(r.selectedCandidatePairId); }); \
-         const c = pair && s.get(pair.remoteCandidateId); \
-         return c ? [c.address, c.port, c.candidateType] : null; })()",
-    );
+    let remote = browser.selected_remote_candidate();
     assert_eq!(
         remote,
         json!([agent_relay.ip().to_string(), agent_relay.port(), "relay"]),

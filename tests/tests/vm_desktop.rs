@@ -6,7 +6,7 @@
 //! forward. The video must show what the guest's X client paints, and a click and keys in the
 //! viewer must reach it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -113,18 +113,10 @@ fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, what: &str) -> String {
     panic!("{what}: no {prefix:?} line; the guest process said {seen:?}");
 }
 
-/// A UDP port free on the host's loopback right now (QEMU binds it for the forward).
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free UDP port")
-}
-
 #[test]
 fn the_desktop_of_a_microvm_streams_to_the_viewer_and_takes_input() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let port = free_udp_port();
+    let (port, _) = tests::ports::free_udp_range(1);
     let mut config = tests::vm::config(tests::vm::desktop_assets());
     // The initramfs (agent, Xvfb and its libraries) unpacks into guest memory.
     config.memory_mib = 512;
@@ -218,16 +210,10 @@ fn the_desktop_of_a_microvm_streams_to_the_viewer_and_takes_input() {
         "the video has the VM desktop's size"
     );
     // Media flows through the forward: the browser's selected pair ends at its host side.
-    let remote = browser.eval(
-        "(async () => { const s = await viewer.pc.getStats(); let pair = null; \
-         s.forEach(r => { if (r.type === 'transport' && r.selectedCandidatePairId) \
-           pair = s.get(r.selectedCandidatePairId); }); \
-         const c = pair && s.get(pair.remoteCandidateId); \
-         return c ? [c.address, c.port] : null; })()",
-    );
+    let remote = browser.selected_remote_candidate();
     assert_eq!(
         remote,
-        json!(["127.0.0.1", port]),
+        json!(["127.0.0.1", port, "srflx"]),
         "the selected pair's remote end"
     );
     browser.wait_colour(W / 2, H / 2, 0xff0000, 32);

@@ -208,6 +208,18 @@ impl Chromium {
         }
     }
 
+    /// The viewer's selected ICE pair's remote end, as the browser's stats name it:
+    /// `[address, port, candidateType]`, or `null` before a pair is selected.
+    pub fn selected_remote_candidate(&mut self) -> Value {
+        self.eval(
+            "(async () => { const s = await viewer.pc.getStats(); let pair = null; \
+             s.forEach(r => { if (r.type === 'transport' && r.selectedCandidatePairId) \
+               pair = s.get(r.selectedCandidatePairId); }); \
+             const c = pair && s.get(pair.remoteCandidateId); \
+             return c ? [c.address, c.port, c.candidateType] : null; })()",
+        )
+    }
+
     /// A real mouse click at page coordinates.
     pub fn click(&mut self, x: f64, y: f64) {
         self.call(

@@ -36,7 +36,7 @@ impl Coturn {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let (lo, hi) = free_udp_range(RELAY_PORTS);
+        let (lo, hi) = crate::ports::free_udp_range(RELAY_PORTS);
         let log = std::fs::File::create(dir.path().join("turn.log")).expect("log file");
         let child = Command::new("turnserver")
             .args(["-c", "/dev/null", "-n"])
@@ -133,22 +133,4 @@ fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port for UDP and TCP");
-}
-
-/// A run of `n` consecutive loopback UDP ports nobody uses right now. coturn binds them only when
-/// it allocates, so servers of parallel tests start their search at different places (by process
-/// and by server) rather than trusting that the run is still free.
-fn free_udp_range(n: u16) -> (u16, u16) {
-    static STARTED: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let start = 30000 + (std::process::id() % 500) as u16 * 40 + (nth % 8) * n * 5;
-    for lo in (start..60000).step_by(usize::from(n) * 3) {
-        let held: Vec<_> = (lo..lo + n)
-            .map_while(|p| UdpSocket::bind(("127.0.0.1", p)).ok())
-            .collect();
-        if held.len() == usize::from(n) {
-            return (lo, lo + n - 1);
-        }
-    }
-    panic!("no free range of {n} UDP ports on loopback");
 }
