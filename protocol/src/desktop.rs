@@ -255,6 +255,26 @@ pub enum ViewerMessage {
     },
 }
 
+/// One streamed display, as the `stats` call reports it: what watching it costs and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesktopStats {
+    /// The X display.
+    pub display: String,
+    /// Viewers watching it.
+    pub viewers: u32,
+    /// Screen size in pixels, as last captured.
+    pub width: u32,
+    /// Screen height in pixels, as last captured.
+    pub height: u32,
+    /// Screen grabs since capture started. A still screen adds none: grabs follow XDamage
+    /// reports and keyframe requests only.
+    pub frames_captured: u64,
+    /// Of those, grabs encoded as keyframes (a viewer joined, lost packets or sent PLI/FIR).
+    pub keyframes: u64,
+    /// Whether grabs go through MIT-SHM shared memory (else plain `GetImage` over the socket).
+    pub shm: bool,
+}
+
 /// Splits `text` into clipboard pieces of at most [`CLIPBOARD_CHUNK_BYTES`] on character
 /// boundaries (an empty text is one empty piece).
 pub fn clipboard_pieces(text: &str) -> Vec<&str> {

@@ -83,6 +83,9 @@ pub struct StatsResponse {
     pub mem_available_kb: u64,
     /// Processes the agent is currently running (exec and PTY sessions).
     pub running_processes: u32,
+    /// Displays being streamed right now; none while nobody watches (nothing is captured then).
+    #[serde(default)]
+    pub desktops: Vec<crate::desktop::DesktopStats>,
 }
 
 /// `configure`: environment for everything the agent spawns from now on (proxy variables, session

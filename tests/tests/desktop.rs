@@ -529,3 +529,113 @@ fn the_screen_follows_the_viewer_window_without_reconnecting() {
         "no second offer"
     );
 }
+
+/// The agent's `stats` for its one watched display, `None` while nobody watches.
+fn desktop_stats(
+    rt: &tokio::runtime::Runtime,
+    client: &orchestrator::AgentClient,
+) -> Option<protocol::desktop::DesktopStats> {
+    let mut desktops = rt.block_on(client.stats()).expect("stats").desktops;
+    assert!(desktops.len() <= 1, "one display is watched: {desktops:?}");
+    desktops.pop()
+}
+
+#[test]
+fn an_unwatched_or_still_desktop_costs_nothing_and_a_new_viewer_gets_a_keyframe() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(640, 480);
+    let canvas = Canvas::open(&x.display, 0x204060);
+    let (agent, relay) = start_agent(&rt, &x.display);
+    let client = rt.block_on(agent.client());
+
+    // An animation nobody watches is not captured at all: no capture runs.
+    for step in 0..20 {
+        canvas.paint_stripes(step);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        desktop_stats(&rt, &client),
+        None,
+        "nothing runs while nobody watches"
+    );
+
+    let mut first = open_viewer(&relay);
+    canvas.paint(0x336699);
+    first.wait_colour(320, 240, 0x336699, 24);
+    let watched = desktop_stats(&rt, &client).expect("the watched display");
+    assert_eq!(
+        (watched.viewers, watched.width, watched.height, watched.shm),
+        (1, 640, 480, true),
+        "{watched:?}"
+    );
+    assert!(
+        watched.keyframes >= 1,
+        "the viewer started from a keyframe: {watched:?}"
+    );
+
+    // A still screen is not grabbed (only a keyframe request, e.g. a browser's PLI, would be).
+    let settled = {
+        let mut last = desktop_stats(&rt, &client).expect("watched");
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = desktop_stats(&rt, &client).expect("watched");
+            if now == last {
+                break now;
+            }
+            last = now;
+        }
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let still = desktop_stats(&rt, &client).expect("watched");
+    assert_eq!(
+        still.frames_captured - settled.frames_captured,
+        still.keyframes - settled.keyframes,
+        "grabs of a still screen: {settled:?} -> {still:?}"
+    );
+    // A change is grabbed and shown.
+    canvas.paint(0x993366);
+    first.wait_colour(320, 240, 0x993366, 24);
+    let changed = desktop_stats(&rt, &client).expect("watched");
+    assert!(
+        changed.frames_captured > still.frames_captured,
+        "{changed:?}"
+    );
+
+    // A second viewer starts from a keyframe of its own.
+    let second = open_viewer(&relay);
+    let both = desktop_stats(&rt, &client).expect("watched");
+    assert_eq!(both.viewers, 2, "{both:?}");
+    assert!(
+        both.keyframes > changed.keyframes,
+        "{changed:?} -> {both:?}"
+    );
+
+    // Everyone leaves: the capture stops.
+    drop(first);
+    drop(second);
+    relay.sessions.lock().expect("sessions").clear();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Some(left) = desktop_stats(&rt, &client) {
+        assert!(
+            Instant::now() < deadline,
+            "the capture outlived its viewers: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn without_mit_shm_frames_come_through_plain_get_image() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start_with(640, 480, &["-extension", "MIT-SHM"]);
+    let canvas = Canvas::open(&x.display, 0xff8000);
+    let (agent, relay) = start_agent(&rt, &x.display);
+    let client = rt.block_on(agent.client());
+    let mut browser = open_viewer(&relay);
+    browser.wait_colour(320, 240, 0xff8000, 24);
+    let watched = desktop_stats(&rt, &client).expect("the watched display");
+    assert!(!watched.shm, "the X server has no MIT-SHM: {watched:?}");
+    canvas.paint(0x0080ff);
+    browser.wait_colour(320, 240, 0x0080ff, 24);
+    browser.wait_colour(630, 470, 0x0080ff, 24);
+}

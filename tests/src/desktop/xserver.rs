@@ -25,6 +25,11 @@ impl Xvfb {
     /// Starts Xvfb with a `width x height x 24` screen on a display number it picks itself
     /// (`-displayfd`), so parallel tests never race for one.
     pub fn start(width: u32, height: u32) -> Self {
+        Self::start_with(width, height, &[])
+    }
+
+    /// [`Xvfb::start`] with more server arguments (e.g. `-extension MIT-SHM` to run without it).
+    pub fn start_with(width: u32, height: u32, extra: &[&str]) -> Self {
         let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
         let child_fd = write_end.as_raw_fd();
         let mut cmd = Command::new("Xvfb");
@@ -36,6 +41,7 @@ impl Xvfb {
             &format!("{width}x{height}x24"),
         ])
         .args(["-nolisten", "tcp"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

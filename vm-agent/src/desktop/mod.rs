@@ -106,6 +106,22 @@ impl Desktops {
         screens.insert(display.to_string(), Arc::downgrade(&screen));
         Ok(screen)
     }
+
+    /// The displays being watched, by name.
+    pub fn stats(&self) -> Vec<protocol::desktop::DesktopStats> {
+        // Read outside the lock: the last viewer may leave meanwhile, and dropping a screen
+        // joins its capture thread.
+        let watched: Vec<Arc<Screen>> = self
+            .screens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut stats: Vec<_> = watched.iter().map(|screen| screen.stats()).collect();
+        stats.sort_by(|a, b| a.display.cmp(&b.display));
+        stats
+    }
 }
 
 /// The display a request without one streams: the agent's `DISPLAY`, else `:0`.

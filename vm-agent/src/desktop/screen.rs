@@ -8,11 +8,13 @@
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use protocol::desktop::DesktopStats;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, warn};
 
@@ -39,6 +41,26 @@ pub struct VideoFrame {
     pub encode_time: Duration,
 }
 
+/// What the capture thread has done, for the `stats` call.
+#[derive(Debug, Default)]
+struct Counters {
+    captured: AtomicU64,
+    keyframes: AtomicU64,
+    /// `width << 16 | height`.
+    size: AtomicU32,
+    shm: AtomicBool,
+}
+
+impl Counters {
+    fn grabbed(&self, capture: &Capture) {
+        self.captured.fetch_add(1, Ordering::Relaxed);
+        let (w, h) = capture.size();
+        self.size
+            .store(u32::from(w) << 16 | u32::from(h), Ordering::Relaxed);
+        self.shm.store(capture.uses_shm(), Ordering::Relaxed);
+    }
+}
+
 const CMD_KEYFRAME: u8 = b'k';
 const CMD_QUIT: u8 = b'q';
 
@@ -55,6 +77,7 @@ pub struct Screen {
     clipboard: Option<Clipboard>,
     /// `None` when the X server has no RandR 1.2.
     resizer: Option<Mutex<Resizer>>,
+    counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -86,11 +109,22 @@ impl Screen {
             .map_err(|e| DesktopError::Display(format!("command socket: {e}")))?;
         let sender = frames.clone();
         let name = display.to_string();
+        let counters = Arc::new(Counters::default());
+        let (w, h) = capture.size();
+        counters
+            .size
+            .store(u32::from(w) << 16 | u32::from(h), Ordering::Relaxed);
+        counters.shm.store(capture.uses_shm(), Ordering::Relaxed);
+        let thread_counters = counters.clone();
         let thread = std::thread::Builder::new()
             .name("desktop-capture".into())
             .spawn(move || {
-                if let Err(e) = capture_loop(capture, encoder, settings, &sender, &thread_commands)
-                {
+                let sinks = Sinks {
+                    frames: &sender,
+                    commands: &thread_commands,
+                    counters: &thread_counters,
+                };
+                if let Err(e) = capture_loop(capture, encoder, settings, sinks) {
                     warn!(display = %name, error = %e, "capture stopped");
                 }
             })
@@ -104,8 +138,29 @@ impl Screen {
             holder: watch::channel(None).0,
             clipboard,
             resizer,
+            counters,
             thread: Some(thread),
         })
+    }
+
+    /// What watching this display costs right now.
+    pub fn stats(&self) -> DesktopStats {
+        let viewers = self
+            .control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .viewers
+            .len();
+        let size = self.counters.size.load(Ordering::Relaxed);
+        DesktopStats {
+            display: self.display.clone(),
+            viewers: u32::try_from(viewers).unwrap_or(u32::MAX),
+            width: size >> 16,
+            height: size & 0xffff,
+            frames_captured: self.counters.captured.load(Ordering::Relaxed),
+            keyframes: self.counters.keyframes.load(Ordering::Relaxed),
+            shm: self.counters.shm.load(Ordering::Relaxed),
+        }
     }
 
     /// The display name.
@@ -237,13 +292,24 @@ impl Drop for Screen {
     }
 }
 
+/// Where the capture thread's work goes, and where its commands come from.
+struct Sinks<'a> {
+    frames: &'a broadcast::Sender<Arc<VideoFrame>>,
+    commands: &'a UnixDatagram,
+    counters: &'a Counters,
+}
+
 fn capture_loop(
     mut capture: Capture,
     mut encoder: Encoder,
     settings: EncoderSettings,
-    frames: &broadcast::Sender<Arc<VideoFrame>>,
-    commands: &UnixDatagram,
+    sinks: Sinks<'_>,
 ) -> Result<(), DesktopError> {
+    let Sinks {
+        frames,
+        commands,
+        counters,
+    } = sinks;
     let started = Instant::now();
     let interval = Duration::from_secs(1) / settings.fps.max(1);
     let mut last: Option<Instant> = None;
@@ -285,7 +351,12 @@ fn capture_loop(
             last = Some(t0);
             dirty = false;
             let (pixels, w, h) = capture.grab()?;
-            if let Some(frame) = encoder.encode(pixels, usize::from(w), usize::from(h))? {
+            let encoded = encoder.encode(pixels, usize::from(w), usize::from(h))?;
+            counters.grabbed(&capture);
+            if let Some(frame) = encoded {
+                if frame.keyframe {
+                    counters.keyframes.fetch_add(1, Ordering::Relaxed);
+                }
                 let rtp_90khz = u64::try_from(t0.duration_since(started).as_micros() * 9 / 100)
                     .unwrap_or(u64::MAX);
                 let _ = frames.send(Arc::new(VideoFrame {

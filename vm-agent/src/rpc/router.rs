@@ -59,6 +59,7 @@ pub async fn route(
                     mem_total_kb,
                     mem_available_kb,
                     running_processes: agent.running_processes(),
+                    desktops: agent.desktops().stats(),
                 })
             })
             .await
