@@ -639,3 +639,48 @@ fn without_mit_shm_frames_come_through_plain_get_image() {
     browser.wait_colour(320, 240, 0x0080ff, 24);
     browser.wait_colour(630, 470, 0x0080ff, 24);
 }
+
+#[test]
+fn grabs_are_capped_at_the_configured_frame_rate() {
+    use protocol::desktop::{DesktopOffer, IceSettings, VideoSettings};
+    const FPS: u32 = 2;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(320, 240);
+    let canvas = Canvas::open(&x.display, 0x000000);
+    let (agent, _relay) = start_agent(&rt, &x.display);
+    let client = rt.block_on(agent.client());
+    let offer = DesktopOffer {
+        sdp: tests::desktop::chromium::captured_offer(),
+        display: Some(x.display.clone()),
+        video: VideoSettings {
+            fps: Some(FPS),
+            bitrate_kbps: Some(300),
+        },
+        ice: IceSettings {
+            bind: vec!["127.0.0.1".parse().expect("ip")],
+            ..Default::default()
+        },
+    };
+    // The viewer's session grabs from its start, connected or not.
+    let started = Instant::now();
+    let _session = rt.block_on(client.desktop(&offer)).expect("desktop call");
+    let mut step = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        canvas.paint_stripes(step);
+        step += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = desktop_stats(&rt, &client).expect("the watched display");
+    let elapsed = started.elapsed().as_secs_f64();
+    // One grab at the start, then at most one per 1/FPS s; a slower machine only grabs less.
+    let most = (elapsed * f64::from(FPS)).floor() as u64 + 2;
+    assert!(
+        stats.frames_captured >= 2,
+        "the animation is grabbed: {stats:?}"
+    );
+    assert!(
+        stats.frames_captured <= most,
+        "{step} repaints in {elapsed:.1} s at {FPS} fps gave {} grabs (at most {most})",
+        stats.frames_captured
+    );
+}

@@ -11,20 +11,13 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use protocol::desktop::{DesktopOffer, IceSettings};
-use tests::desktop::chromium::Chromium;
+use tests::desktop::chromium::{captured_offer, Chromium};
 use tests::desktop::relay::Relay;
 use tests::desktop::xserver::{Canvas, Xvfb};
 use tests::AgentProcess;
 
 /// The public address the gateway would map onto the VM (TEST-NET-3, never routed).
 const PUBLIC_IP: &str = "203.0.113.7";
-
-/// An offer Chromium 156 made (a receive-only video transceiver and a data channel), before it
-/// gathered any candidate: its candidates are trickled.
-fn chromium_offer() -> String {
-    let text = include_str!("../fixtures/desktop/chromium-offer.sdp");
-    text.lines().map(|l| format!("{l}\r\n")).collect()
-}
 
 /// `(kind, address, port)` of every `a=candidate` line of `sdp` (related addresses are not
 /// compared: str0m, like browsers, shows them as 0.0.0.0).
@@ -81,7 +74,7 @@ fn the_agent_binds_in_the_gateways_port_range_and_advertises_the_public_ip() {
     let (lo, hi) = tests::ports::free_udp_range(4);
     let public: IpAddr = PUBLIC_IP.parse().unwrap();
     let offer = DesktopOffer {
-        sdp: chromium_offer(),
+        sdp: captured_offer(),
         ice: IceSettings {
             bind: vec!["127.0.0.1".parse().unwrap()],
             nat_1to1_ip: Some(public),
@@ -180,7 +173,7 @@ fn a_port_range_with_no_free_port_is_a_clear_error_and_the_agent_carries_on() {
     let taken = UdpSocket::bind("127.0.0.1:0").expect("socket");
     let port = taken.local_addr().expect("addr").port();
     let offer = DesktopOffer {
-        sdp: chromium_offer(),
+        sdp: captured_offer(),
         ice: IceSettings {
             bind: vec!["127.0.0.1".parse().unwrap()],
             udp_ports: Some((port, port)),
@@ -303,7 +296,7 @@ fn the_agent_trickles_the_address_a_stun_server_sees_then_says_it_has_no_more() 
     let public: IpAddr = "203.0.113.9".parse().unwrap();
     let (stun, server) = nat_stun_server(public);
     let offer = DesktopOffer {
-        sdp: chromium_offer(),
+        sdp: captured_offer(),
         ice: IceSettings {
             servers: vec![IceServer {
                 urls: vec![

@@ -10,17 +10,11 @@ use std::time::Duration;
 use orchestrator::desktop::DesktopSession;
 use protocol::desktop::{DesktopEvent, DesktopOffer, IceServer, IceSettings};
 use serde_json::json;
-use tests::desktop::chromium::Chromium;
+use tests::desktop::chromium::{captured_offer, Chromium};
 use tests::desktop::relay::Relay;
 use tests::desktop::turn::{Coturn, TURN_PASSWORD, TURN_USER};
 use tests::desktop::xserver::{Canvas, Xvfb};
 use tests::AgentProcess;
-
-/// An offer Chromium made before it gathered any candidate (its candidates are trickled).
-fn chromium_offer() -> String {
-    let text = include_str!("../fixtures/desktop/chromium-offer.sdp");
-    text.lines().map(|l| format!("{l}\r\n")).collect()
-}
 
 /// `(kind, address, port)` of every `candidate:` line in `text`.
 fn candidates(text: &str) -> Vec<(String, IpAddr, u16)> {
@@ -40,7 +34,7 @@ fn candidates(text: &str) -> Vec<(String, IpAddr, u16)> {
 
 fn offer(servers: Vec<IceServer>) -> DesktopOffer {
     DesktopOffer {
-        sdp: chromium_offer(),
+        sdp: captured_offer(),
         ice: IceSettings {
             servers,
             bind: vec!["127.0.0.1".parse().unwrap()],
@@ -86,7 +80,7 @@ fn checks_reaching_a_viewer(
     );
     rt.block_on(session.add_candidate(&line))
         .expect("trickled candidate");
-    let ufrag = chromium_offer()
+    let ufrag = captured_offer()
         .lines()
         .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
         .expect("ufrag")

@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// An offer Chromium 156 made (a receive-only video transceiver and a data channel), before it
+/// gathered any candidate, for tests that need a real browser's offer but no browser (its ICE
+/// credentials and DTLS fingerprint are fake; see tests/fixtures/desktop).
+pub fn captured_offer() -> String {
+    let text = include_str!("../../fixtures/desktop/chromium-offer.sdp");
+    text.lines().map(|l| format!("{l}\r\n")).collect()
+}
+
 /// A running browser with one page attached.
 pub struct Chromium {
     child: Child,
