@@ -684,3 +684,25 @@ fn grabs_are_capped_at_the_configured_frame_rate() {
         stats.frames_captured
     );
 }
+
+#[test]
+fn a_keyframe_request_from_a_viewer_gets_a_keyframe_on_a_still_screen() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(320, 240);
+    let _canvas = Canvas::open(&x.display, 0x4080c0);
+    let (agent, _relay) = start_agent(&rt, &x.display);
+    let client = rt.block_on(agent.client());
+    let mut viewer = tests::desktop::rtp_viewer::RtpViewer::connect(&rt, &client, &x.display);
+    viewer.run_until(Duration::from_secs(30), |v| v.keyframes >= 1);
+    // The screen stays still: without the request nothing would be grabbed or sent.
+    for round in 1..=2 {
+        let before = viewer.keyframes;
+        viewer.request_keyframe();
+        viewer.run_until(Duration::from_secs(10), |v| v.keyframes > before);
+        let stats = desktop_stats(&rt, &client).expect("the watched display");
+        assert!(
+            stats.keyframes > round,
+            "the agent encoded a keyframe per request: {stats:?}"
+        );
+    }
+}
