@@ -2,7 +2,9 @@
 //!
 //! Real-time settings: constrained baseline (no B-frames, what every browser decodes), bitrate rate
 //! control without frame skipping, no periodic keyframes: a keyframe comes when a viewer joins or asks
-//! (PLI/FIR). The colour conversion is BT.601 limited range and the stream says so (VUI), so browsers
+//! (PLI/FIR). OpenH264's screen-content mode also makes a frame that changes most of the screen an
+//! IDR (its scene-change detection is always on in that mode): a window switch, or every frame of a
+//! full-screen animation. The colour conversion is BT.601 limited range and the stream says so (VUI), so browsers
 //! show the colours the X clients painted.
 //!
 //! # Why H.264 with OpenH264, not VP8/VP9 with libvpx
@@ -172,3 +174,55 @@ impl Encoder {
 #[cfg(target_env = "musl")]
 #[no_mangle]
 pub static __libc_single_threaded: u8 = 0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes of two seconds at 30 fps and `bitrate_bps` of a desktop with a video playing in a
+    /// window (fresh fine detail every frame in a fifth of the screen), and the keyframes among the
+    /// frames.
+    fn two_busy_seconds(bitrate_bps: u32) -> (usize, usize) {
+        let (w, h) = (320usize, 240usize);
+        let mut encoder = Encoder::new(EncoderSettings {
+            fps: 30,
+            bitrate_bps,
+        })
+        .expect("encoder");
+        let (mut bytes, mut keyframes) = (0, 0);
+        for step in 0..60usize {
+            let mut bgrx = vec![0u8; w * h * 4];
+            for (i, px) in bgrx.chunks_exact_mut(4).enumerate() {
+                let (x, y) = (i % w, i / w);
+                let detail = ((x * 31 + y * 17) % 64) as u8;
+                // A video playing in a 128x128 window: fresh fine detail every frame.
+                let v = if (96..224).contains(&x) && (56..184).contains(&y) {
+                    let n = (x * 7919 + y * 104_729 + step * 1_299_709) as u32;
+                    (n.wrapping_mul(2_654_435_761) >> 24) as u8
+                } else {
+                    detail.wrapping_mul(3)
+                };
+                px.copy_from_slice(&[v, v / 2, detail, 0]);
+            }
+            if let Some(frame) = encoder.encode(&bgrx, w, h).expect("encode") {
+                bytes += frame.data.len();
+                keyframes += usize::from(frame.keyframe);
+            }
+        }
+        (bytes, keyframes)
+    }
+
+    #[test]
+    fn the_bitrate_setting_bounds_the_stream_and_only_the_first_frame_is_a_keyframe() {
+        let (low, low_keys) = two_busy_seconds(250_000);
+        let (high, high_keys) = two_busy_seconds(4_000_000);
+        assert_eq!((low_keys, high_keys), (1, 1), "no periodic keyframes");
+        assert!(
+            low * 3 < high * 2,
+            "250 kbit/s gave {low} bytes, 4 Mbit/s {high}"
+        );
+        // Two seconds at 250 kbit/s are 62.5 kB (the first frame, a keyframe, is a third of it);
+        // rate control without frame skipping may overshoot, but not by twice.
+        assert!(low < 2 * 62_500, "250 kbit/s gave {low} bytes in 2 s");
+    }
+}
