@@ -103,6 +103,9 @@ impl Encoder {
             .rate_control_mode(RateControlMode::Bitrate)
             .profile(Profile::Baseline)
             .skip_frames(false)
+            // Not supported in screen-content mode (OpenH264 turns them off with a warning).
+            .adaptive_quantization(false)
+            .background_detection(false)
             .intra_frame_period(IntraFramePeriod::from_num_frames(0))
             .vui(VuiConfig::bt601());
         let inner = H264Encoder::with_api_config(OpenH264API::from_source(), config)
