@@ -248,6 +248,20 @@ pub enum ViewerMessage {
         /// True when this viewer holds control.
         held: bool,
     },
+    /// The VM's cursor took this shape (sent when the data channel opens and on every change).
+    /// The page shows it as its own cursor over the video: X keeps the cursor out of the frames.
+    Cursor {
+        /// Width in pixels.
+        width: u16,
+        /// Height in pixels.
+        height: u16,
+        /// Hot spot, from the left.
+        xhot: u16,
+        /// Hot spot, from the top.
+        yhot: u16,
+        /// `width * height` RGBA pixels (straight alpha), row by row, base64.
+        rgba: String,
+    },
     /// Something the viewer sent was refused.
     Error {
         /// Why, for the user.

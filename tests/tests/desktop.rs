@@ -706,3 +706,32 @@ fn a_keyframe_request_from_a_viewer_gets_a_keyframe_on_a_still_screen() {
         );
     }
 }
+
+#[test]
+fn the_viewer_takes_the_shape_of_the_vm_cursor() {
+    const XC_XTERM: u16 = 152;
+    const XC_HAND2: u16 = 60;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(640, 480);
+    let canvas = Canvas::open(&x.display, 0x808080);
+    let (_agent, relay) = start_agent(&rt, &x.display);
+    let mut browser = open_viewer(&relay);
+    browser.wait_for("viewer.dc.readyState === 'open'", Duration::from_secs(20));
+    // The pointer is over the window (it covers the screen): its cursor is the one shown.
+    let mut shapes = Vec::new();
+    for glyph in [XC_XTERM, XC_HAND2] {
+        canvas.set_cursor(glyph);
+        let (w, h, xhot, yhot) = canvas.shown_cursor();
+        shapes.push((w, h, xhot, yhot));
+        browser.wait_for(
+            &format!(
+                "!!viewer.cursor && viewer.cursor.width === {w} && viewer.cursor.height === {h} \
+                 && viewer.cursor.xhot === {xhot} && viewer.cursor.yhot === {yhot} \
+                 && viewer.cursor.opaque > 0 \
+                 && viewer.video.style.cursor.startsWith('url(\"data:image/png')"
+            ),
+            Duration::from_secs(20),
+        );
+    }
+    assert_ne!(shapes[0], shapes[1], "two different shapes were shown");
+}

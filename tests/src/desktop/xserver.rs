@@ -166,6 +166,54 @@ impl Canvas {
         self.conn.flush().expect("flush");
     }
 
+    /// Makes glyph `glyph` of the standard cursor font (e.g. 152, `XC_xterm`; 60, `XC_hand2`) the
+    /// window's cursor, black on white.
+    pub fn set_cursor(&self, glyph: u16) {
+        let font = self.conn.generate_id().expect("id");
+        self.conn.open_font(font, b"cursor").expect("cursor font");
+        let cursor = self.conn.generate_id().expect("id");
+        self.conn
+            .create_glyph_cursor(
+                cursor,
+                font,
+                font,
+                glyph,
+                glyph + 1,
+                0,
+                0,
+                0,
+                0xffff,
+                0xffff,
+                0xffff,
+            )
+            .expect("glyph cursor");
+        self.conn
+            .change_window_attributes(
+                self.window,
+                &ChangeWindowAttributesAux::new().cursor(cursor),
+            )
+            .expect("set cursor");
+        self.conn.close_font(font).expect("close font");
+        self.conn.sync().expect("sync");
+    }
+
+    /// The cursor the X server shows now, as XFixes reports it: (width, height, xhot, yhot).
+    pub fn shown_cursor(&self) -> (u16, u16, u16, u16) {
+        use x11rb::protocol::xfixes::ConnectionExt as _;
+        self.conn
+            .xfixes_query_version(4, 0)
+            .expect("xfixes")
+            .reply()
+            .expect("xfixes");
+        let image = self
+            .conn
+            .xfixes_get_cursor_image()
+            .expect("cursor image")
+            .reply()
+            .expect("cursor image");
+        (image.width, image.height, image.xhot, image.yhot)
+    }
+
     /// Waits for a button press on the window; returns (button, x, y).
     pub fn wait_click(&self, timeout: Duration) -> Option<(u8, i16, i16)> {
         let deadline = Instant::now() + timeout;

@@ -3,13 +3,14 @@
 //! [`capture`] grabs the root window (MIT-SHM, XDamage), [`encode`] makes H.264 of it, [`screen`]
 //! runs both on a thread while someone watches and shares the frames, [`rtc`] is one viewer's WebRTC
 //! session ([`reflexive`] learns its public address from STUN servers, [`turn`] relays through
-//! TURN servers), [`input`] injects its pointer and keys with XTEST ([`keymap`] translates browser keys),
-//! [`clipboard`] shares the X clipboard both ways, [`resize`] makes the screen follow the viewer's
-//! window (XRandR), and [`serve`] is the `desktop` call that carries the signalling over the host
-//! connection.
+//! TURN servers), [`input`] injects its pointer and keys with XTEST ([`keymap`] translates browser
+//! keys), [`clipboard`] shares the X clipboard both ways, [`cursor`] gives viewers the pointer's
+//! shape, [`resize`] makes the screen follow the viewer's window (XRandR), and [`serve`] is the
+//! `desktop` call that carries the signalling over the host connection.
 
 pub mod capture;
 pub mod clipboard;
+pub mod cursor;
 pub mod encode;
 pub mod input;
 pub mod keymap;

@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::clipboard::ClipboardContent;
+use super::cursor::CursorImage;
 use super::reflexive::{stun_targets, Gathering};
 use super::screen::{Screen, VideoFrame};
 use super::turn::{turn_targets, TurnClient, TurnEvent, TurnTarget};
@@ -152,6 +153,7 @@ impl Session {
         let mut holder = self.screen.holder();
         holder.mark_changed();
         let mut clipboard = self.screen.clipboard_content();
+        let mut cursor = self.screen.cursor_shape();
         let mut connected = false;
         let mut signals_open = true;
         let mut stats = tokio::time::interval(STATS_PERIOD);
@@ -198,6 +200,9 @@ impl Session {
                     .and_then(|c| c.borrow_and_update().clone())
                 {
                     self.send_clipboard(&content);
+                }
+                if let Some(shape) = cursor.as_mut().and_then(|c| c.borrow_and_update().clone()) {
+                    self.send_cursor(&shape);
                 }
             }
             if !self.outbox.is_empty() && self.flush_outbox() {
@@ -287,10 +292,17 @@ impl Session {
                     }
                     continue;
                 }
-                changed = clipboard_changed(clipboard.as_mut()) => {
+                changed = next_published(clipboard.as_mut()) => {
                     match changed {
                         Some(content) => self.send_clipboard(&content),
                         None => clipboard = None,
+                    }
+                    continue;
+                }
+                changed = next_published(cursor.as_mut()) => {
+                    match changed {
+                        Some(shape) => self.send_cursor(&shape),
+                        None => cursor = None,
                     }
                     continue;
                 }
@@ -662,6 +674,18 @@ impl Session {
         }
     }
 
+    /// Tells the viewer the cursor's new shape (its page makes it the local cursor over the video).
+    fn send_cursor(&mut self, shape: &CursorImage) {
+        use base64::Engine as _;
+        self.tell(&ViewerMessage::Cursor {
+            width: shape.width,
+            height: shape.height,
+            xhot: shape.xhot,
+            yhot: shape.yhot,
+            rgba: base64::engine::general_purpose::STANDARD.encode(&shape.rgba),
+        });
+    }
+
     /// Queues a message for the viewer's data channel.
     fn tell(&mut self, message: &ViewerMessage) {
         match serde_json::to_vec(message) {
@@ -754,16 +778,14 @@ fn candidate_ips(sdp: &str) -> Vec<IpAddr> {
 }
 
 /// The next clipboard content; `None` when there is no clipboard (it never resolves then).
-async fn clipboard_changed(
-    clipboard: Option<&mut watch::Receiver<Option<ClipboardContent>>>,
-) -> Option<ClipboardContent> {
-    let Some(clipboard) = clipboard else {
+async fn next_published<T: Clone>(published: Option<&mut watch::Receiver<Option<T>>>) -> Option<T> {
+    let Some(published) = published else {
         return std::future::pending().await;
     };
     loop {
-        clipboard.changed().await.ok()?;
-        if let Some(content) = clipboard.borrow_and_update().clone() {
-            return Some(content);
+        published.changed().await.ok()?;
+        if let Some(value) = published.borrow_and_update().clone() {
+            return Some(value);
         }
     }
 }

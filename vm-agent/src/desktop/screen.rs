@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use super::capture::Capture;
 use super::clipboard::{Clipboard, ClipboardContent, ClipboardError};
+use super::cursor::{Cursor, CursorImage};
 use super::encode::{EncodedFrame, Encoder, EncoderSettings};
 use super::input::Injector;
 use super::resize::Resizer;
@@ -75,6 +76,8 @@ pub struct Screen {
     holder: watch::Sender<Option<u64>>,
     /// `None` when the X server has no XFIXES.
     clipboard: Option<Clipboard>,
+    /// `None` when the X server has no XFIXES 4.
+    cursor: Option<Cursor>,
     /// `None` when the X server has no RandR 1.2.
     resizer: Option<Mutex<Resizer>>,
     counters: Arc<Counters>,
@@ -96,6 +99,9 @@ impl Screen {
         let display_name = display;
         let clipboard = Clipboard::start(display)
             .inspect_err(|e| warn!(display = %display_name, error = %e, "no clipboard sharing"))
+            .ok();
+        let cursor = Cursor::start(display)
+            .inspect_err(|e| warn!(display = %display_name, error = %e, "no cursor shapes"))
             .ok();
         let resizer = Resizer::open(display)
             .inspect_err(|e| warn!(display = %display_name, error = %e, "the screen cannot follow the viewer"))
@@ -137,6 +143,7 @@ impl Screen {
             control: Mutex::new(Control::default()),
             holder: watch::channel(None).0,
             clipboard,
+            cursor,
             resizer,
             counters,
             thread: Some(thread),
@@ -231,6 +238,11 @@ impl Screen {
     /// The VM's clipboard as X clients copy to it; `None` when the display cannot share it.
     pub fn clipboard_content(&self) -> Option<watch::Receiver<Option<ClipboardContent>>> {
         self.clipboard.as_ref().map(Clipboard::content)
+    }
+
+    /// The cursor's shape as it changes; `None` when the display cannot tell it.
+    pub fn cursor_shape(&self) -> Option<watch::Receiver<Option<Arc<CursorImage>>>> {
+        self.cursor.as_ref().map(Cursor::shape)
     }
 
     /// Makes `text` the VM's clipboard for viewer `id` if it holds control; returns whether it did.
