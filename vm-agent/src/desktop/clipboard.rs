@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use protocol::desktop::MAX_CLIPBOARD_BYTES;
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -250,22 +249,8 @@ impl Selections {
                 // Replies waited for meanwhile may have queued events the socket no longer shows.
                 continue;
             }
-            let mut fds = [
-                PollFd::new(self.conn.stream().as_fd(), PollFlags::POLLIN),
-                PollFd::new(wake.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(DesktopError::Display(format!("poll: {e}"))),
-            }
-            if fds[0]
-                .revents()
-                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
-            {
-                return Err(DesktopError::Display(
-                    "the X server closed the connection".into(),
-                ));
-            }
+            // Commands are read at the top of the loop.
+            super::x11::wait(self.conn.stream().as_fd(), wake.as_fd())?;
         }
     }
 

@@ -14,7 +14,6 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 use x11rb::connection::Connection;
@@ -109,24 +108,8 @@ fn follow(
         if changed {
             read_shape(conn, publish)?;
         }
-        let mut fds = [
-            PollFd::new(conn.stream().as_fd(), PollFlags::POLLIN),
-            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(DesktopError::Display(format!("poll: {e}"))),
-        }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+        if super::x11::wait(conn.stream().as_fd(), wake.as_fd())? {
             return Ok(());
-        }
-        let x_hung_up = fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
-        if x_hung_up {
-            return Err(DesktopError::Display(
-                "the X server closed the connection".into(),
-            ));
         }
     }
 }

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use protocol::desktop::DesktopStats;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, warn};
@@ -380,22 +379,7 @@ fn capture_loop(
             }
             continue;
         }
-        let mut fds = [
-            PollFd::new(capture.fd(), PollFlags::POLLIN),
-            PollFd::new(commands.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(DesktopError::Display(format!("poll: {e}"))),
-        }
-        let x_hung_up = fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
-        if x_hung_up {
-            return Err(DesktopError::Display(
-                "the X server closed the connection".into(),
-            ));
-        }
+        // A command is read at the top of the loop.
+        super::x11::wait(capture.fd(), commands.as_fd())?;
     }
 }
