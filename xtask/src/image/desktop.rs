@@ -13,7 +13,6 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::cpio::CpioWriter;
-use crate::shell::{cargo, root, sh, step};
 
 /// Programs copied with their libraries.
 const PROGRAMS: &[&str] = &["/usr/bin/Xvfb", "/usr/bin/xkbcomp"];
@@ -48,7 +47,7 @@ impl Desktop {
             }
         }
         walk(Path::new(XKB_DATA), &mut files, &mut links)?;
-        let probe = build_probe()?;
+        let probe = super::build_guest_binary("guest-x-probe")?;
         let data = fs::read(&probe).with_context(|| format!("reading {}", probe.display()))?;
         if super::has_interpreter(&data) {
             bail!("{} is dynamically linked", probe.display());
@@ -151,22 +150,4 @@ fn walk(
         }
     }
     Ok(())
-}
-
-/// Builds the static x-probe (release, musl) and returns its path.
-fn build_probe() -> Result<PathBuf> {
-    step("building the static x-probe for the desktop image (release, musl)");
-    sh(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "guest-x-probe",
-        "--target",
-        crate::agent::TARGET,
-    ]))?;
-    Ok(root()
-        .join("target")
-        .join(crate::agent::TARGET)
-        .join("release")
-        .join("guest-x-probe"))
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::cpio::CpioWriter;
-use crate::shell::{cargo, root, sh, step};
+use crate::shell::root;
 
 /// Where the static fake-cli binary lives in the guest (the wrappers exec it).
 const GUEST_BINARY: &str = "/usr/lib/fake-cli/fake-cli";
@@ -37,7 +37,7 @@ impl FakeClis {
     /// Builds the static fake-cli (cargo's cache makes this quick when nothing changed) and reads
     /// the wrappers and recordings.
     pub fn collect() -> Result<FakeClis> {
-        let binary_path = build()?;
+        let binary_path = super::build_guest_binary("guest-fake-cli")?;
         let binary =
             fs::read(&binary_path).with_context(|| format!("reading {}", binary_path.display()))?;
         if super::has_interpreter(&binary) {
@@ -120,24 +120,6 @@ impl FakeClis {
         }
         Ok(())
     }
-}
-
-/// Builds the static fake-cli (release, musl) and returns its path.
-fn build() -> Result<PathBuf> {
-    step("building the static fake-cli for the image (release, musl)");
-    sh(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "guest-fake-cli",
-        "--target",
-        crate::agent::TARGET,
-    ]))?;
-    Ok(root()
-        .join("target")
-        .join(crate::agent::TARGET)
-        .join("release")
-        .join("guest-fake-cli"))
 }
 
 /// The recording files (`<provider>/<case>/<file>`) under `dir`, sorted so the image and its key

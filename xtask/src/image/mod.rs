@@ -209,6 +209,27 @@ pub fn build(cache: &Path, agent: &Path, which: Which) -> Result<Image> {
     })
 }
 
+/// Builds workspace package `package` (release, static musl, like the agent) for the guest and
+/// returns its binary, named like the package.
+pub fn build_guest_binary(package: &str) -> Result<PathBuf> {
+    crate::shell::step(&format!(
+        "building the static {package} for the image (release, musl)"
+    ));
+    crate::shell::sh(crate::shell::cargo().args([
+        "build",
+        "--release",
+        "--package",
+        package,
+        "--target",
+        crate::agent::TARGET,
+    ]))?;
+    Ok(crate::shell::root()
+        .join("target")
+        .join(crate::agent::TARGET)
+        .join("release")
+        .join(package))
+}
+
 /// Removes builds of image `name` from earlier inputs (every agent change makes one), keeping
 /// `current`.
 fn prune_old_images(cache: &Path, name: &str, current: &Path) {
