@@ -27,13 +27,7 @@ fn start_agent(rt: &tokio::runtime::Runtime, display: &str) -> (AgentProcess, Re
 }
 
 fn open_viewer(relay: &Relay) -> Chromium {
-    let mut browser = Chromium::launch();
-    browser.navigate(&format!("http://{}/", relay.addr));
-    browser.wait_for(
-        "!!(window.viewer && window.viewer.frames > 0 && window.viewer.connected)",
-        Duration::from_secs(60),
-    );
-    browser
+    Chromium::viewer(&format!("http://{}/", relay.addr))
 }
 
 #[test]

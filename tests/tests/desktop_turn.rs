@@ -310,13 +310,12 @@ fn a_browser_watches_through_the_agents_relay_only() {
         "credential": TURN_PASSWORD,
     }]);
     let mut browser = Chromium::launch();
-    browser.navigate(&format!(
-        "http://{}/?resize=0&ice={}",
-        relay.addr,
-        percent_encode(&browser_ice.to_string())
-    ));
-    browser.wait_for(
-        "!!(window.viewer && window.viewer.frames > 0 && window.viewer.connected)",
+    browser.watch(
+        &format!(
+            "http://{}/?resize=0&ice={}",
+            relay.addr,
+            percent_encode(&browser_ice.to_string())
+        ),
         Duration::from_secs(60),
     );
     let agent_relay = {

@@ -13,13 +13,7 @@ use tests::desktop::xserver::{Canvas, Xvfb};
 use tests::AgentProcess;
 
 fn open_viewer(relay: &Relay) -> Chromium {
-    let mut browser = Chromium::launch();
-    browser.navigate(&format!("http://{}/", relay.addr));
-    browser.wait_for(
-        "!!(window.viewer && window.viewer.frames > 0 && window.viewer.connected)",
-        Duration::from_secs(60),
-    );
-    browser
+    Chromium::viewer(&format!("http://{}/", relay.addr))
 }
 
 /// Reads `session`'s events until it hears whether it holds control; returns that.

@@ -199,9 +199,8 @@ fn the_desktop_of_a_microvm_streams_to_the_viewer_and_takes_input() {
     let mut browser = Chromium::launch();
     // The page is the desktop's size, so page and desktop coordinates agree.
     browser.set_viewport(W, H);
-    browser.navigate(&format!("http://{}/?resize=0", relay.addr));
-    browser.wait_for(
-        "!!(window.viewer && window.viewer.frames > 0 && window.viewer.connected)",
+    browser.watch(
+        &format!("http://{}/?resize=0", relay.addr),
         Duration::from_secs(120),
     );
     assert_eq!(

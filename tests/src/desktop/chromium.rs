@@ -193,6 +193,23 @@ impl Chromium {
         }
     }
 
+    /// Starts a browser on the viewer page at `url` and waits until it plays ([`Chromium::watch`]).
+    pub fn viewer(url: &str) -> Self {
+        let mut browser = Self::launch();
+        browser.watch(url, Duration::from_secs(60));
+        browser
+    }
+
+    /// Opens the viewer page at `url` and waits until its data channel is open and a video frame
+    /// was decoded; fails the test after `timeout`.
+    pub fn watch(&mut self, url: &str, timeout: Duration) {
+        self.navigate(url);
+        self.wait_for(
+            "!!(window.viewer && window.viewer.frames > 0 && window.viewer.connected)",
+            timeout,
+        );
+    }
+
     /// Waits until the viewer's video shows, at desktop pixel (x, y), `rgb` (0xRRGGBB) within
     /// `tol` on every channel (video coding shifts colours a little); returns the pixel. Fails the
     /// test after a minute.

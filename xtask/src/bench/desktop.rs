@@ -44,11 +44,7 @@ pub fn run() -> Result<()> {
         (agent, relay)
     });
     let mut browser = Chromium::launch();
-    browser.navigate(&format!("http://{}/", relay.addr));
-    browser.wait_for(
-        "!!(window.viewer && window.viewer.frames > 0 && window.viewer.connected)",
-        Duration::from_secs(60),
-    );
+    browser.watch(&format!("http://{}/", relay.addr), Duration::from_secs(60));
     let mut session = relay
         .sessions
         .lock()
