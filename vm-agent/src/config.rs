@@ -120,6 +120,11 @@ pub struct AgentConfig {
     #[arg(long)]
     pub no_hello: bool,
 
+    /// The X display the desktop streams by default (`:0`); else the `DISPLAY` the agent was
+    /// started with. Without one the agent does not offer its desktop.
+    #[arg(long)]
+    pub display: Option<String>,
+
     /// Do not dial the host at all (set from `--no-hello`).
     #[arg(skip)]
     pub hello: Option<HelloAddr>,
@@ -158,6 +163,7 @@ impl AgentConfig {
             listen: vec![DEFAULT_LISTEN],
             hello_addr: DEFAULT_HELLO,
             no_hello: false,
+            display: None,
             hello: Some(DEFAULT_HELLO),
             started_at: Some(started_at),
             under_init: true,
@@ -166,6 +172,10 @@ impl AgentConfig {
 
     fn from_parsed(mut cfg: Self) -> Self {
         cfg.hello = (!cfg.no_hello).then(|| cfg.hello_addr.clone());
+        if cfg.display.is_none() {
+            cfg.display = std::env::var("DISPLAY").ok();
+        }
+        cfg.display = cfg.display.filter(|d| !d.is_empty());
         cfg
     }
 }

@@ -10,7 +10,6 @@
 
 pub mod config;
 pub mod creds;
-pub mod desktop;
 pub mod detect;
 pub mod exec;
 pub mod files;

@@ -11,16 +11,11 @@ use crate::config::{AgentConfig, ListenAddr};
 use crate::providers::ProviderRules;
 use crate::system;
 
-/// Capabilities of this build, announced in the hello.
-pub const CAPABILITIES: &[&str] = &[
-    "exec",
-    "files",
-    "configure",
-    "stats",
-    "creds",
-    "pty",
-    "desktop",
-];
+/// Capabilities every agent has, announced in the hello.
+pub const CAPABILITIES: &[&str] = &["exec", "files", "configure", "stats", "creds", "pty"];
+
+/// Announced as well when the agent was built with its desktop and has a display to stream.
+pub const DESKTOP_CAPABILITY: &str = "desktop";
 
 /// Agent-wide state. Not a global: created by [`crate::run`] and shared by reference count.
 #[derive(Debug)]
@@ -33,7 +28,8 @@ pub struct Agent {
     under_init: bool,
     pty: crate::pty::PtySessions,
     shim: Option<crate::shim::ShimServer>,
-    desktops: Arc<crate::desktop::Desktops>,
+    #[cfg(feature = "desktop")]
+    desktops: Arc<agent_desktop::Desktops>,
 }
 
 /// Environment and session set by the host with `configure`.
@@ -62,7 +58,8 @@ impl Agent {
             // One rule set for PTY sessions and credentials: compiled in, or the override file.
             pty: crate::pty::PtySessions::from_env(),
             shim: None,
-            desktops: Default::default(),
+            #[cfg(feature = "desktop")]
+            desktops: Arc::new(agent_desktop::Desktops::new(config.display.clone())),
         }
     }
 
@@ -102,8 +99,25 @@ impl Agent {
     }
 
     /// The displays being watched (`desktop` calls).
-    pub fn desktops(&self) -> Arc<crate::desktop::Desktops> {
+    #[cfg(feature = "desktop")]
+    pub fn desktops(&self) -> Arc<agent_desktop::Desktops> {
         self.desktops.clone()
+    }
+
+    /// What each watched display costs (none without the desktop feature).
+    pub fn desktop_stats(&self) -> Vec<protocol::desktop::DesktopStats> {
+        #[cfg(feature = "desktop")]
+        return self.desktops.stats();
+        #[cfg(not(feature = "desktop"))]
+        Vec::new()
+    }
+
+    /// Whether this agent streams a desktop: built with it and given a display.
+    pub fn has_desktop(&self) -> bool {
+        #[cfg(feature = "desktop")]
+        return self.desktops.default_display().is_some();
+        #[cfg(not(feature = "desktop"))]
+        false
     }
 
     /// Milliseconds since start.
@@ -116,7 +130,12 @@ impl Agent {
         Hello {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: protocol::PROTOCOL_VERSION,
-            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            capabilities: CAPABILITIES
+                .iter()
+                .copied()
+                .chain(self.has_desktop().then_some(DESKTOP_CAPABILITY))
+                .map(str::to_owned)
+                .collect(),
             boot_id: self.boot_id.clone(),
             start_to_hello_ms: self.uptime_ms(),
             listen_port: self.listen_port,

@@ -59,7 +59,7 @@ pub async fn route(
                     mem_total_kb,
                     mem_available_kb,
                     running_processes: agent.running_processes(),
-                    desktops: agent.desktops().stats(),
+                    desktops: agent.desktop_stats(),
                 })
             })
             .await
@@ -88,12 +88,38 @@ pub async fn route(
         n if n == Poweroff::NAME => {
             unary::<Poweroff, _, _>(req, |_| crate::init::serve_poweroff(&agent)).await
         }
-        n if n == protocol::desktop::Desktop::NAME => {
-            crate::desktop::serve::serve(agent.desktops(), req).await
-        }
+        n if n == protocol::desktop::Desktop::NAME => desktop(&agent, req).await,
         _ => error(&unknown(&name)),
     };
     Ok(response)
+}
+
+/// The `desktop` call: opened here, served by the desktop crate when the agent has it.
+#[cfg(feature = "desktop")]
+async fn desktop(agent: &Agent, req: Request<Incoming>) -> Response<ResponseBody> {
+    use http_body_util::BodyExt;
+    let opened = super::body::open_stream::<protocol::desktop::Desktop>(
+        req,
+        agent_desktop::serve::MAX_SIGNAL_FRAME,
+    )
+    .await;
+    let served = match opened {
+        Ok((offer, reader)) => agent_desktop::serve::serve(agent.desktops(), offer, reader).await,
+        Err(e) => Err(e),
+    };
+    match served {
+        Ok(body) => Response::new(body.boxed()),
+        Err(e) => error(&e),
+    }
+}
+
+/// Without the desktop feature the call is refused, saying why.
+#[cfg(not(feature = "desktop"))]
+async fn desktop(_agent: &Agent, _req: Request<Incoming>) -> Response<ResponseBody> {
+    error(&ErrorBody::new(
+        ErrorCode::UnknownMethod,
+        "this agent was built without its desktop (the CLI VM's agent)",
+    ))
 }
 
 fn unknown(name: &str) -> ErrorBody {

@@ -7,6 +7,8 @@
 //! keys), [`clipboard`] shares the X clipboard both ways, [`cursor`] gives viewers the pointer's
 //! shape, [`resize`] makes the screen follow the viewer's window (XRandR), and [`serve`] is the
 //! `desktop` call that carries the signalling over the host connection.
+//!
+//! The agent uses it behind its `desktop` feature; the CLI VM's agent is built without it.
 
 pub mod capture;
 pub mod clipboard;
@@ -88,10 +90,24 @@ impl DesktopError {
 /// while at least one viewer holds its [`Screen`].
 #[derive(Debug, Default)]
 pub struct Desktops {
+    default_display: Option<String>,
     screens: Mutex<HashMap<String, Weak<Screen>>>,
 }
 
 impl Desktops {
+    /// No display watched yet; an offer naming no display streams `default_display`.
+    pub fn new(default_display: Option<String>) -> Self {
+        Self {
+            default_display,
+            screens: Mutex::default(),
+        }
+    }
+
+    /// The display an offer naming none streams, if the agent has one.
+    pub fn default_display(&self) -> Option<&str> {
+        self.default_display.as_deref()
+    }
+
     /// The watched screen of `display`, started with `settings` if nobody watches it yet.
     pub fn screen(
         &self,
@@ -123,12 +139,4 @@ impl Desktops {
         stats.sort_by(|a, b| a.display.cmp(&b.display));
         stats
     }
-}
-
-/// The display a request without one streams: the agent's `DISPLAY`, else `:0`.
-pub fn default_display() -> String {
-    std::env::var("DISPLAY")
-        .ok()
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| ":0".to_string())
 }

@@ -1,12 +1,14 @@
 //! The `desktop` call: answers a viewer's offer and relays its signalling for as long as it watches.
+//!
+//! The agent's rpc layer opens the call (reads the offer) and turns what [`serve`] returns into the
+//! response; this crate knows frames and bodies, not HTTP.
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use protocol::body::ChannelBody;
-use protocol::desktop::{Desktop, DesktopEvent, DesktopSignal};
+use bytes::Bytes;
+use http_body::Body;
+use protocol::body::{ChannelBody, FrameReader};
+use protocol::desktop::{DesktopEvent, DesktopOffer, DesktopSignal};
 use protocol::frame::{Frame, FrameKind, DEFAULT_MAX_FRAME};
 use protocol::{ErrorBody, ErrorCode};
 use tokio::sync::mpsc;
@@ -14,34 +16,49 @@ use tracing::debug;
 
 use super::encode::EncoderSettings;
 use super::rtc::Session;
-use super::{default_display, DesktopError, Desktops};
-use crate::rpc::body::{error, open_stream, ResponseBody};
+use super::Desktops;
 
 /// Largest SDP or signal message accepted (a browser offer is a few KiB).
-const MAX_SIGNAL_FRAME: usize = 256 * 1024;
+pub const MAX_SIGNAL_FRAME: usize = if 256 * 1024 < DEFAULT_MAX_FRAME {
+    256 * 1024
+} else {
+    DEFAULT_MAX_FRAME
+};
 
-/// Serves one `desktop` call.
-pub async fn serve(desktops: Arc<Desktops>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let (offer, mut reader) =
-        match open_stream::<Desktop>(req, MAX_SIGNAL_FRAME.min(DEFAULT_MAX_FRAME)).await {
-            Ok(opened) => opened,
-            Err(e) => return error(&e),
-        };
-    let display = offer.display.clone().unwrap_or_else(default_display);
+/// Serves one `desktop` call whose `offer` has been read: answers it and returns the body of
+/// events (the answer first); `reader` yields the viewer's further signals.
+pub async fn serve<B>(
+    desktops: Arc<Desktops>,
+    offer: DesktopOffer,
+    mut reader: FrameReader<B>,
+) -> Result<ChannelBody, ErrorBody>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Send,
+{
+    let display = offer
+        .display
+        .clone()
+        .or_else(|| desktops.default_display().map(str::to_owned))
+        .ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::NotFound,
+                "no display: the offer names none and the agent has none configured",
+            )
+        })?;
     let settings = EncoderSettings::from_request(&offer.video);
     let screen = {
         let desktops = desktops.clone();
         let display = display.clone();
         match tokio::task::spawn_blocking(move || desktops.screen(&display, settings)).await {
             Ok(Ok(screen)) => screen,
-            Ok(Err(e)) => return error(&e.to_error_body()),
-            Err(e) => return error(&ErrorBody::new(ErrorCode::Internal, e.to_string())),
+            Ok(Err(e)) => return Err(e.to_error_body()),
+            Err(e) => return Err(ErrorBody::new(ErrorCode::Internal, e.to_string())),
         }
     };
-    let (session, answer) = match Session::answer(screen, &offer.sdp, &offer.ice).await {
-        Ok(s) => s,
-        Err(e) => return error(&e.to_error_body()),
-    };
+    let (session, answer) = Session::answer(screen, &offer.sdp, &offer.ice)
+        .await
+        .map_err(|e| e.to_error_body())?;
     let (tx, body) = ChannelBody::channel(16);
     let (signals_tx, signals_rx) = mpsc::channel(64);
     let (events_tx, mut events_rx) = mpsc::channel::<DesktopEvent>(64);
@@ -95,8 +112,5 @@ pub async fn serve(desktops: Arc<Desktops>, req: Request<Incoming>) -> Response<
             let _ = tx.send_message(&DesktopEvent::Closed { reason }).await;
         }
     });
-    Response::builder()
-        .status(StatusCode::OK)
-        .body(body.boxed())
-        .unwrap_or_else(|_| error(&DesktopError::Rtc("response".into()).to_error_body()))
+    Ok(body)
 }
