@@ -18,6 +18,9 @@ use protocol::secret::EnvVars;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
+mod creds;
+mod pty;
+
 #[derive(Parser)]
 #[command(name = "agentctl", version, about = "Talk to a VM agent")]
 struct Cli {
@@ -97,11 +100,11 @@ enum Verb {
         create_dirs: bool,
     },
     /// Run a program on a PTY: JSON lines of output, login URLs and exit; or `--interactive`.
-    Pty(orchestrator::pty::PtyArgs),
+    Pty(pty::PtyArgs),
     /// Provider credential files in the guest: watch, put, wipe.
     Creds {
         #[command(subcommand)]
-        cmd: orchestrator::creds::CredsCommand,
+        cmd: creds::CredsCommand,
     },
     /// The VM desktop over WebRTC.
     Desktop {
@@ -184,9 +187,9 @@ enum CliError {
     #[error(transparent)]
     Client(#[from] orchestrator::ClientError),
     #[error(transparent)]
-    Creds(#[from] orchestrator::creds::CredsCommandError),
+    Creds(#[from] creds::CredsCommandError),
     #[error(transparent)]
-    Pty(#[from] orchestrator::pty::PtyCommandError),
+    Pty(#[from] pty::PtyCommandError),
     #[error(transparent)]
     Transport(#[from] orchestrator::TransportError),
     #[error(transparent)]
