@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use tests::{workspace_bin, AgentProcess};
+use test_kit::{workspace_bin, AgentProcess};
 
 fn agentctl(agent: &AgentProcess, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(workspace_bin("agentctl"))
@@ -129,7 +129,7 @@ fn wait_hello_prints_the_agents_greeting() {
         .spawn()
         .expect("agent");
     let out = waiter.wait_with_output().expect("waited");
-    let _ = tests::stop_agent(&mut agent);
+    let _ = test_kit::stop_agent(&mut agent);
     assert!(out.status.success());
     let hello: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(hello["protocol_version"], protocol::PROTOCOL_VERSION);

@@ -12,7 +12,7 @@ use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope, CredsWatchReq
 use protocol::secret::EnvVars;
 use protocol::{ErrorBody, ErrorCode};
 use serde_json::Value;
-use tests::{workspace_bin, AgentProcess};
+use test_kit::{workspace_bin, AgentProcess};
 
 fn claude_json(tag: &str) -> String {
     format!(

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use orchestrator::AgentClient;
 use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope};
-use tests::AgentProcess;
+use test_kit::AgentProcess;
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

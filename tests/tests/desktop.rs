@@ -9,10 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tests::desktop::chromium::Chromium;
-use tests::desktop::relay::Relay;
-use tests::desktop::xserver::{Canvas, Xvfb};
-use tests::AgentProcess;
+use test_kit::desktop::chromium::Chromium;
+use test_kit::desktop::relay::Relay;
+use test_kit::desktop::xserver::{Canvas, Xvfb};
+use test_kit::AgentProcess;
 
 const W: u32 = 1280;
 const H: u32 = 720;
@@ -208,7 +208,7 @@ fn agentctl_desktop_offer_answers_a_browser_offer_for_scripting() {
     );
     let offer = offer.as_str().expect("offer sdp").to_string();
 
-    let mut agentctl = Command::new(tests::workspace_bin("agentctl"))
+    let mut agentctl = Command::new(test_kit::workspace_bin("agentctl"))
         .arg("--connect")
         .arg(format!("unix:{}", agent.socket().display()))
         .args(["desktop", "offer", "--bind", "127.0.0.1", "--fps", "10"])
@@ -644,7 +644,7 @@ fn grabs_are_capped_at_the_configured_frame_rate() {
     let (agent, _relay) = start_agent(&rt, &x.display);
     let client = rt.block_on(agent.client());
     let offer = DesktopOffer {
-        sdp: tests::desktop::chromium::captured_offer(),
+        sdp: test_kit::desktop::chromium::captured_offer(),
         display: Some(x.display.clone()),
         video: VideoSettings {
             fps: Some(FPS),
@@ -686,7 +686,7 @@ fn a_keyframe_request_from_a_viewer_gets_a_keyframe_on_a_still_screen() {
     let _canvas = Canvas::open(&x.display, 0x4080c0);
     let (agent, _relay) = start_agent(&rt, &x.display);
     let client = rt.block_on(agent.client());
-    let mut viewer = tests::desktop::rtp_viewer::RtpViewer::connect(&rt, &client, &x.display);
+    let mut viewer = test_kit::desktop::rtp_viewer::RtpViewer::connect(&rt, &client, &x.display);
     viewer.run_until(Duration::from_secs(30), |v| v.keyframes >= 1);
     // The screen stays still: without the request nothing would be grabbed or sent.
     for round in 1..=2 {

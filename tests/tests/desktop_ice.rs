@@ -11,10 +11,10 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use protocol::desktop::{DesktopOffer, IceSettings};
-use tests::desktop::chromium::{captured_offer, Chromium};
-use tests::desktop::relay::Relay;
-use tests::desktop::xserver::{Canvas, Xvfb};
-use tests::AgentProcess;
+use test_kit::desktop::chromium::{captured_offer, Chromium};
+use test_kit::desktop::relay::Relay;
+use test_kit::desktop::xserver::{Canvas, Xvfb};
+use test_kit::AgentProcess;
 
 /// The public address the gateway would map onto the VM (TEST-NET-3, never routed).
 const PUBLIC_IP: &str = "203.0.113.7";
@@ -71,7 +71,7 @@ fn binds_in_the_port_range_and_advertises_the_public_ip() {
     let _canvas = Canvas::open(&x.display, 0x336699);
     let agent = rt.block_on(AgentProcess::start_with(&[("DISPLAY", x.display.as_str())]));
     let client = rt.block_on(agent.client());
-    let (lo, hi) = tests::ports::free_udp_range(4);
+    let (lo, hi) = test_kit::ports::free_udp_range(4);
     let public: IpAddr = PUBLIC_IP.parse().unwrap();
     let offer = DesktopOffer {
         sdp: captured_offer(),
@@ -215,7 +215,7 @@ fn a_browser_watches_through_the_port_range() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let x = Xvfb::start(640, 480);
     let canvas = Canvas::open(&x.display, 0x20c040);
-    let (lo, hi) = tests::ports::free_udp_range(4);
+    let (lo, hi) = test_kit::ports::free_udp_range(4);
     let (_agent, relay) = rt.block_on(async {
         let agent = AgentProcess::start_with(&[("DISPLAY", x.display.as_str())]).await;
         let ice = IceSettings {

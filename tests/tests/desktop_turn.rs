@@ -10,11 +10,11 @@ use std::time::Duration;
 use orchestrator::desktop::DesktopSession;
 use protocol::desktop::{DesktopEvent, DesktopOffer, IceServer, IceSettings};
 use serde_json::json;
-use tests::desktop::chromium::{captured_offer, Chromium};
-use tests::desktop::relay::Relay;
-use tests::desktop::turn::{Coturn, TURN_PASSWORD, TURN_USER};
-use tests::desktop::xserver::{Canvas, Xvfb};
-use tests::AgentProcess;
+use test_kit::desktop::chromium::{captured_offer, Chromium};
+use test_kit::desktop::relay::Relay;
+use test_kit::desktop::turn::{Coturn, TURN_PASSWORD, TURN_USER};
+use test_kit::desktop::xserver::{Canvas, Xvfb};
+use test_kit::AgentProcess;
 
 /// `(kind, address, port)` of every `candidate:` line in `text`.
 fn candidates(text: &str) -> Vec<(String, IpAddr, u16)> {

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use orchestrator::desktop::DesktopSession;
 use protocol::desktop::DesktopEvent;
-use tests::desktop::chromium::Chromium;
-use tests::desktop::relay::Relay;
-use tests::desktop::xserver::{Canvas, Xvfb};
-use tests::AgentProcess;
+use test_kit::desktop::chromium::Chromium;
+use test_kit::desktop::relay::Relay;
+use test_kit::desktop::xserver::{Canvas, Xvfb};
+use test_kit::AgentProcess;
 
 fn open_viewer(relay: &Relay) -> Chromium {
     Chromium::viewer(&format!("http://{}/", relay.addr))

@@ -12,7 +12,7 @@ use protocol::messages::{ConfigureRequest, ExecRequest, WriteFileRequest};
 use protocol::secret::EnvVars;
 use protocol::{ErrorBody, ErrorCode, PROTOCOL_HEADER};
 use sha2::{Digest, Sha256};
-use tests::{process_alive, AgentProcess};
+use test_kit::{process_alive, AgentProcess};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -9,9 +9,9 @@ use orchestrator::egress::{EgressPorts, PortRange, ProxyConfig};
 use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, SessionState};
 use orchestrator::store::{Store, VmKind};
 use orchestrator::vault::{RecordContext, Vault};
-use orchestrator::vm::local::{marked_processes, LocalAgentBackend, LocalOptions};
 use protocol::Secret;
-use tests::{fake_clis, workspace_bin};
+use test_kit::local_backend::{marked_processes, LocalAgentBackend, LocalOptions};
+use test_kit::{fake_clis, workspace_bin};
 
 /// What the user "pastes" after logging in.
 const FAKE_CODE: &str = "fake-auth-code-0001";
@@ -26,8 +26,8 @@ struct Harness {
 
 async fn harness_with(timeout: Duration, env: &[(&str, &str)], gate: Option<&str>) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = tests::login::sqlite_store(dir.path(), "host-test").await;
-    let vault = tests::login::fake_vault();
+    let store = test_kit::login::sqlite_store(dir.path(), "host-test").await;
+    let vault = test_kit::login::fake_vault();
     let egress = EgressPorts::new(store.clone(), PortRange::default());
     let bin = fake_clis::install(
         &dir.path().join("bin"),
@@ -269,7 +269,7 @@ async fn happy_path(provider: &str, url_prefix: &str, credential_file: &str) {
             states.push(state);
         }
     }
-    assert_eq!(states, tests::login::HAPPY_PATH);
+    assert_eq!(states, test_kit::login::HAPPY_PATH);
 
     let events: Vec<String> = h
         .store

@@ -11,12 +11,14 @@ use protocol::frame::{Frame, FrameKind};
 use protocol::pty::{Pty, PtyControl, PtyEvent, PtyRequest, PtySpawn, UrlSource};
 use protocol::secret::EnvVars;
 use protocol::{ErrorBody, ErrorCode};
-use tests::{process_alive, AgentProcess};
+use test_kit::{process_alive, AgentProcess};
 
 fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/cli")
-        .join(case)
+    test_kit::fake_clis::fixtures_root().join(case)
+}
+
+fn fake_cli() -> String {
+    test_kit::workspace_bin("fake-cli").display().to_string()
 }
 
 fn expected_url(case: &str) -> String {
@@ -97,7 +99,7 @@ fn fake_spawn(case: &str, chunks: &str, cred: &Path, provider: &str) -> PtySpawn
         serde_json::from_slice(&std::fs::read(fixture(case).join("session.json")).expect("json"))
             .expect("parse");
     let mut spawn = PtySpawn::new([
-        env!("CARGO_BIN_EXE_fake-cli").to_owned(),
+        fake_cli(),
         fixture(case).display().to_string(),
         "--chunks".into(),
         chunks.into(),
@@ -124,7 +126,7 @@ async fn login_with_fake(agent: &AgentProcess, case: &str, chunks: &str, provide
     // After the URL, the person pastes the code: the fake CLI then writes its credential file.
     let seen = drive(
         &mut call,
-        Some((tests::fake_clis::replay_len(case), b"fake-code-0001\r")),
+        Some((test_kit::fake_clis::replay_len(case), b"fake-code-0001\r")),
     )
     .await;
     assert_eq!(
@@ -403,11 +405,7 @@ async fn login_through_callback(
                 source,
             })) => {
                 if source == UrlSource::Browser && visit.is_none() {
-                    let mut argv = vec![
-                        env!("CARGO_BIN_EXE_fake-cli").to_owned(),
-                        "--complete".into(),
-                        url.clone(),
-                    ];
+                    let mut argv = vec![fake_cli(), "--complete".into(), url.clone()];
                     if let Some(state) = state {
                         argv.extend(["--state".into(), state.into()]);
                     }
@@ -611,7 +609,7 @@ async fn interactive_agentctl_takes_the_local_terminal_size_and_follows_its_resi
     let local = native_pty_system()
         .openpty(size(77, 19))
         .expect("local pty");
-    let mut cmd = CommandBuilder::new(tests::workspace_bin("agentctl"));
+    let mut cmd = CommandBuilder::new(test_kit::workspace_bin("agentctl"));
     cmd.arg("--connect");
     cmd.arg(format!("unix:{}", agent.socket().display()));
     cmd.args([

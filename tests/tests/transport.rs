@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use orchestrator::transport::HybridVsockConnector;
 use orchestrator::{AgentClient, ClientError, HelloListener, TransportError};
-use tests::{workspace_bin, AgentProcess};
+use test_kit::{workspace_bin, AgentProcess};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -105,7 +105,7 @@ async fn the_agent_keeps_saying_hello_until_the_host_listens() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let listener = HelloListener::bind(&hello_path).expect("bind");
     let hello = listener.wait(Duration::from_secs(30)).await;
-    let _ = tests::stop_agent(&mut child);
+    let _ = test_kit::stop_agent(&mut child);
     assert_eq!(
         hello.expect("hello").protocol_version,
         protocol::PROTOCOL_VERSION
@@ -152,7 +152,7 @@ async fn bad_greetings_are_refused_and_the_real_hello_still_arrives() {
     let hello_path = dir.path().join("hello.sock");
     let mut child = spawn_agent(&socket, &hello_path);
     let hello = waiting.await.expect("task");
-    let _ = tests::stop_agent(&mut child);
+    let _ = test_kit::stop_agent(&mut child);
     assert_eq!(
         hello.expect("the real hello").protocol_version,
         protocol::PROTOCOL_VERSION

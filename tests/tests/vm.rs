@@ -13,7 +13,7 @@ use protocol::frame::FrameKind;
 use protocol::messages::WriteFileRequest;
 use protocol::pty::{PtyEvent, PtyRequest, PtySpawn};
 use protocol::ErrorCode;
-use tests::process_alive;
+use test_kit::process_alive;
 
 async fn sh(client: &AgentClient, script: &str) -> String {
     let out = client
@@ -83,7 +83,7 @@ async fn destroy_without_traces(vm: QemuVm) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_vm_serves_the_agent_over_vsock_and_leaves_no_traces() {
-    let vm = tests::vm::backend()
+    let vm = test_kit::vm::backend()
         .create("test-serve")
         .await
         .expect("VM boots and its agent says hello");
@@ -143,7 +143,7 @@ async fn a_real_vm_serves_the_agent_over_vsock_and_leaves_no_traces() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poweroff_stops_the_guest_cleanly() {
-    let mut vm = tests::vm::backend()
+    let mut vm = test_kit::vm::backend()
         .create("test-poweroff")
         .await
         .expect("VM boots and its agent says hello");
@@ -165,7 +165,7 @@ async fn poweroff_stops_the_guest_cleanly() {
 
 #[tokio::test]
 async fn an_agent_that_is_not_the_vms_init_refuses_to_power_off() {
-    let agent = tests::AgentProcess::start().await;
+    let agent = test_kit::AgentProcess::start().await;
     let client = agent.client().await;
     match client.poweroff().await {
         Err(ClientError::Agent(body)) => assert_eq!(body.code, ErrorCode::Forbidden, "{body:?}"),
@@ -178,7 +178,7 @@ async fn an_agent_that_is_not_the_vms_init_refuses_to_power_off() {
 /// The URLs a login of `case` must report: the one a person copies and the one handed to the
 /// browser (the same for codex and gemini; claude's browser variant differs in `redirect_uri`).
 fn urls_of(case: &str) -> BTreeSet<String> {
-    let meta = tests::fake_clis::recording(case);
+    let meta = test_kit::fake_clis::recording(case);
     let mut urls = BTreeSet::new();
     urls.insert(
         meta["expected_urls"][0]["url"]
@@ -209,7 +209,7 @@ async fn login_in_guest(
         .pty(&PtyRequest::Spawn(spawn))
         .await
         .expect("pty spawn in the guest");
-    let (expected, replayed) = (urls_of(case), tests::fake_clis::replay_len(case));
+    let (expected, replayed) = (urls_of(case), test_kit::fake_clis::replay_len(case));
     let (mut urls, mut output, mut pasted) = (BTreeSet::new(), Vec::new(), false);
     loop {
         let item = tokio::time::timeout(Duration::from_secs(90), call.next())
@@ -262,7 +262,7 @@ struct GuestLogin {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_cli_logins_work_in_a_real_vm() {
-    let vm = tests::vm::backend()
+    let vm = test_kit::vm::backend()
         .create("test-fake-clis")
         .await
         .expect("VM boots and its agent says hello");

@@ -18,8 +18,8 @@ use protocol::frame::FrameKind;
 use protocol::messages::{ExecEvent, ExecRequest};
 use protocol::secret::EnvVars;
 use serde_json::json;
-use tests::desktop::chromium::Chromium;
-use tests::desktop::relay::Relay;
+use test_kit::desktop::chromium::Chromium;
+use test_kit::desktop::relay::Relay;
 
 /// Small, because every frame is captured and encoded under emulation.
 const W: u32 = 320;
@@ -116,8 +116,8 @@ fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, what: &str) -> String {
 #[test]
 fn the_desktop_of_a_microvm_streams_to_the_viewer_and_takes_input() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (port, _) = tests::ports::free_udp_range(1);
-    let mut config = tests::vm::config(tests::vm::desktop_assets());
+    let (port, _) = test_kit::ports::free_udp_range(1);
+    let mut config = test_kit::vm::config(test_kit::vm::desktop_assets());
     // The initramfs (agent, Xvfb and its libraries) unpacks into guest memory.
     config.memory_mib = 512;
     config.network = Some(UserNetwork {

@@ -31,9 +31,9 @@ async fn sh(client: &AgentClient, script: &str) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_traces() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = tests::login::sqlite_store(dir.path(), "host-vm-test").await;
-    let vault = tests::login::fake_vault();
-    let backend = Arc::new(QemuVmBackend::new(tests::vm::backend(), "/root"));
+    let store = test_kit::login::sqlite_store(dir.path(), "host-vm-test").await;
+    let vault = test_kit::login::fake_vault();
+    let backend = Arc::new(QemuVmBackend::new(test_kit::vm::backend(), "/root"));
     let config = LoginConfig {
         timeout: Duration::from_secs(240),
         hello_timeout: Duration::from_secs(60),
@@ -83,7 +83,7 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
             LoginEventKind::Progress { .. } => {}
         }
     }
-    assert_eq!(states, tests::login::HAPPY_PATH);
+    assert_eq!(states, test_kit::login::HAPPY_PATH);
     let url = url.expect("the URL reached the host");
     assert!(
         url.starts_with("https://auth.openai.com/oauth/authorize?") && url.contains("client_id="),
@@ -132,7 +132,7 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
     assert!(!browser_pids.is_empty());
     for pid in &browser_pids {
         assert!(
-            !tests::process_alive(*pid as i32),
+            !test_kit::process_alive(*pid as i32),
             "browser VM process {pid} left"
         );
     }
@@ -146,7 +146,7 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
     assert!(report.removed.iter().any(|r| r.starts_with("process ")));
     for pid in cli_pids {
         assert!(
-            !tests::process_alive(pid as i32),
+            !test_kit::process_alive(pid as i32),
             "CLI VM process {pid} left"
         );
     }

@@ -21,11 +21,11 @@ pub fn run() -> Result<()> {
         "warnings",
     ]))?;
     step("starting a throwaway PostgreSQL for the store tests (loopback only)");
-    let postgres = test_postgres::Cluster::start(&std::env::temp_dir())?;
+    let postgres = test_kit::postgres::Cluster::start(&std::env::temp_dir())?;
     step("tests");
     sh(cargo()
         .args(["test", "--workspace"])
-        .env(test_postgres::URL_ENV, postgres.url()))?;
+        .env(test_kit::postgres::URL_ENV, postgres.url()))?;
     drop(postgres);
     crate::fuzz::run(crate::fuzz::DEFAULT_SECONDS)?;
     step("static agent");

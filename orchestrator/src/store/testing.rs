@@ -30,7 +30,7 @@ pub(crate) async fn sqlite(host: &str) -> TestStore {
 /// open it. Panics with instructions when no server can be had.
 pub(crate) async fn postgres_config() -> StoreConfig {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let admin_url = test_postgres::shared_url().unwrap_or_else(|e| panic!("{e}"));
+    let admin_url = test_kit::postgres::shared_url().unwrap_or_else(|e| panic!("{e}"));
     let name = format!(
         "orch_test_{}_{}",
         std::process::id(),

@@ -4,11 +4,10 @@
 //!   over its VMM, or uses one of ours.
 //! - [`qemu`]: boots a microVM with QEMU and reaches its agent through `vhost-device-vsock`'s hybrid
 //!   vsock socket; [`QemuVmBackend`] is the [`VmBackend`] over it.
-//! - [`local`]: "VMs" that are agent processes on this machine, each with its own HOME (development,
-//!   tests and benchmarks of the login flow without a hypervisor).
+//!
+//! Agents as local processes (no hypervisor) are the test kit's `local_backend` (tests/kit).
 
 mod backend;
-pub mod local;
 pub mod qemu;
 mod qemu_backend;
 mod watch;

@@ -16,7 +16,6 @@ use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope, CredsWatchReq
 use protocol::messages::WriteFileRequest;
 use tokio::sync::mpsc;
 
-use super::local_agent::LocalAgent;
 use super::{figure, stats::percentile};
 use crate::shell::step;
 
@@ -69,9 +68,9 @@ fn ms(d: Duration) -> String {
 }
 
 async fn measure(agent_bin: &Path) -> Result<()> {
-    let agent = LocalAgent::start(agent_bin, false).await?;
-    let home: PathBuf = agent.home().to_path_buf();
-    let client = agent.client().await?;
+    let agent = super::start_agent(agent_bin).await?;
+    let home: PathBuf = agent.home();
+    let client = agent.client().await;
     let scope = CredsScope {
         provider: "claude_code".into(),
         home: Some(home.display().to_string()),

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use protocol::desktop::DesktopEvent;
-use tests::desktop::chromium::Chromium;
-use tests::desktop::relay::Relay;
-use tests::desktop::xserver::{Canvas, Xvfb};
-use tests::AgentProcess;
+use test_kit::desktop::chromium::Chromium;
+use test_kit::desktop::relay::Relay;
+use test_kit::desktop::xserver::{Canvas, Xvfb};
+use test_kit::AgentProcess;
 
 use super::figure;
 use crate::shell::step;
@@ -27,9 +27,6 @@ const IDLE: Duration = Duration::from_secs(10);
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
     let agent_bin = crate::agent::build()?;
-    let bin_dir = agent_bin.parent().context("agent path")?.to_path_buf();
-    // The test harness starts the agent binary found in WORKSPACE_BIN_DIR.
-    std::env::set_var("WORKSPACE_BIN_DIR", &bin_dir);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -39,10 +36,11 @@ pub fn run() -> Result<()> {
     let x = Xvfb::start(1280, 720);
     let canvas = Canvas::open(&x.display, 0x000000);
     let (agent, relay) = rt.block_on(async {
-        let agent = AgentProcess::start_with(&[("DISPLAY", x.display.as_str())]).await;
+        let agent =
+            AgentProcess::launch(&agent_bin, &[("DISPLAY", x.display.as_str())], false).await?;
         let relay = Relay::start(agent.client().await, None).await;
-        (agent, relay)
-    });
+        anyhow::Ok((agent, relay))
+    })?;
     let mut browser = Chromium::launch();
     browser.watch(&format!("http://{}/", relay.addr), Duration::from_secs(60));
     let mut session = relay

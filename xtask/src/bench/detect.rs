@@ -18,7 +18,6 @@ use portable_pty::{CommandBuilder, PtySize};
 use protocol::frame::FrameKind;
 use protocol::pty::{PtyEvent, PtyRequest, PtySpawn};
 
-use super::local_agent::LocalAgent;
 use super::{figure, stats::percentile};
 use crate::shell::step;
 
@@ -87,9 +86,9 @@ fn raw_pty_throughput() -> Result<f64> {
 }
 
 async fn measure(agent_bin: &Path, raw_bytes_per_s: f64) -> Result<()> {
-    let agent = LocalAgent::start(agent_bin, true).await?;
-    let _home: PathBuf = agent.home().to_path_buf();
-    let client = agent.client().await?;
+    let agent = super::start_agent(agent_bin).await?;
+    let _home: PathBuf = agent.home();
+    let client = agent.client().await;
 
     step(&format!(
         "{SAMPLES} login URLs: written by the program -> url event at the client"

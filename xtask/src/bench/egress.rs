@@ -123,7 +123,7 @@ async fn measure() -> Result<()> {
     let sqlite_base = bare_claims(&sqlite, &users("sb"), 30000).await?;
 
     step("starting a throwaway PostgreSQL (loopback only)");
-    let cluster = test_postgres::Cluster::start(&std::env::temp_dir())?;
+    let cluster = test_kit::postgres::Cluster::start(&std::env::temp_dir())?;
     let url = Secret::new(cluster.url());
     step(&format!(
         "PostgreSQL: two orchestrators racing over the same {USERS} users"

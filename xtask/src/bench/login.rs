@@ -14,8 +14,8 @@ use orchestrator::egress::{EgressPorts, PortRange};
 use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, SessionState};
 use orchestrator::store::{Store, StoreConfig, VmKind};
 use orchestrator::vault::{Keyring, Vault};
-use orchestrator::vm::local::{LocalAgentBackend, LocalOptions};
 use orchestrator::vm::{VmBackend, VmSpec};
+use test_kit::local_backend::{LocalAgentBackend, LocalOptions};
 
 use super::{figure, stats::percentile};
 use crate::shell::{cargo, root, sh, step};
@@ -69,10 +69,10 @@ async fn measure(agent_bin: std::path::PathBuf, fake_cli: std::path::PathBuf) ->
         "bench",
     )
     .await?;
-    let bin = tests::fake_clis::install(
+    let bin = test_kit::fake_clis::install(
         &dir.path().join("bin"),
         &fake_cli,
-        &tests::fake_clis::fixtures_root(),
+        &test_kit::fake_clis::fixtures_root(),
     )?;
     let backend = Arc::new(LocalAgentBackend::new(LocalOptions {
         agent_bin,

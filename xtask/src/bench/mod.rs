@@ -6,7 +6,6 @@ mod creds;
 mod desktop;
 mod detect;
 mod egress;
-mod local_agent;
 mod login;
 mod rpc;
 pub mod stats;
@@ -60,6 +59,13 @@ pub fn run(which: Which) -> Result<()> {
         Which::Login => login::run(),
         Which::Vault => vault::run(),
     }
+}
+
+/// Starts `agent_bin` on a Unix socket in a private directory (its HOME is `home/` there) and
+/// waits for its hello, as the host starts a VM's agent.
+pub async fn start_agent(agent_bin: &std::path::Path) -> Result<test_kit::AgentProcess> {
+    step("starting the static agent on a Unix socket");
+    Ok(test_kit::AgentProcess::launch(agent_bin, &[], false).await?)
 }
 
 /// Prints one figure line.

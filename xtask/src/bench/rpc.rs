@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use protocol::frame::FrameKind;
 use protocol::messages::ExecRequest;
 
-use super::local_agent::LocalAgent;
 use super::{figure, stats::percentile};
 use crate::shell::step;
 
@@ -46,12 +45,12 @@ pub fn run() -> Result<()> {
 }
 
 async fn measure(agent_bin: &Path) -> Result<()> {
-    let agent = LocalAgent::start(agent_bin, false).await?;
+    let agent = super::start_agent(agent_bin).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     figure("agent_idle_rss_kb", rss_kb(agent.pid())?);
     figure("agent_idle_anon_kb", anon_kb(agent.pid())?);
 
-    let client = agent.client().await?;
+    let client = agent.client().await;
     step(&format!("{ROUND_TRIPS} sequential health round trips"));
     for _ in 0..200 {
         client.health().await?;

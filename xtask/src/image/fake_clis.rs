@@ -1,4 +1,4 @@
-//! The fake CLIs of the test image: `fake-cli` (tests/src/bin/fake-cli/main.rs, built static for musl
+//! The fake CLIs of the test image: `fake-cli` (tests/kit/src/bin/fake-cli/main.rs, built static for musl
 //! through its own small package `tests/guest-fake-cli`), the recorded login flows it replays
 //! (tests/fixtures/cli), and wrapper scripts named like the real CLIs (rootfs/fake-clis) on the
 //! guest's `PATH`, so a login in the VM runs `codex login` exactly as it would with the real CLI.

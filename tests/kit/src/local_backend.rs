@@ -18,8 +18,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
-use crate::transport::{HelloListener, UnixConnector};
+use orchestrator::transport::{HelloListener, UnixConnector};
+use orchestrator::vm::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
+
+use crate::agent::agent_command;
 
 /// Environment variable marking every process of a local VM.
 pub const VM_ID_ENV: &str = "LOCAL_VM_ID";
@@ -164,37 +166,33 @@ impl LocalAgentBackend {
             &std::env::var_os("PATH").unwrap_or_default(),
         ));
         let path = std::env::join_paths(path).map_err(|e| BackendError::Create(e.to_string()))?;
-        let agent_args = [
-            "--listen".to_owned(),
-            format!("unix:{}", agent_sock.display()),
-            "--hello".to_owned(),
-            format!("unix:{}", hello.path().display()),
-        ];
         let gate = self
             .options
             .agent_start_gate
             .as_ref()
             .filter(|_| spec.kind == VmKind::Browser);
+        let agent = agent_command(&self.options.agent_bin, &agent_sock, &hello);
         let mut cmd = match gate {
-            None => Command::new(&self.options.agent_bin),
+            None => Command::from(agent),
             Some(gate) => {
                 let mut sh = Command::new("sh");
                 sh.arg("-c")
                     .arg(r#"while [ ! -e "$0" ]; do sleep 0.02; done; exec "$@""#)
                     .arg(gate)
-                    .arg(&self.options.agent_bin);
+                    .arg(agent.get_program())
+                    .args(agent.get_args());
+                for (k, v) in agent.get_envs() {
+                    if let Some(v) = v {
+                        sh.env(k, v);
+                    }
+                }
                 sh
             }
         };
-        cmd.args(agent_args)
-            .env("HOME", &home)
+        cmd.env("HOME", &home)
             .env("TMPDIR", &tmp)
             .env("PATH", path)
             .env(VM_ID_ENV, &id)
-            .env(
-                "AGENT_LOG",
-                std::env::var("AGENT_LOG").unwrap_or_else(|_| "warn".into()),
-            )
             .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&home)
             .stdin(std::process::Stdio::null())

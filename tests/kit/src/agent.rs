@@ -1,10 +1,7 @@
-//! Shared harness of the integration tests: start the real `vm-agent` binary as a local process on a
-//! Unix socket, with its own HOME, and wait for its hello like the host does.
-
-pub mod desktop;
-pub mod fake_clis;
-pub mod login;
-pub mod ports;
+//! The real `vm-agent` binary as a local process on a Unix socket, with its own HOME, started the
+//! way the host starts a VM's agent: bind the hello listener, start the agent, wait for its hello.
+//! One launcher for the tests ([`AgentProcess`]), the benchmarks and the local VM backend
+//! ([`agent_command`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,14 +11,30 @@ use orchestrator::transport::UnixConnector;
 use orchestrator::{AgentClient, HelloListener};
 use protocol::Hello;
 
-pub mod vm;
+/// The agent's arguments: listening on `socket`, saying hello to `hello`.
+pub fn agent_args(socket: &Path, hello: &HelloListener) -> [String; 4] {
+    [
+        "--listen".to_owned(),
+        format!("unix:{}", socket.display()),
+        "--hello".to_owned(),
+        format!("unix:{}", hello.path().display()),
+    ]
+}
+
+/// The agent's command line ([`agent_args`]), logging warnings (or what `AGENT_LOG` of the
+/// caller asks for). The caller adds HOME and the rest.
+pub fn agent_command(agent_bin: &Path, socket: &Path, hello: &HelloListener) -> Command {
+    let mut cmd = Command::new(agent_bin);
+    cmd.args(agent_args(socket, hello)).env(
+        "AGENT_LOG",
+        std::env::var("AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    cmd
+}
 
 /// Path of a binary built from this workspace (`cargo build --workspace --bins`, which
 /// `cargo xtask test` runs first). Panics with the fix when it is missing.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    if let Ok(dir) = std::env::var("WORKSPACE_BIN_DIR") {
-        return PathBuf::from(dir).join(name);
-    }
     // Test executables live in target/<profile>/deps/.
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe
@@ -48,19 +61,23 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts an agent listening on a fresh Unix socket and waits for its hello.
+    /// Starts the workspace's agent listening on a fresh Unix socket and waits for its hello.
     pub async fn start() -> Self {
         Self::start_with(&[]).await
     }
 
     /// Same, with extra environment for the agent process.
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
-        Self::spawn(env, false).await
+        Self::launch(&workspace_bin("vm-agent"), env, false)
+            .await
+            .expect("start vm-agent")
     }
 
     /// Same, with the agent's log (stderr) kept in a file for [`AgentProcess::log`].
     pub async fn start_logged(env: &[(&str, &str)]) -> Self {
-        Self::spawn(env, true).await
+        Self::launch(&workspace_bin("vm-agent"), env, true)
+            .await
+            .expect("start vm-agent")
     }
 
     /// The agent's log so far (empty unless started with [`AgentProcess::start_logged`]).
@@ -68,38 +85,51 @@ impl AgentProcess {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
-    async fn spawn(env: &[(&str, &str)], logged: bool) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// Starts `agent_bin` (a benchmark's release agent, say) in a private directory whose `home/`
+    /// is its HOME, with `env` added, and waits up to 30 s for its hello. With `logged`, its
+    /// stderr goes to a file ([`AgentProcess::log`]) instead of ours.
+    pub async fn launch(
+        agent_bin: &Path,
+        env: &[(&str, &str)],
+        logged: bool,
+    ) -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
         let socket = dir.path().join("agent.sock");
         let home = dir.path().join("home");
-        std::fs::create_dir_all(&home).expect("home");
-        let hello = HelloListener::bind(dir.path().join("hello.sock")).expect("bind hello");
-        let child = Command::new(workspace_bin("vm-agent"))
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
-            .arg("--hello")
-            .arg(format!("unix:{}", hello.path().display()))
+        std::fs::create_dir_all(&home)?;
+        let hello =
+            HelloListener::bind(dir.path().join("hello.sock")).map_err(std::io::Error::other)?;
+        let stderr = if logged {
+            Stdio::from(std::fs::File::create(dir.path().join("agent.log"))?)
+        } else {
+            Stdio::inherit()
+        };
+        let mut child = agent_command(agent_bin, &socket, &hello)
             .env("HOME", &home)
-            .env("AGENT_LOG", "warn")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stderr(if logged {
-                Stdio::from(std::fs::File::create(dir.path().join("agent.log")).expect("log"))
-            } else {
-                Stdio::inherit()
-            })
-            .spawn()
-            .expect("start vm-agent");
-        let hello = hello
-            .wait(Duration::from_secs(30))
-            .await
-            .expect("agent said hello");
-        Self {
-            child,
-            dir,
-            socket,
-            hello,
+            .stderr(stderr)
+            .spawn()?;
+        match hello.wait(Duration::from_secs(30)).await {
+            Ok(hello) => Ok(Self {
+                child,
+                dir,
+                socket,
+                hello,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(std::io::Error::other(format!(
+                    "no hello from the agent: {e}"
+                )))
+            }
         }
+    }
+
+    /// The agent's HOME.
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
     }
 
     /// The agent's Unix socket.

@@ -26,9 +26,9 @@ pub const FAKE_CLIS: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// The recorded CLI fixtures of this crate.
+/// The recorded CLI logins (`tests/fixtures/cli`).
 pub fn fixtures_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/cli")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/cli")
 }
 
 /// A recording's `session.json` (what the real CLI printed, asked, was sent, and opened).

@@ -34,10 +34,7 @@ pub fn desktop_assets() -> &'static VmAssets {
 }
 
 fn build_assets(which: &str) -> VmAssets {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args(["xtask", "image", which])

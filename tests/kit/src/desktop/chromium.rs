@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 /// gathered any candidate, for tests that need a real browser's offer but no browser (its ICE
 /// credentials and DTLS fingerprint are fake; see tests/fixtures/desktop).
 pub fn captured_offer() -> String {
-    let text = include_str!("../../fixtures/desktop/chromium-offer.sdp");
+    let text = include_str!("../../../fixtures/desktop/chromium-offer.sdp");
     text.lines().map(|l| format!("{l}\r\n")).collect()
 }
 

@@ -1,0 +1,27 @@
+//! The test kit: what the integration tests (`tests/tests`) and xtask's benchmarks share.
+//!
+//! - [`agent`]: the real `vm-agent` binary as a local process on a Unix socket, started the way
+//!   the host starts a VM's agent (bind the hello listener, start it, wait for its hello);
+//! - [`local_backend`]: a [`orchestrator::vm::VmBackend`] whose "VMs" are such agents, each with
+//!   its own HOME (the login flow without a hypervisor);
+//! - [`vm`]: real microVMs from the images `cargo xtask image` builds;
+//! - [`fake_clis`]: the provider CLIs faked by replaying recorded real logins (the `fake-cli`
+//!   binary of this crate), writing credentials where the provider rules say;
+//! - [`desktop`]: Xvfb, headless Chromium, the signalling relay, a browserless viewer, coturn;
+//! - [`postgres`]: a throwaway loopback-only PostgreSQL cluster;
+//! - [`login`], [`ports`]: small shared set-ups.
+//!
+//! Test support panics with the reason when its set-up fails: that is the test's failure report.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+pub mod agent;
+pub mod desktop;
+pub mod fake_clis;
+pub mod local_backend;
+pub mod login;
+pub mod ports;
+pub mod postgres;
+pub mod vm;
+
+pub use agent::{process_alive, stop_agent, workspace_bin, AgentProcess};
