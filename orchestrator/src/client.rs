@@ -25,14 +25,13 @@ use protocol::{
 };
 use tracing::debug;
 
+use protocol::http2 as http2_settings;
+
 use crate::transport::{AgentStream, Connector, TransportError};
 
 /// Body of every request.
 pub type RequestBody = BoxBody<Bytes, Infallible>;
 
-/// Receive windows matching the agent's, so one stream can fill a vsock link.
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Frames of input buffered per streaming call before the sender waits.
 const INPUT_DEPTH: usize = 16;
 
@@ -95,10 +94,11 @@ impl AgentClient {
     /// Starts HTTP/2 over an already open stream.
     pub async fn over(stream: AgentStream) -> Result<Self, ClientError> {
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(256 * 1024)
-            .max_send_buf_size(1024 * 1024)
+            .initial_stream_window_size(http2_settings::STREAM_WINDOW)
+            .initial_connection_window_size(http2_settings::CONNECTION_WINDOW)
+            .max_frame_size(http2_settings::MAX_FRAME)
+            .max_header_list_size(http2_settings::MAX_HEADER_LIST)
+            .max_send_buf_size(http2_settings::MAX_SEND_BUFFER)
             .handshake(TokioIo::new(stream))
             .await?;
         tokio::spawn(async move {

@@ -23,6 +23,7 @@ pub mod desktop;
 pub mod error;
 pub mod frame;
 pub mod hello;
+pub mod http2;
 pub mod messages;
 pub mod method;
 pub mod power;

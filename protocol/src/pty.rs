@@ -117,7 +117,7 @@ pub enum PtyControl {
 }
 
 /// Where a login URL was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UrlSource {
     /// Rendered on the terminal.

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use orchestrator::egress::{EgressPorts, PortRange, ProxyConfig};
 use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, SessionState};
-use orchestrator::store::{Store, VmKind};
+use orchestrator::store::Store;
 use orchestrator::vault::{RecordContext, Vault};
+use orchestrator::vm::VmKind;
 use protocol::Secret;
 use test_kit::local_backend::{marked_processes, LocalAgentBackend, LocalOptions};
 use test_kit::{fake_clis, workspace_bin};

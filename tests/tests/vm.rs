@@ -83,7 +83,7 @@ async fn destroy_without_traces(vm: QemuVm) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_vm_serves_the_agent_over_vsock_and_leaves_no_traces() {
-    let vm = test_kit::vm::backend()
+    let vm = test_kit::vm::launcher()
         .create("test-serve")
         .await
         .expect("VM boots and its agent says hello");
@@ -143,7 +143,7 @@ async fn a_real_vm_serves_the_agent_over_vsock_and_leaves_no_traces() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poweroff_stops_the_guest_cleanly() {
-    let mut vm = test_kit::vm::backend()
+    let mut vm = test_kit::vm::launcher()
         .create("test-poweroff")
         .await
         .expect("VM boots and its agent says hello");
@@ -262,7 +262,7 @@ struct GuestLogin {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_cli_logins_work_in_a_real_vm() {
-    let vm = test_kit::vm::backend()
+    let vm = test_kit::vm::launcher()
         .create("test-fake-clis")
         .await
         .expect("VM boots and its agent says hello");

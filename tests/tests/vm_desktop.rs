@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use orchestrator::client::{ExecOutput, StreamItem};
-use orchestrator::vm::{QemuBackend, UdpForward, UserNetwork};
+use orchestrator::vm::{QemuLauncher, UdpForward, UserNetwork};
 use orchestrator::AgentClient;
 use protocol::desktop::IceSettings;
 use protocol::frame::FrameKind;
@@ -127,7 +127,7 @@ fn the_desktop_of_a_microvm_streams_to_the_viewer_and_takes_input() {
         }],
     });
     let vm = rt
-        .block_on(QemuBackend::new(config).create("test-desktop"))
+        .block_on(QemuLauncher::new(config).create("test-desktop"))
         .expect("the desktop VM boots and its agent says hello");
     let client = rt
         .block_on(AgentClient::connect(&vm.connector()))

@@ -33,7 +33,7 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
     let dir = tempfile::tempdir().expect("tempdir");
     let store = test_kit::login::sqlite_store(dir.path(), "host-vm-test").await;
     let vault = test_kit::login::fake_vault();
-    let backend = Arc::new(QemuVmBackend::new(test_kit::vm::backend(), "/root"));
+    let backend = Arc::new(QemuVmBackend::new(test_kit::vm::launcher(), "/root"));
     let config = LoginConfig {
         timeout: Duration::from_secs(240),
         hello_timeout: Duration::from_secs(60),

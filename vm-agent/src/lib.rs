@@ -70,7 +70,7 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
         let agent = agent.clone();
         tokio::spawn(async move {
             if let Some(shim) = agent.shim() {
-                shim.serve(agent.clone()).await;
+                shim.serve(agent.pty().clone()).await;
             }
         });
     }

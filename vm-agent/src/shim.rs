@@ -18,14 +18,13 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
-use crate::state::Agent;
+use crate::pty::PtySessions;
+pub use crate::pty::SESSION_ENV;
 
 /// Names the agent binary answers to as the shim.
 pub const SHIM_NAMES: &[&str] = &["vm-agent-browser", "xdg-open"];
 /// Variable telling the shim where the agent listens.
 pub const SOCKET_ENV: &str = "AGENT_SHIM_SOCKET";
-/// Variable telling the shim which PTY session it runs in (set per session by the agent).
-pub const SESSION_ENV: &str = "AGENT_PTY_SESSION";
 /// Name of the shim's directory under the temporary directory, followed by the agent's pid.
 pub const DIR_PREFIX: &str = "vm-agent-shim-";
 /// Longest request line accepted from a shim.
@@ -157,7 +156,7 @@ impl ShimServer {
     }
 
     /// Accepts shim connections until the agent stops.
-    pub async fn serve(&self, agent: Arc<Agent>) {
+    pub async fn serve(&self, sessions: Arc<PtySessions>) {
         let listener = self
             .listener
             .lock()
@@ -172,8 +171,8 @@ impl ShimServer {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let agent = agent.clone();
-                    tokio::spawn(async move { handle(agent, stream).await });
+                    let sessions = sessions.clone();
+                    tokio::spawn(async move { handle(&sessions, stream).await });
                 }
                 Err(e) => {
                     warn!(error = %e, "shim accept failed");
@@ -218,25 +217,25 @@ fn sweep_stale(parent: &Path) {
     }
 }
 
-async fn handle(agent: Arc<Agent>, stream: tokio::net::UnixStream) {
+async fn handle(sessions: &PtySessions, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = tokio::io::BufReader::new(read).take(MAX_LINE as u64);
     let reply = match reader.read_until(b'\n', &mut line).await {
-        Ok(_) => answer(&agent, &line),
+        Ok(_) => answer(sessions, &line),
         Err(e) => format!("error: {e}"),
     };
     let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
 }
 
-fn answer(agent: &Agent, line: &[u8]) -> String {
+fn answer(sessions: &PtySessions, line: &[u8]) -> String {
     let Ok(req) = serde_json::from_slice::<serde_json::Value>(line) else {
         return "error: not a JSON line".into();
     };
     let (Some(session), Some(url)) = (req["session"].as_str(), req["url"].as_str()) else {
         return "error: session and url required".into();
     };
-    let Some(s) = agent.pty().get(session) else {
+    let Some(s) = sessions.get(session) else {
         return format!("error: no pty session {session:?}");
     };
     let reported = s.report_browser_url(url);

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use protocol::Hello;
@@ -26,7 +26,10 @@ pub struct Agent {
     configured: RwLock<Configured>,
     running: AtomicU32,
     under_init: bool,
-    pty: crate::pty::PtySessions,
+    pty: Arc<crate::pty::PtySessions>,
+    /// Built on first use: compiling the rules' patterns is most of the agent's start-up work
+    /// under emulation, and the hello must not wait (the agent warms them up once it is out).
+    providers: OnceLock<Arc<ProviderRules>>,
     shim: Option<crate::shim::ShimServer>,
     #[cfg(feature = "desktop")]
     desktops: Arc<agent_desktop::Desktops>,
@@ -55,8 +58,8 @@ impl Agent {
             configured: RwLock::new(Configured::default()),
             running: AtomicU32::new(0),
             under_init: config.under_init,
-            // One rule set for PTY sessions and credentials: compiled in, or the override file.
-            pty: crate::pty::PtySessions::from_env(),
+            pty: Arc::default(),
+            providers: OnceLock::new(),
             shim: None,
             #[cfg(feature = "desktop")]
             desktops: Arc::new(agent_desktop::Desktops::new(config.display.clone())),
@@ -64,7 +67,7 @@ impl Agent {
     }
 
     /// The PTY sessions.
-    pub fn pty(&self) -> &crate::pty::PtySessions {
+    pub fn pty(&self) -> &Arc<crate::pty::PtySessions> {
         &self.pty
     }
 
@@ -88,9 +91,13 @@ impl Agent {
         }
     }
 
-    /// The provider rules (login flows, URL patterns, credential files): the PTY sessions' rules.
+    /// The provider rules (login flows, URL patterns, credential files), one set for PTY
+    /// sessions and credentials: compiled in, or the file named by
+    /// [`RULES_ENV`](crate::providers::RULES_ENV). Built now if this is their first use.
     pub fn providers(&self) -> Arc<ProviderRules> {
-        self.pty.rules()
+        self.providers
+            .get_or_init(|| Arc::new(ProviderRules::from_env()))
+            .clone()
     }
 
     /// Whether this agent runs under its own PID 1 and may power the VM off.

@@ -19,7 +19,7 @@ use orchestrator::egress::{EgressPorts, PortRange, ProxyConfig};
 use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, SessionState};
 use orchestrator::store::{Store, StoreConfig};
 use orchestrator::vault::{Keyring, Vault};
-use orchestrator::vm::{QemuBackend, QemuConfig, QemuVmBackend, VmBackend};
+use orchestrator::vm::{QemuConfig, QemuLauncher, QemuVmBackend, VmBackend};
 use orchestrator::AgentClient;
 use protocol::Secret;
 
@@ -48,7 +48,7 @@ pub fn run() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(flow(QemuBackend::new(config)))?;
+    rt.block_on(flow(QemuLauncher::new(config)))?;
     step(&format!(
         "demo done in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -80,7 +80,7 @@ fn proxy() -> ProxyConfig {
     }
 }
 
-async fn flow(qemu: QemuBackend) -> Result<()> {
+async fn flow(qemu: QemuLauncher) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(
         &StoreConfig::Sqlite {

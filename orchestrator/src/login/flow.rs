@@ -16,9 +16,10 @@ use super::state::SessionState;
 use super::{forget_later, Inner, LoginError, Session};
 use crate::client::{AgentClient, ClientError, StreamCall, StreamItem};
 use crate::egress::vm_environment;
-use crate::store::{AuditEvent, StoreError, VmKind};
+use crate::store::{AuditEvent, StoreError};
 use crate::transport::TransportError;
 use crate::vault::{CredentialPlaintext, RecordContext, VaultError};
+use crate::vm::VmKind;
 use crate::vm::{BackendError, CleanupReport, VmHandle, VmSpec};
 
 /// Terminal size of the login PTY: wide enough that the CLIs' long URLs wrap little.

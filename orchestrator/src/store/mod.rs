@@ -22,7 +22,7 @@ pub use audit::{AuditEntry, AuditEvent};
 pub use credentials::StoredCredential;
 pub use egress::PortMove;
 pub use sessions::{NewSession, SessionInsert, SessionRow};
-pub use vms::{VmKind, VmRow};
+pub use vms::VmRow;
 
 use std::path::PathBuf;
 use std::str::FromStr;

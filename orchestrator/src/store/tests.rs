@@ -1,6 +1,7 @@
 use super::testing::both;
 use super::*;
 use crate::vault::{Envelope, KeyId, Scheme};
+use crate::vm::VmKind;
 
 fn envelope(byte: u8) -> Envelope {
     Envelope {

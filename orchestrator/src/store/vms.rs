@@ -1,39 +1,14 @@
 //! Rows of `vms`: every VM a host created, until it is destroyed.
 
-use std::fmt;
-
 use super::{now_ms, with_pool, Store, StoreError};
+use crate::vm::VmKind;
 
-/// What a VM is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmKind {
-    /// Ephemeral desktop VM where the user logs a CLI in.
-    Browser,
-    /// Persistent VM where the CLIs run.
-    Cli,
-}
-
-impl VmKind {
-    /// Stable name used in the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmKind::Browser => "browser",
-            VmKind::Cli => "cli",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, StoreError> {
-        match s {
-            "browser" => Ok(VmKind::Browser),
-            "cli" => Ok(VmKind::Cli),
-            other => Err(StoreError::Corrupt(format!("unknown vm kind {other:?}"))),
-        }
-    }
-}
-
-impl fmt::Display for VmKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Reads a kind as the store wrote it ([`VmKind::as_str`]).
+fn parse_kind(s: &str) -> Result<VmKind, StoreError> {
+    match s {
+        "browser" => Ok(VmKind::Browser),
+        "cli" => Ok(VmKind::Cli),
+        other => Err(StoreError::Corrupt(format!("unknown vm kind {other:?}"))),
     }
 }
 
@@ -73,7 +48,7 @@ fn from_row(r: Row) -> Result<VmRow, StoreError> {
     Ok(VmRow {
         id: r.0,
         user_id: r.1,
-        kind: VmKind::parse(&r.2)?,
+        kind: parse_kind(&r.2)?,
         state: r.3,
         session_id: r.4,
         host_id: r.5,

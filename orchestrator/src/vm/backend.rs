@@ -6,8 +6,32 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-pub use crate::store::VmKind;
 use crate::transport::{Connector, HelloListener};
+
+/// What a VM is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmKind {
+    /// Ephemeral desktop VM where the user logs a CLI in.
+    Browser,
+    /// Persistent VM where the CLIs run.
+    Cli,
+}
+
+impl VmKind {
+    /// Stable name used in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmKind::Browser => "browser",
+            VmKind::Cli => "cli",
+        }
+    }
+}
+
+impl fmt::Display for VmKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What to create.
 #[derive(Debug, Clone, PartialEq, Eq)]

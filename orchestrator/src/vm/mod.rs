@@ -14,6 +14,6 @@ mod watch;
 
 pub use backend::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
 pub use qemu::{
-    Accel, DestroyReport, QemuBackend, QemuConfig, QemuVm, UdpForward, UserNetwork, VmError,
+    Accel, DestroyReport, QemuConfig, QemuLauncher, QemuVm, UdpForward, UserNetwork, VmError,
 };
 pub use qemu_backend::QemuVmBackend;

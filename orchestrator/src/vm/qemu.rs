@@ -67,7 +67,7 @@ impl std::fmt::Display for Accel {
     }
 }
 
-/// What every VM of a [`QemuBackend`] is made of.
+/// What every VM of a [`QemuLauncher`] is made of.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
     /// The QEMU binary (`qemu-system-x86_64`).
@@ -207,7 +207,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
 
 /// Starts QEMU microVMs, each with its own `vhost-device-vsock`.
 #[derive(Debug, Clone)]
-pub struct QemuBackend {
+pub struct QemuLauncher {
     config: QemuConfig,
 }
 
@@ -234,8 +234,8 @@ pub struct QemuVm {
     connector: HybridVsockConnector,
 }
 
-impl QemuBackend {
-    /// A backend starting VMs as `config` says.
+impl QemuLauncher {
+    /// A launcher starting VMs as `config` says.
     pub fn new(config: QemuConfig) -> Self {
         Self { config }
     }
@@ -356,7 +356,7 @@ impl QemuVm {
         Ok(())
     }
 
-    /// The VM's name, as given to [`QemuBackend::create`].
+    /// The VM's name, as given to [`QemuLauncher::create`].
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -666,7 +666,7 @@ mod tests {
         let run = tempfile::tempdir().unwrap();
         let mut cfg = QemuConfig::new("/nonexistent/vhost-device-vsock", "/k", "/i");
         cfg.run_dir = run.path().to_path_buf();
-        let err = QemuBackend::new(cfg).create("t").await.unwrap_err();
+        let err = QemuLauncher::new(cfg).create("t").await.unwrap_err();
         assert!(matches!(err, VmError::Io { .. }), "{err}");
         assert_eq!(std::fs::read_dir(run.path()).unwrap().count(), 0);
     }

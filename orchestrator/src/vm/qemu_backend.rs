@@ -1,4 +1,4 @@
-//! [`VmBackend`] over [`QemuBackend`]: browser VMs come and go per login; each user has one CLI VM
+//! [`VmBackend`] over [`QemuLauncher`]: browser VMs come and go per login; each user has one CLI VM
 //! that stays until the host destroys it.
 
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use tracing::info;
 
 use super::backend::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
-use super::qemu::{QemuBackend, QemuVm};
+use super::qemu::{QemuLauncher, QemuVm};
 
 struct Running {
     user: String,
@@ -19,7 +19,7 @@ struct Running {
 
 /// QEMU microVMs as a [`VmBackend`] (see the module docs).
 pub struct QemuVmBackend {
-    qemu: QemuBackend,
+    qemu: QemuLauncher,
     guest_home: String,
     vms: Mutex<HashMap<String, Running>>,
     /// Serialises `ensure_cli_vm`, so two logins of one user never boot two CLI VMs.
@@ -37,7 +37,7 @@ impl std::fmt::Debug for QemuVmBackend {
 impl QemuVmBackend {
     /// VMs booted by `qemu`, whose CLIs run as the guest user with home `guest_home` (`/root` in the
     /// test image).
-    pub fn new(qemu: QemuBackend, guest_home: impl Into<String>) -> Self {
+    pub fn new(qemu: QemuLauncher, guest_home: impl Into<String>) -> Self {
         Self {
             qemu,
             guest_home: guest_home.into(),

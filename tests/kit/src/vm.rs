@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use orchestrator::vm::{QemuBackend, QemuConfig};
+use orchestrator::vm::{QemuConfig, QemuLauncher};
 
 /// What `cargo xtask image <which>` printed.
 #[derive(Debug, Clone)]
@@ -64,8 +64,8 @@ fn build_assets(which: &str) -> VmAssets {
 }
 
 /// A QEMU backend for the test image (accelerator detected: TCG on machines without real KVM).
-pub fn backend() -> QemuBackend {
-    QemuBackend::new(config(assets()))
+pub fn launcher() -> QemuLauncher {
+    QemuLauncher::new(config(assets()))
 }
 
 /// The QEMU configuration of VMs booting `assets`, to adjust before making a backend.

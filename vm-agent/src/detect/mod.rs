@@ -31,19 +31,7 @@ const MAX_LINE_ROWS: usize = 64;
 /// The most indentation a hard-wrapped continuation row may carry.
 const MAX_INDENT: usize = 8;
 
-/// Where a URL was found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UrlSource {
-    /// Rendered text on the screen.
-    Screen,
-    /// The target of an OSC 8 hyperlink.
-    Hyperlink,
-    /// An OSC 52 clipboard write (the CLI's "copy" action).
-    Clipboard,
-    /// The CLI called `$BROWSER` / `xdg-open` (the agent's shim).
-    Browser,
-}
+pub use protocol::pty::UrlSource;
 
 /// A login URL found in a session, reported once.
 #[derive(Clone, Debug, PartialEq, Eq)]

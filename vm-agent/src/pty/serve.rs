@@ -11,14 +11,14 @@ use nix::sys::signal::Signal;
 use protocol::body::{ChannelBody, FrameReader, FrameSender};
 use protocol::frame::{Frame, FrameKind, DEFAULT_MAX_FRAME};
 use protocol::messages::ExitStatus;
-use protocol::pty::{Pty, PtyControl, PtyEvent, PtyRequest, PtySpawn, UrlSource};
+use protocol::pty::{Pty, PtyControl, PtyEvent, PtyRequest, PtySpawn};
 use protocol::{ErrorBody, ErrorCode};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, warn};
 
 use super::session::{Attachment, Exit, InteractiveGuard, PtyError, PtySession, SessionEvent};
 use super::SpawnOptions;
-use crate::detect::{self, DetectedUrl};
+use crate::detect::DetectedUrl;
 use crate::rpc::body::{error, open_stream, ResponseBody};
 use crate::state::Agent;
 
@@ -43,12 +43,7 @@ fn url_event(u: DetectedUrl) -> PtyEvent {
     PtyEvent::Url {
         url: u.url,
         provider: u.provider,
-        source: match u.source {
-            detect::UrlSource::Screen => UrlSource::Screen,
-            detect::UrlSource::Hyperlink => UrlSource::Hyperlink,
-            detect::UrlSource::Clipboard => UrlSource::Clipboard,
-            detect::UrlSource::Browser => UrlSource::Browser,
-        },
+        source: u.source,
     }
 }
 
@@ -138,7 +133,7 @@ fn start(agent: &Agent, spawn: &PtySpawn) -> Result<Arc<PtySession>, ErrorBody> 
         provider: spawn.provider.clone(),
         scrollback: super::session::DEFAULT_SCROLLBACK,
     };
-    Ok(agent.pty().spawn(opts)?)
+    Ok(agent.pty().spawn(opts, agent.providers())?)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -14,22 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use crate::state::Agent;
+use protocol::http2 as settings;
 
-/// HTTP/2 settings shared with the host side: windows large enough that one stream can fill a vsock
-/// link, limits small enough that a peer cannot make us buffer much.
-pub mod settings {
-    /// Per-stream receive window.
-    pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-    /// Per-connection receive window.
-    pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-    /// Largest HTTP/2 frame.
-    pub const MAX_FRAME: u32 = 256 * 1024;
-    /// Largest header block.
-    pub const MAX_HEADER_LIST: u32 = 16 * 1024;
-    /// Concurrent calls per connection.
-    pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
-}
+use crate::state::Agent;
 
 /// Serves one host connection until it closes.
 pub async fn serve_connection<S>(stream: S, agent: Arc<Agent>)
@@ -43,7 +30,7 @@ where
         .max_frame_size(settings::MAX_FRAME)
         .max_header_list_size(settings::MAX_HEADER_LIST)
         .max_concurrent_streams(settings::MAX_CONCURRENT_STREAMS)
-        .max_send_buf_size(1024 * 1024)
+        .max_send_buf_size(settings::MAX_SEND_BUFFER)
         .serve_connection(TokioIo::new(stream), service)
         .await;
     if let Err(e) = result {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use orchestrator::vm::{QemuBackend, QemuConfig};
+use orchestrator::vm::{QemuConfig, QemuLauncher};
 use orchestrator::AgentClient;
 
 use super::{figure, stats::percentile};
@@ -26,10 +26,10 @@ pub fn run() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(measure(QemuBackend::new(config)))
+    rt.block_on(measure(QemuLauncher::new(config)))
 }
 
-async fn measure(backend: QemuBackend) -> Result<()> {
+async fn measure(backend: QemuLauncher) -> Result<()> {
     let accel = backend.config().accel;
     let mut boot_to_hello = Vec::new();
     let mut agent_to_hello = Vec::new();

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 use orchestrator::egress::{EgressPorts, PortRange};
 use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, SessionState};
-use orchestrator::store::{Store, StoreConfig, VmKind};
+use orchestrator::store::{Store, StoreConfig};
 use orchestrator::vault::{Keyring, Vault};
+use orchestrator::vm::VmKind;
 use orchestrator::vm::{VmBackend, VmSpec};
 use test_kit::local_backend::{LocalAgentBackend, LocalOptions};
 
