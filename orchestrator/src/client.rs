@@ -47,9 +47,21 @@ pub enum ClientError {
     /// The agent answered with an error.
     #[error("agent refused: {0}")]
     Agent(ErrorBody),
-    /// The agent's answer did not parse.
-    #[error("malformed answer: {0}")]
+    /// The agent's answer is not what the call expects (wrong event, missing exit status).
+    #[error("unexpected answer: {0}")]
     Decode(String),
+    /// A request or answer is not the JSON its type says.
+    #[error("malformed JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A stream's frames are malformed.
+    #[error("malformed frame: {0}")]
+    Frame(#[from] protocol::frame::FrameError),
+    /// The answer's body could not be read whole (too large, connection lost).
+    #[error("reading the answer: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The request could not be built.
+    #[error("building the request: {0}")]
+    Request(#[from] http::Error),
     /// A streaming call's input side is closed (the call ended).
     #[error("the call has ended")]
     Closed,
@@ -129,12 +141,12 @@ impl AgentClient {
             .header(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string())
             .header(header::CONTENT_TYPE, "application/json")
             .body(body)
-            .map_err(|e| ClientError::Decode(e.to_string()))
+            .map_err(ClientError::Request)
     }
 
     /// Makes a unary call.
     pub async fn call<M: Unary>(&self, req: &M::Request) -> Result<M::Response, ClientError> {
-        let bytes = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let bytes = serde_json::to_vec(req)?;
         let request = Self::request(M::path(), Full::new(Bytes::from(bytes)).boxed())?;
         let response = self.send_raw(request).await?;
         let status = response.status();
@@ -142,14 +154,14 @@ impl AgentClient {
         if status != StatusCode::OK {
             return Err(agent_error(status, &body));
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+        Ok(serde_json::from_slice(&body)?)
     }
 
     /// Opens a streaming call: sends the opening message, returns the call's two halves once the
     /// agent has accepted it.
     pub async fn open<M: Streaming>(&self, req: &M::Request) -> Result<StreamCall<M>, ClientError> {
         let (input, body) = ChannelBody::channel(INPUT_DEPTH);
-        let opening = Frame::message(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let opening = Frame::message(req)?;
         input.send(opening).await.map_err(|_| ClientError::Closed)?;
         let request = Self::request(M::path(), body.boxed())?;
         let response = self.send_raw(request).await?;
@@ -304,19 +316,12 @@ impl<M: Streaming> StreamCall<M> {
         let frame = match self.output.next().await {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(None),
-            Err(ReadError::Frame(e)) => return Err(ClientError::Decode(e.to_string())),
+            Err(ReadError::Frame(e)) => return Err(ClientError::Frame(e)),
             Err(ReadError::Body(e)) => return Err(ClientError::Http(e)),
         };
         match frame.kind {
-            FrameKind::Message => frame
-                .json()
-                .map(|e| Some(StreamItem::Event(e)))
-                .map_err(|e| ClientError::Decode(e.to_string())),
-            FrameKind::Error => Err(ClientError::Agent(
-                frame
-                    .json()
-                    .map_err(|e| ClientError::Decode(e.to_string()))?,
-            )),
+            FrameKind::Message => Ok(Some(StreamItem::Event(frame.json()?))),
+            FrameKind::Error => Err(ClientError::Agent(frame.json()?)),
             kind => Ok(Some(StreamItem::Data(kind, frame.payload))),
         }
     }
@@ -351,7 +356,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, ClientError> {
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| ClientError::Decode(format!("reading answer: {e}")))
+        .map_err(ClientError::Body)
 }
 
 fn agent_error(status: StatusCode, body: &[u8]) -> ClientError {

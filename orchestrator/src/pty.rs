@@ -11,6 +11,6 @@ pub async fn control(
     call: &crate::client::StreamCall<protocol::pty::Pty>,
     control: &PtyControl,
 ) -> Result<(), ClientError> {
-    let frame = Frame::message(control).map_err(|e| ClientError::Decode(e.to_string()))?;
+    let frame = Frame::message(control)?;
     call.send_frame(frame).await
 }

@@ -105,7 +105,7 @@ impl DesktopSession {
     }
 
     async fn signal(&self, signal: &DesktopSignal) -> Result<(), ClientError> {
-        let frame = Frame::message(signal).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let frame = Frame::message(signal)?;
         self.call.send_frame(frame).await
     }
 

@@ -77,19 +77,23 @@ pub struct CleanupReport {
     pub removed: Vec<String>,
 }
 
+/// What a backend's own failure carries: its typed error, kept as the source.
+pub type BackendCause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why the backend failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The VM could not be created.
     #[error("creating the VM failed: {0}")]
-    Create(String),
+    Create(#[source] BackendCause),
     /// The VM could not be (fully) destroyed.
-    #[error("destroying VM {vm}: {reason}")]
+    #[error("destroying VM {vm}: {source}")]
     Destroy {
         /// VM id.
         vm: String,
         /// What failed.
-        reason: String,
+        #[source]
+        source: BackendCause,
     },
     /// No such VM.
     #[error("unknown VM {0}")]

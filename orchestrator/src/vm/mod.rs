@@ -12,7 +12,7 @@ pub mod qemu;
 mod qemu_backend;
 mod watch;
 
-pub use backend::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
+pub use backend::{BackendCause, BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
 pub use qemu::{
     Accel, DestroyReport, QemuConfig, QemuLauncher, QemuVm, UdpForward, UserNetwork, VmError,
 };

@@ -87,7 +87,7 @@ impl QemuVmBackend {
             .qemu
             .create(&id)
             .await
-            .map_err(|e| BackendError::Create(e.to_string()))?;
+            .map_err(|e| BackendError::Create(e.into()))?;
         info!(vm = %id, %user, kind = kind.as_str(), boot_ms = vm.boot_to_hello().as_millis() as u64, "VM up");
         let handle = self.handle(&id, &vm, true);
         self.lock().insert(
@@ -112,7 +112,7 @@ impl QemuVmBackend {
             .await
             .map_err(|e| BackendError::Destroy {
                 vm: vm_id.to_owned(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         let mut removed: Vec<String> = report
             .stopped_pids

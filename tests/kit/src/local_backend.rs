@@ -151,21 +151,21 @@ impl LocalAgentBackend {
         let dir = self.options.root.join(&id);
         let home = dir.join("home");
         std::fs::create_dir_all(&home)
-            .map_err(|e| BackendError::Create(format!("{}: {e}", home.display())))?;
+            .map_err(|e| create_failed(format!("creating {}", home.display()), e))?;
         // The VM's own /tmp: what the agent and its programs put there (the browser shim's socket
         // directory among them) goes when the VM's directory goes, even after a SIGKILL.
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&tmp)
-            .map_err(|e| BackendError::Create(format!("{}: {e}", tmp.display())))?;
+            .map_err(|e| create_failed(format!("creating {}", tmp.display()), e))?;
         let agent_sock = dir.join("agent.sock");
         // Bound before the agent starts, so its first dial finds the socket.
         let hello = HelloListener::bind(dir.join("hello.sock"))
-            .map_err(|e| BackendError::Create(e.to_string()))?;
+            .map_err(|e| BackendError::Create(e.into()))?;
         let mut path = self.options.path_prepend.clone();
         path.extend(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_default(),
         ));
-        let path = std::env::join_paths(path).map_err(|e| BackendError::Create(e.to_string()))?;
+        let path = std::env::join_paths(path).map_err(|e| BackendError::Create(e.into()))?;
         let gate = self
             .options
             .agent_start_gate
@@ -200,7 +200,7 @@ impl LocalAgentBackend {
             .kill_on_drop(true);
         let child = cmd
             .spawn()
-            .map_err(|e| BackendError::Create(format!("starting the agent: {e}")))?;
+            .map_err(|e| create_failed("starting the agent".into(), e))?;
         debug!(vm = %id, pid = child.id(), "local agent started");
         let handle = VmHandle {
             id: id.clone(),
@@ -246,7 +246,8 @@ impl LocalAgentBackend {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| BackendError::Destroy {
                 vm: vm_id.to_owned(),
-                reason: format!("removing {}: {e}", dir.display()),
+                source: std::io::Error::new(e.kind(), format!("removing {}: {e}", dir.display()))
+                    .into(),
             })?;
             report.removed.push(format!("directory {}", dir.display()));
         }
@@ -329,6 +330,11 @@ impl Drop for LocalAgentBackend {
             }
         }
     }
+}
+
+/// An I/O failure while creating a VM, saying what was being done.
+fn create_failed(what: String, e: std::io::Error) -> BackendError {
+    BackendError::Create(std::io::Error::new(e.kind(), format!("{what}: {e}")).into())
 }
 
 /// Processes whose environment marks them as part of local VM `vm_id`.

@@ -156,7 +156,7 @@ impl Capture {
     /// refuse the grab (`Match`): the size is read again and the grab retried at the new size.
     pub fn grab(&mut self) -> Result<(&[u8], u16, u16), DesktopError> {
         if let Err(e) = self.try_grab() {
-            if !matches!(e, DesktopError::Display(_)) || !self.refresh_size()? {
+            if !e.is_display() || !self.refresh_size()? {
                 return Err(e);
             }
             self.try_grab()?;

@@ -108,8 +108,7 @@ impl Encoder {
             .background_detection(false)
             .intra_frame_period(IntraFramePeriod::from_num_frames(0))
             .vui(VuiConfig::bt601());
-        let inner = H264Encoder::with_api_config(OpenH264API::from_source(), config)
-            .map_err(|e| DesktopError::Encode(e.to_string()))?;
+        let inner = H264Encoder::with_api_config(OpenH264API::from_source(), config)?;
         Ok(Self {
             inner,
             yuv: YUVBuffer::new(2, 2),
@@ -155,10 +154,7 @@ impl Encoder {
         if keyframe {
             self.inner.force_intra_frame();
         }
-        let stream = self
-            .inner
-            .encode(&self.yuv)
-            .map_err(|e| DesktopError::Encode(e.to_string()))?;
+        let stream = self.inner.encode(&self.yuv)?;
         self.out.clear();
         stream.write_vec(&mut self.out);
         if self.out.is_empty() {

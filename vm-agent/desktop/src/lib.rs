@@ -35,10 +35,31 @@ use screen::Screen;
 /// Why the desktop could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum DesktopError {
-    /// The X display is missing, lacks an extension, or failed.
+    /// The X display is missing or lacks what the desktop needs (an extension, a screen).
     #[error("display: {0}")]
     Display(String),
+    /// No connection to the X display could be made.
+    #[error("cannot connect to {display}: {source}")]
+    Connect {
+        /// The display.
+        display: String,
+        /// Why.
+        #[source]
+        source: x11rb::errors::ConnectError,
+    },
+    /// The X connection failed.
+    #[error("X11 connection: {0}")]
+    X11(#[from] x11rb::errors::ConnectionError),
+    /// The X server refused a request.
+    #[error("X11 request: {0}")]
+    X11Reply(#[from] x11rb::errors::ReplyError),
+    /// The X server refused a request that allocates an id.
+    #[error("X11 request: {0}")]
+    X11Id(#[from] x11rb::errors::ReplyOrIdError),
     /// The encoder refused its settings or a frame.
+    #[error("encoder: {0}")]
+    Encoder(#[from] openh264::Error),
+    /// A frame does not fit the encoder.
     #[error("encoder: {0}")]
     Encode(String),
     /// The viewer's offer cannot be answered.
@@ -49,38 +70,32 @@ pub enum DesktopError {
     Ice(String),
     /// The WebRTC state machine failed.
     #[error("webrtc: {0}")]
-    Rtc(String),
+    Rtc(#[from] str0m::RtcError),
     /// A socket call failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
 
-impl From<x11rb::errors::ConnectionError> for DesktopError {
-    fn from(e: x11rb::errors::ConnectionError) -> Self {
-        DesktopError::Display(e.to_string())
-    }
-}
-
-impl From<x11rb::errors::ReplyError> for DesktopError {
-    fn from(e: x11rb::errors::ReplyError) -> Self {
-        DesktopError::Display(e.to_string())
-    }
-}
-
-impl From<x11rb::errors::ReplyOrIdError> for DesktopError {
-    fn from(e: x11rb::errors::ReplyOrIdError) -> Self {
-        DesktopError::Display(e.to_string())
-    }
-}
-
 impl DesktopError {
+    /// Whether the X display itself is the problem (as opposed to the encoder or the network).
+    pub fn is_display(&self) -> bool {
+        matches!(
+            self,
+            DesktopError::Display(_)
+                | DesktopError::Connect { .. }
+                | DesktopError::X11(_)
+                | DesktopError::X11Reply(_)
+                | DesktopError::X11Id(_)
+        )
+    }
+
     /// The error as the caller receives it.
     pub fn to_error_body(&self) -> ErrorBody {
         let code = match self {
             DesktopError::BadOffer(_) => ErrorCode::BadRequest,
-            DesktopError::Display(_) => ErrorCode::NotFound,
+            e if e.is_display() => ErrorCode::NotFound,
             DesktopError::Io(_) | DesktopError::Ice(_) => ErrorCode::Io,
-            DesktopError::Encode(_) | DesktopError::Rtc(_) => ErrorCode::Internal,
+            _ => ErrorCode::Internal,
         };
         ErrorBody::new(code, self.to_string())
     }

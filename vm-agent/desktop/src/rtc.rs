@@ -365,10 +365,7 @@ impl Session {
             if !self.rtc.is_alive() {
                 return Ok(None);
             }
-            let output = self
-                .rtc
-                .poll_output()
-                .map_err(|e| DesktopError::Rtc(e.to_string()))?;
+            let output = self.rtc.poll_output()?;
             match output {
                 Output::Timeout(deadline) => return Ok(Some(deadline)),
                 Output::Transmit(t) => {
@@ -566,7 +563,7 @@ impl Session {
                 MediaTime::from_90khz(frame.rtp_90khz),
                 frame.frame.data.clone(),
             )
-            .map_err(|e| DesktopError::Rtc(e.to_string()))
+            .map_err(DesktopError::Rtc)
     }
 
     fn signal(&mut self, signal: DesktopSignal) {

@@ -13,8 +13,11 @@ use super::DesktopError;
 
 /// Connects to `display` (`:N` or `:N.S`) and returns the connection and the selected screen.
 pub fn open(display: &str) -> Result<(RustConnection, Screen), DesktopError> {
-    let (conn, screen_num) = x11rb::connect(Some(display))
-        .map_err(|e| DesktopError::Display(format!("cannot connect to {display}: {e}")))?;
+    let (conn, screen_num) =
+        x11rb::connect(Some(display)).map_err(|source| DesktopError::Connect {
+            display: display.to_owned(),
+            source,
+        })?;
     let screen =
         conn.setup().roots.get(screen_num).cloned().ok_or_else(|| {
             DesktopError::Display(format!("{display} has no screen {screen_num}"))

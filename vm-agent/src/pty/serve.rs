@@ -33,7 +33,7 @@ impl From<PtyError> for ErrorBody {
             }
             PtyError::Spawn { .. } => ErrorCode::NotFound,
             PtyError::Ended => ErrorCode::BadRequest,
-            PtyError::Io(_) => ErrorCode::Io,
+            PtyError::Resize(_) | PtyError::Signal(_) => ErrorCode::Io,
         };
         ErrorBody::new(code, e.to_string())
     }

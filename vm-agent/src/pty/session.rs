@@ -86,19 +86,23 @@ pub enum PtyError {
     #[error("unknown provider {0:?}")]
     UnknownProvider(String),
     /// Opening the PTY or starting the program failed.
-    #[error("cannot start {program:?} on a pty: {reason}")]
+    #[error("cannot start {program:?} on a pty: {source}")]
     Spawn {
         /// The program.
         program: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The session has ended; input, resize and signals no longer apply.
     #[error("the session has ended")]
     Ended,
-    /// The PTY refused an operation.
-    #[error("pty: {0}")]
-    Io(String),
+    /// The PTY refused its new size.
+    #[error("resizing the pty: {0}")]
+    Resize(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The session's process group could not be signalled.
+    #[error("signalling the session: {0}")]
+    Signal(#[source] nix::errno::Errno),
 }
 
 /// Answers first-run prompts: each rule fires when its pattern newly appears on screen, at most
@@ -218,9 +222,9 @@ impl PtySession {
             )),
             None => None,
         };
-        let spawn_err = |reason: String| PtyError::Spawn {
+        let spawn_err = |source: Box<dyn std::error::Error + Send + Sync>| PtyError::Spawn {
             program: program.clone(),
-            reason,
+            source,
         };
         let pair = portable_pty::native_pty_system()
             .openpty(PtySize {
@@ -229,7 +233,7 @@ impl PtySession {
                 pixel_width: 0,
                 pixel_height: 0,
             })
-            .map_err(|e| spawn_err(e.to_string()))?;
+            .map_err(|e| spawn_err(e.into()))?;
         let mut cmd = CommandBuilder::from_argv(opts.argv.iter().map(Into::into).collect());
         cmd.env_clear();
         for (k, v) in &opts.env {
@@ -244,22 +248,19 @@ impl PtySession {
         let child = pair
             .slave
             .spawn_command(cmd)
-            .map_err(|e| spawn_err(e.to_string()))?;
+            .map_err(|e| spawn_err(e.into()))?;
         drop(pair.slave);
         let pid = child
             .process_id()
-            .ok_or_else(|| spawn_err("no process id".into()))?;
+            .ok_or_else(|| spawn_err("the program has no process id".into()))?;
         // The child is reaped by our own waitpid (exact code and signal); dropping the handle
         // neither kills nor waits.
         drop(child);
         let reader = pair
             .master
             .try_clone_reader()
-            .map_err(|e| spawn_err(e.to_string()))?;
-        let writer = pair
-            .master
-            .take_writer()
-            .map_err(|e| spawn_err(e.to_string()))?;
+            .map_err(|e| spawn_err(e.into()))?;
+        let writer = pair.master.take_writer().map_err(|e| spawn_err(e.into()))?;
         let (input, input_rx) = async_mpsc::channel::<Vec<u8>>(INPUT_DEPTH);
         let (events, _) = broadcast::channel(EVENT_DEPTH);
         let session = Arc::new(PtySession {
@@ -283,13 +284,13 @@ impl PtySession {
         std::thread::Builder::new()
             .name(format!("pty-in-{pid}"))
             .spawn(move || write_input(writer, input_rx))
-            .map_err(|e| spawn_err(e.to_string()))?;
+            .map_err(|e| spawn_err(e.into()))?;
         let (exit_tx, exit_rx) = mpsc::sync_channel(1);
         let s = session.clone();
         std::thread::Builder::new()
             .name(format!("pty-out-{pid}"))
             .spawn(move || s.read_output(reader, exit_rx))
-            .map_err(|e| spawn_err(e.to_string()))?;
+            .map_err(|e| spawn_err(e.into()))?;
         let s = session.clone();
         std::thread::Builder::new()
             .name(format!("pty-wait-{pid}"))
@@ -300,7 +301,7 @@ impl PtySession {
                 // the reader sees the end of the output.
                 s.kill_all();
             })
-            .map_err(|e| spawn_err(e.to_string()))?;
+            .map_err(|e| spawn_err(e.into()))?;
         debug!(session = %session.id, pid, "pty session started");
         Ok(session)
     }
@@ -372,7 +373,7 @@ impl PtySession {
                 pixel_width: 0,
                 pixel_height: 0,
             })
-            .map_err(|e| PtyError::Io(e.to_string()))?;
+            .map_err(|e| PtyError::Resize(e.into()))?;
         shared.detector.resize(cols, rows);
         Ok(())
     }
@@ -382,7 +383,7 @@ impl PtySession {
         if self.lock().exit.is_some() {
             return Err(PtyError::Ended);
         }
-        killpg(self.pgid(), signal).map_err(|e| PtyError::Io(e.to_string()))
+        killpg(self.pgid(), signal).map_err(PtyError::Signal)
     }
 
     /// A URL the program handed to `$BROWSER`/`xdg-open`. Reported unless already seen on screen.
