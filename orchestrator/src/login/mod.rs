@@ -13,6 +13,7 @@
 //! One session per (user, provider) is active at a time, across hosts sharing the store: a second
 //! start returns the first session's id.
 
+mod deliver;
 mod events;
 mod flow;
 mod provider;
@@ -336,7 +337,7 @@ impl LoginService {
     /// Retries every stored credential whose latest version has not reached its CLI VM. Returns how
     /// many were pushed now.
     pub async fn push_pending(&self) -> Result<usize, LoginError> {
-        flow::push_pending(&self.inner).await
+        deliver::push_pending(&self.inner).await
     }
 
     async fn not_here(&self, session_id: &str) -> LoginError {

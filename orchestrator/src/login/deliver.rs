@@ -1,0 +1,167 @@
+//! Credential delivery: a captured credential is sealed into the store as its next version and
+//! pushed into the user's CLI VM; pushes that failed are retried later (with back-off) or by
+//! [`push_pending`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope};
+use tracing::warn;
+
+use super::flow::{record_created, FlowError};
+use super::provider::ProviderLogin;
+use super::{Inner, LoginError};
+use crate::client::AgentClient;
+use crate::store::AuditEvent;
+use crate::vault::{CredentialPlaintext, RecordContext};
+use crate::vm::VmKind;
+
+/// Seals and stores the next version of the user's credential; returns the version.
+pub(super) async fn store_sealed(
+    inner: &Inner,
+    user: &str,
+    provider: &str,
+    plaintext: &CredentialPlaintext,
+) -> Result<i64, FlowError> {
+    for _ in 0..16 {
+        let current = inner
+            .store
+            .credential(user, provider)
+            .await?
+            .map_or(0, |c| c.version);
+        let version = current + 1;
+        let envelope = inner.vault.seal(
+            &RecordContext {
+                user_id: user,
+                provider,
+                version,
+            },
+            plaintext,
+        )?;
+        if inner
+            .store
+            .put_credential(user, provider, version, &envelope)
+            .await?
+        {
+            inner
+                .store
+                .audit(
+                    Some(user),
+                    &AuditEvent::CredentialCaptured {
+                        provider: provider.to_owned(),
+                        version,
+                    },
+                )
+                .await?;
+            return Ok(version);
+        }
+    }
+    Err(FlowError::Login(
+        "credential version kept changing under us".into(),
+    ))
+}
+
+/// Writes the credential into the user's CLI VM (0600, atomic) and records the push.
+pub(super) async fn push(
+    inner: &Inner,
+    user: &str,
+    provider: &ProviderLogin,
+    version: i64,
+    plaintext: &CredentialPlaintext,
+) -> Result<(), FlowError> {
+    let cli = inner.backend.ensure_cli_vm(user).await?;
+    if cli.created {
+        record_created(inner, user, &cli, VmKind::Cli, None).await?;
+        if let Some(hello) = &cli.hello {
+            hello.wait(inner.config.hello_timeout).await?;
+        }
+    }
+    let client =
+        AgentClient::connect_with_retry(&*cli.connector, inner.config.hello_timeout).await?;
+    let scope = CredsScope {
+        provider: provider.name.clone(),
+        home: Some(cli.guest_home.clone()),
+        ..Default::default()
+    };
+    client
+        .creds_put(&CredsPutRequest {
+            scope,
+            files: vec![CredentialFile {
+                path: provider.credential_file.clone(),
+                content: plaintext.expose().to_vec(),
+            }],
+        })
+        .await?;
+    inner
+        .store
+        .mark_credential_pushed(user, &provider.name, version)
+        .await?;
+    inner
+        .store
+        .audit(
+            Some(user),
+            &AuditEvent::CredentialPushed {
+                provider: provider.name.clone(),
+                version,
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Opens the stored record and pushes it.
+async fn push_stored(inner: &Inner, user: &str, provider_name: &str) -> Result<bool, FlowError> {
+    let Some(provider) = inner
+        .config
+        .providers
+        .iter()
+        .find(|p| p.name == provider_name)
+    else {
+        return Ok(false);
+    };
+    let Some(record) = inner.store.credential(user, provider_name).await? else {
+        return Ok(false);
+    };
+    if !record.push_pending() {
+        return Ok(false);
+    }
+    let ctx = RecordContext {
+        user_id: user,
+        provider: provider_name,
+        version: record.version,
+    };
+    let plaintext = inner.vault.open(&ctx, &record.envelope)?;
+    push(inner, user, provider, record.version, &plaintext).await?;
+    Ok(true)
+}
+
+/// Pushes every stored credential whose latest version has not reached its CLI VM.
+pub(crate) async fn push_pending(inner: &Inner) -> Result<usize, LoginError> {
+    let mut pushed = 0;
+    for record in inner.store.credentials_pending_push().await? {
+        match push_stored(inner, &record.user_id, &record.provider).await {
+            Ok(true) => pushed += 1,
+            Ok(false) => {}
+            Err(e) => warn!(provider = %record.provider, error = %e, "push retry failed"),
+        }
+    }
+    Ok(pushed)
+}
+
+/// Pushes the stored credential again later, backing off, until it lands or the attempts run out.
+pub(super) fn retry_later(inner: &Arc<Inner>, user: String, provider: String) {
+    let weak = Arc::downgrade(inner);
+    let mut delay = inner.config.push_retry_delay;
+    let attempts = inner.config.push_retries;
+    tokio::spawn(async move {
+        for _ in 0..attempts {
+            tokio::time::sleep(delay).await;
+            let Some(inner) = weak.upgrade() else { return };
+            match push_stored(&inner, &user, &provider).await {
+                Ok(_) => return,
+                Err(e) => warn!(%provider, error = %e, "push retry failed"),
+            }
+            delay = (delay * 2).min(Duration::from_secs(300));
+        }
+    });
+}
