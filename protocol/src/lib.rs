@@ -27,6 +27,7 @@ pub mod http2;
 pub mod messages;
 pub mod method;
 pub mod power;
+pub mod providers;
 pub mod pty;
 pub mod secret;
 
@@ -41,8 +42,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The built-in provider rules (TOML): login command, URL patterns, auto-responses, seed files and
 /// credential paths of each CLI. One file for both ends, so the agent's detection and capture and the
-/// orchestrator's login recipes cannot drift apart.
-pub const PROVIDER_RULES_TOML: &str = include_str!("providers.toml");
+/// orchestrator's login recipes cannot drift apart; [`providers`] is its shape.
+pub use providers::PROVIDER_RULES_TOML;
 
 /// Request header carrying the caller's [`PROTOCOL_VERSION`].
 pub const PROTOCOL_HEADER: &str = "x-agent-protocol";

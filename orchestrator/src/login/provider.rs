@@ -3,24 +3,9 @@
 //! one file. The orchestrator needs only a few fields; the agent owns URL patterns, auto-responses
 //! and credential validation.
 
-use serde::Deserialize;
+use protocol::providers::ProviderFile;
 
-/// A file written into the browser VM before the login starts (onboarding flags without which a
-/// CLI refuses to start its login).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct SeedFile {
-    /// Path relative to the guest home (`~/` prefix allowed).
-    pub path: String,
-    /// Content.
-    pub content: String,
-    /// Permission bits (default 0600).
-    #[serde(default = "private_mode")]
-    pub mode: u32,
-}
-
-fn private_mode() -> u32 {
-    0o600
-}
+pub use protocol::providers::SeedFile;
 
 /// One provider's login recipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,32 +25,10 @@ pub struct ProviderLogin {
 pub enum ProviderRulesError {
     /// Not TOML of the expected shape.
     #[error("provider rules are not valid: {0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(#[from] protocol::providers::ParseError),
     /// A provider has no credential path.
     #[error("provider {0} names no credential file")]
     NoCredentialFile(String),
-}
-
-#[derive(Deserialize)]
-struct RulesFile {
-    #[serde(default)]
-    provider: Vec<ProviderDef>,
-}
-
-#[derive(Deserialize)]
-struct ProviderDef {
-    id: String,
-    login_argv: Vec<String>,
-    #[serde(default)]
-    seed_files: Vec<SeedFile>,
-    #[serde(default)]
-    credentials: Vec<CredentialDef>,
-}
-
-#[derive(Deserialize)]
-struct CredentialDef {
-    dir: String,
-    file: String,
 }
 
 /// Strips `~/` (or `~`) so the path is relative to the home.
@@ -78,7 +41,7 @@ fn home_relative(path: &str) -> String {
 impl ProviderLogin {
     /// Recipes from provider rules TOML (the shape of `protocol/src/providers.toml`).
     pub fn from_rules(toml_text: &str) -> Result<Vec<ProviderLogin>, ProviderRulesError> {
-        let file: RulesFile = toml::from_str(toml_text)?;
+        let file = ProviderFile::parse(toml_text)?;
         file.provider
             .into_iter()
             .map(|def| {
@@ -138,8 +101,9 @@ mod tests {
 
     #[test]
     fn a_provider_without_credential_paths_is_refused() {
-        let err = ProviderLogin::from_rules("[[provider]]\nid = \"x\"\nlogin_argv = [\"x\"]\n")
-            .expect_err("no credentials");
+        let rules =
+            "[[provider]]\nid = \"x\"\nname = \"X\"\nlogin_argv = [\"x\"]\nurl_patterns = []\n";
+        let err = ProviderLogin::from_rules(rules).expect_err("no credentials");
         assert!(matches!(err, ProviderRulesError::NoCredentialFile(p) if p == "x"));
     }
 }

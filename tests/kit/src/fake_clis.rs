@@ -10,20 +10,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// One faked CLI: the command name, the recording it replays (at the login PTY's 100x30) and where
-/// it writes its credential, relative to `$HOME`.
+/// One faked CLI: the command name, its provider (whose rules say where it writes its credential)
+/// and the recording it replays (at the login PTY's 100x30).
 pub const FAKE_CLIS: [(&str, &str, &str); 3] = [
-    (
-        "claude",
-        "claude_code/auth-login-100x30",
-        ".claude/.credentials.json",
-    ),
-    ("codex", "codex/login-100x30", ".codex/auth.json"),
-    (
-        "gemini",
-        "gemini_cli/nobrowser-100x30",
-        ".gemini/oauth_creds.json",
-    ),
+    ("claude", "claude_code", "claude_code/auth-login-100x30"),
+    ("codex", "codex", "codex/login-100x30"),
+    ("gemini", "gemini_cli", "gemini_cli/nobrowser-100x30"),
 ];
 
 /// The recorded CLI logins (`tests/fixtures/cli`).
@@ -63,14 +55,14 @@ pub fn replay_len(case: &str) -> usize {
 /// under `fixtures`. Returns `dir`, to be put in front of the agents' `PATH`.
 pub fn install(dir: &Path, fake_cli: &Path, fixtures: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    for (name, fixture, cred) in FAKE_CLIS {
+    for (name, provider, fixture) in FAKE_CLIS {
         let script = format!(
             r#"#!/bin/sh
 env > "$HOME/.fake-login-env"
 if [ -n "${{FAKE_LOGIN_HOLD:-}}" ]; then
   while [ ! -e "$HOME/.fake-release" ]; do sleep 0.02; done
 fi
-exec '{fake_cli}' '{fixtures}/{fixture}' --chunks seed:7 --cred "$HOME/{cred}"
+exec '{fake_cli}' '{fixtures}/{fixture}' --chunks seed:7 --provider {provider}
 "#,
             fake_cli = fake_cli.display(),
             fixtures = fixtures.display(),

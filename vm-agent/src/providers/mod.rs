@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use protocol::providers::ProviderFile;
+pub use protocol::providers::{expand_home, CredentialFile, SeedFile};
 use regex::Regex;
-use serde::Deserialize;
 
 /// Environment variable naming a provider rules file that replaces the compiled-in rules.
 pub const RULES_ENV: &str = "AGENT_PROVIDER_RULES";
@@ -21,7 +22,7 @@ pub const DEFAULT_RULES_TOML: &str = protocol::PROVIDER_RULES_TOML;
 pub enum ProviderError {
     /// The file is not valid TOML of the expected shape.
     #[error("provider rules are not valid: {0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(#[from] protocol::providers::ParseError),
     /// A URL or prompt pattern is not a valid regular expression.
     #[error("provider {provider}: bad pattern {pattern:?}: {source}")]
     Pattern {
@@ -45,73 +46,6 @@ pub enum ProviderError {
     },
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RulesFile {
-    generic: Option<GenericDef>,
-    #[serde(default)]
-    provider: Vec<ProviderDef>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GenericDef {
-    id: String,
-    #[serde(default)]
-    required_params: Vec<String>,
-    #[serde(default)]
-    any_params: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProviderDef {
-    id: String,
-    name: String,
-    login_argv: Vec<String>,
-    #[serde(default)]
-    login_env: BTreeMap<String, String>,
-    url_patterns: Vec<String>,
-    #[serde(default)]
-    required_params: Vec<String>,
-    #[serde(default)]
-    seed_files: Vec<SeedFile>,
-    #[serde(default)]
-    auto_responses: Vec<AutoResponseDef>,
-    #[serde(default)]
-    credentials: Vec<CredentialFile>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AutoResponseDef {
-    pattern: String,
-    keys: String,
-    #[serde(default = "one")]
-    max: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-fn mode_0600() -> u32 {
-    0o600
-}
-
-/// A file the login flow needs before it starts (e.g. Claude's onboarding flag).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SeedFile {
-    /// Path, `~/` meaning the login user's home.
-    pub path: String,
-    /// Exact content to write when the file does not exist yet.
-    pub content: String,
-    /// Unix mode of the file.
-    #[serde(default = "mode_0600")]
-    pub mode: u32,
-}
-
 /// A first-run prompt and the keys that answer it.
 #[derive(Clone, Debug)]
 pub struct AutoResponse {
@@ -121,65 +55,6 @@ pub struct AutoResponse {
     pub keys: String,
     /// How many times at most this answer is sent in one session.
     pub max: u32,
-}
-
-/// One credential file of a provider, with the environment variables that move it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct CredentialFile {
-    /// Default directory, `~/` meaning the user's home.
-    pub dir: String,
-    /// When this variable is set, it *is* the directory (`CLAUDE_CONFIG_DIR`, `CODEX_HOME`).
-    #[serde(default)]
-    pub dir_env: Option<String>,
-    /// When this variable is set, it replaces the home in `dir` (`GEMINI_CLI_HOME`).
-    #[serde(default)]
-    pub home_env: Option<String>,
-    /// File name inside the directory.
-    pub file: String,
-    /// Unix mode the CLI gives the file (and a push must give it).
-    #[serde(default = "mode_0600")]
-    pub mode: u32,
-    /// The file is a complete login when, for at least one alternative, every JSON pointer (RFC 6901)
-    /// in it names a non-empty string or another non-null value (a partial write fails this).
-    #[serde(default)]
-    pub required_any_of: Vec<Vec<String>>,
-}
-
-impl CredentialFile {
-    /// Where the file is for a user with `home`, given the CLI's environment (`env` looks a variable up).
-    pub fn resolve(&self, home: &Path, env: impl Fn(&str) -> Option<String>) -> PathBuf {
-        let set = |name: &Option<String>| name.as_deref().and_then(&env).filter(|v| !v.is_empty());
-        if let Some(dir) = set(&self.dir_env) {
-            return PathBuf::from(dir).join(&self.file);
-        }
-        let home = set(&self.home_env)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.to_path_buf());
-        expand_home(&self.dir, &home).join(&self.file)
-    }
-
-    /// Whether `json` is a complete login, not a partial write: one alternative of
-    /// `required_any_of` is fully present.
-    pub fn is_complete(&self, json: &serde_json::Value) -> bool {
-        let present = |p: &String| match json.pointer(p) {
-            None | Some(serde_json::Value::Null) => false,
-            Some(serde_json::Value::String(s)) => !s.is_empty(),
-            Some(_) => true,
-        };
-        self.required_any_of
-            .iter()
-            .any(|alt| alt.iter().all(present))
-    }
-}
-
-/// `~/x` under `home`; other paths unchanged.
-pub fn expand_home(path: &str, home: &Path) -> PathBuf {
-    match path.strip_prefix("~/") {
-        Some(rest) => home.join(rest),
-        None if path == "~" => home.to_path_buf(),
-        None => PathBuf::from(path),
-    }
 }
 
 /// One CLI's rules, compiled.
@@ -246,7 +121,7 @@ impl ProviderRules {
 
     /// Rules from TOML text of the same shape as `providers.toml`.
     pub fn from_toml(text: &str) -> Result<ProviderRules, ProviderError> {
-        let file: RulesFile = toml::from_str(text)?;
+        let file = ProviderFile::parse(text)?;
         let mut providers: Vec<Provider> = Vec::new();
         for def in file.provider {
             if providers.iter().any(|p| p.id == def.id) {

@@ -16,8 +16,12 @@
 //! (paste-a-code flows such as gemini's `NO_BROWSER`) only take the pasted code, like the real CLI.
 //!
 //! usage:
-//!   fake-cli FIXTURE_DIR [--chunks whole|bytes|fixed:N|seed:S] [--cred PATH] [--no-wait]
-//!                        [--callback-port N]
+//!   fake-cli FIXTURE_DIR [--chunks whole|bytes|fixed:N|seed:S] [--provider ID | --cred PATH]
+//!                        [--no-wait] [--callback-port N]
+//!                                     `--provider` writes the credential where the provider rules
+//!                                     (protocol's providers.toml) put it for this HOME and env
+//!   fake-cli --status ID              the CLI's login status: "Logged in" (exit 0) when that
+//!                                     file is a complete login by the same rules, else exit 1
 //!   fake-cli --visit URL              one HTTP GET on a loopback URL; prints the status code,
 //!                                     exits 0 on 2xx, 1 otherwise
 //!   fake-cli --complete URL [--state S]
@@ -50,17 +54,19 @@ struct Args {
 /// What the command line asks for.
 enum Mode {
     Replay(Args),
+    Status(String),
     Visit(String),
     Complete { url: String, state: Option<String> },
 }
 
-const USAGE: &str = "usage: fake-cli FIXTURE_DIR [--chunks SPEC] [--cred PATH] [--no-wait] [--callback-port N] | --visit URL | --complete URL [--state S]";
+const USAGE: &str = "usage: fake-cli FIXTURE_DIR [--chunks SPEC] [--provider ID | --cred PATH] [--no-wait] [--callback-port N] | --status ID | --visit URL | --complete URL [--state S]";
 
 fn parse_args() -> Result<Mode, String> {
     let mut it = std::env::args().skip(1);
     let fixture = it.next().ok_or(USAGE)?;
     match fixture.as_str() {
         "--visit" => return Ok(Mode::Visit(it.next().ok_or("--visit needs a URL")?)),
+        "--status" => return Ok(Mode::Status(it.next().ok_or("--status needs a provider")?)),
         "--complete" => {
             let url = it.next().ok_or("--complete needs a URL")?;
             let state = match (it.next().as_deref(), it.next()) {
@@ -96,6 +102,10 @@ fn parse_args() -> Result<Mode, String> {
                 };
             }
             "--cred" => args.cred = Some(it.next().ok_or("--cred needs a path")?.into()),
+            "--provider" => {
+                let id = it.next().ok_or("--provider needs an id")?;
+                args.cred = Some(credential_file(&id)?.resolve(&home()?, env));
+            }
             "--no-wait" => args.no_wait = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -444,6 +454,41 @@ fn run(args: Args) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The provider's (first) credential file in the built-in rules.
+fn credential_file(provider: &str) -> Result<protocol::providers::CredentialFile, String> {
+    protocol::providers::ProviderFile::builtin()
+        .get(provider)
+        .and_then(|p| p.credentials.first().cloned())
+        .ok_or_else(|| format!("no credential file for provider {provider:?} in the rules"))
+}
+
+fn home() -> Result<PathBuf, String> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .ok_or_else(|| "HOME is not set".to_owned())
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// `--status`: what the real CLI's status command says offline about a pushed or captured file.
+fn status(provider: &str) -> Result<ExitCode, String> {
+    let file = credential_file(provider)?;
+    let path = file.resolve(&home()?, env);
+    let complete = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|json| file.is_complete(&json));
+    if complete {
+        println!("Logged in ({})", path.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("Not logged in");
+        Ok(ExitCode::from(1))
+    }
+}
+
 /// Waits for the pasted code (a non-empty line) on the terminal and, with a listener, for the
 /// callback at once.
 fn final_wait(mut input: Input, listener: Option<callback::Listener>) -> Finish {
@@ -464,6 +509,7 @@ fn final_wait(mut input: Input, listener: Option<callback::Listener>) -> Finish 
 fn main() -> ExitCode {
     let result = parse_args().and_then(|mode| match mode {
         Mode::Replay(args) => run(args),
+        Mode::Status(provider) => status(&provider),
         Mode::Visit(url) => Ok(visit(&url)),
         Mode::Complete { url, state } => {
             callback::callback_for(&url, state.as_deref()).map(|callback| visit(&callback))
