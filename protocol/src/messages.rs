@@ -26,6 +26,7 @@ pub mod base64_bytes {
 }
 
 /// `hello`: the same greeting the agent sends when it dials the host, on demand.
+#[derive(Debug)]
 pub struct GetHello;
 impl Method for GetHello {
     const NAME: &'static str = "hello";
@@ -40,6 +41,7 @@ impl Unary for GetHello {
 pub struct Empty {}
 
 /// `health`: is the agent serving.
+#[derive(Debug)]
 pub struct Health;
 impl Method for Health {
     const NAME: &'static str = "health";
@@ -59,6 +61,7 @@ pub struct HealthResponse {
 }
 
 /// `stats`: resource usage of the agent and the guest.
+#[derive(Debug)]
 pub struct Stats;
 impl Method for Stats {
     const NAME: &'static str = "stats";
@@ -90,6 +93,7 @@ pub struct StatsResponse {
 
 /// `configure`: environment for everything the agent spawns from now on (proxy variables, session
 /// id, ...). Replaces editing `/etc/environment` in the image.
+#[derive(Debug)]
 pub struct Configure;
 impl Method for Configure {
     const NAME: &'static str = "configure";
@@ -131,6 +135,7 @@ pub struct ConfigureResponse {
 /// closes the process's stdin. Response body: an [`ExecEvent::Started`] message, `Stdout`/`Stderr`
 /// frames, then an [`ExecEvent::Exited`] message (or an `Error` frame). Dropping the call kills the
 /// process group.
+#[derive(Debug)]
 pub struct Exec;
 impl Method for Exec {
     const NAME: &'static str = "exec";
@@ -190,6 +195,7 @@ impl ExitStatus {
 }
 
 /// `read_file`: read a whole file from the guest.
+#[derive(Debug)]
 pub struct ReadFile;
 impl Method for ReadFile {
     const NAME: &'static str = "read_file";
@@ -227,6 +233,7 @@ impl std::fmt::Debug for ReadFileResponse {
 }
 
 /// `write_file`: write a whole file in the guest (atomically: temp file and rename).
+#[derive(Debug)]
 pub struct WriteFile;
 impl Method for WriteFile {
     const NAME: &'static str = "write_file";

@@ -8,6 +8,7 @@ use crate::method::{Method, Unary};
 
 /// `poweroff`: stop every process, sync and power off. Refused (`forbidden`) by an agent that is not
 /// the VM's init, e.g. one running on a developer's machine.
+#[derive(Debug)]
 pub struct Poweroff;
 impl Method for Poweroff {
     const NAME: &'static str = "poweroff";

@@ -18,6 +18,7 @@ use crate::secret::EnvVars;
 use crate::ErrorBody;
 
 /// The `pty` streaming call.
+#[derive(Debug)]
 pub struct Pty;
 impl Method for Pty {
     const NAME: &'static str = "pty";

@@ -91,7 +91,6 @@ impl fmt::Display for HelloAddr {
     }
 }
 
-/// The agent's command line.
 /// Where the agent accepts host connections by default: its vsock port.
 pub const DEFAULT_LISTEN: ListenAddr = ListenAddr::Vsock(protocol::DEFAULT_AGENT_PORT);
 
@@ -101,6 +100,7 @@ pub const DEFAULT_HELLO: HelloAddr = HelloAddr::Vsock {
     port: protocol::DEFAULT_HELLO_PORT,
 };
 
+/// The agent's command line.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "vm-agent",

@@ -1,3 +1,9 @@
+//! The credential files on real file systems: capture through inotify (atomic renames, in-place
+//! writes, directories made late), writes confined to the user's home, wipes.
+
+// A panic is a test's failure report, in its helpers too.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::collections::BTreeMap as HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

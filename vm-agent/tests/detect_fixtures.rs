@@ -1,6 +1,9 @@
 //! URL detection against what the real CLIs wrote (tests/fixtures/cli): every recording yields exactly
 //! its login URL, whatever the chunking, and nothing else.
 
+// A panic is a test's failure report, in its helpers too.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

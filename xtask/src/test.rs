@@ -20,6 +20,17 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    step("lints of the CLI VM's agent (built without its desktop)");
+    sh(cargo().args([
+        "clippy",
+        "--package",
+        "vm-agent",
+        "--no-default-features",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     step("starting a throwaway PostgreSQL for the store tests (loopback only)");
     let postgres = test_kit::postgres::Cluster::start(&std::env::temp_dir())?;
     step("tests");

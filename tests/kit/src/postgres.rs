@@ -47,6 +47,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// A running throwaway cluster. Dropping it stops the server and removes its directory.
+#[derive(Debug)]
 pub struct Cluster {
     bin: PathBuf,
     dir: PathBuf,

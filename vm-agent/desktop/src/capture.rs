@@ -56,7 +56,8 @@ struct ShmSegment {
     _fd: OwnedFd,
 }
 
-// The mapping is owned by this value alone and only read through `&self`/`&mut self`.
+// SAFETY: the mapping is owned by this value alone (unmapped on drop) and only read through
+// `&self`/`&mut self`, so moving it to another thread cannot alias it.
 unsafe impl Send for ShmSegment {}
 
 impl Capture {

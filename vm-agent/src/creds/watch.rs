@@ -69,6 +69,7 @@ pub enum WatchError {
 }
 
 /// A running watch: captures arrive on the channel given to [`watch`] until this is dropped.
+#[derive(Debug)]
 pub struct CredentialWatch {
     task: tokio::task::JoinHandle<()>,
 }

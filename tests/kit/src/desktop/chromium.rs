@@ -19,6 +19,7 @@ pub fn captured_offer() -> String {
 }
 
 /// A running browser with one page attached.
+#[derive(Debug)]
 pub struct Chromium {
     child: Child,
     commands: std::fs::File,

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// The relay; viewer sessions live as long as it does.
+#[derive(Debug)]
 pub struct Relay {
     /// Where the viewer page is served.
     pub addr: SocketAddr,

@@ -15,6 +15,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 /// One viewer's WebRTC session with the agent, driven by the calling thread.
+#[derive(Debug)]
 pub struct RtpViewer {
     rtc: Rtc,
     socket: UdpSocket,

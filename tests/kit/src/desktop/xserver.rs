@@ -15,6 +15,7 @@ use x11rb::protocol::Event;
 use x11rb::rust_connection::RustConnection;
 
 /// An Xvfb server on a display number of its own; killed on drop.
+#[derive(Debug)]
 pub struct Xvfb {
     child: Child,
     /// `:N`.
@@ -81,6 +82,7 @@ impl Drop for Xvfb {
 }
 
 /// An X client with one window covering the screen: paints it one colour, reports clicks.
+#[derive(Debug)]
 pub struct Canvas {
     conn: RustConnection,
     window: u32,
