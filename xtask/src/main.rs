@@ -24,7 +24,8 @@ struct Cli {
 enum Command {
     /// Install the system packages and toolchain pieces the project needs.
     Setup,
-    /// Build the static, stripped release agent and print its size.
+    /// Build the static, stripped release agent in both flavours (the CLI VM's without the
+    /// desktop, the browser VM's with it) and print both sizes.
     Agent,
     /// Build a VM image (kernel + initramfs with the static agent as PID 1); prints its paths.
     Image {

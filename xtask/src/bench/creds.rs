@@ -30,7 +30,7 @@ const PUSHES: usize = 500;
 
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
-    let agent_bin = crate::agent::build()?;
+    let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Cli)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

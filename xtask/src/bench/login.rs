@@ -27,7 +27,7 @@ const KEY: &str = "bench:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
-    let agent_bin = crate::agent::build()?;
+    let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Cli)?;
     step("building fake-cli (replays recorded CLI logins)");
     sh(cargo().args(["build", "--release", "-p", "tests", "--bin", "fake-cli"]))?;
     let fake_cli = root().join("target/release/fake-cli");

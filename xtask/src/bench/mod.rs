@@ -46,7 +46,7 @@ pub fn run(which: Which) -> Result<()> {
         step("re-running the benchmark from an optimized (release) build of xtask");
         let args: Vec<String> = std::env::args().skip(1).collect();
         return sh(cargo()
-            .args(["run", "--release", "--quiet", "--package", "xtask", "--"])
+            .args(["run", "--release", "--package", "xtask", "--"])
             .args(args));
     }
     match which {

@@ -36,15 +36,36 @@ fn status_kb(pid: u32, field: &str) -> Result<u64> {
 
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
-    let agent_bin = crate::agent::build()?;
+    let agents = crate::agent::build()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(measure(&agent_bin))
+    rt.block_on(desktop_idle(&agents.desktop))?;
+    rt.block_on(measure(&agents.cli))
+}
+
+/// The browser VM's agent idle on a real X display it has been given: it must not touch the
+/// display (nor grow) until a viewer asks.
+async fn desktop_idle(agent_bin: &Path) -> Result<()> {
+    step("the browser VM's agent, idle with an X display (Xvfb)");
+    let x = test_kit::desktop::xserver::Xvfb::start(1280, 720);
+    let agent =
+        test_kit::AgentProcess::launch(agent_bin, &[("DISPLAY", x.display.as_str())], false)
+            .await?;
+    anyhow::ensure!(
+        agent.hello.capabilities.iter().any(|c| c == "desktop"),
+        "the desktop agent with a display does not offer its desktop: {:?}",
+        agent.hello.capabilities
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    figure("agent_desktop_idle_rss_kb", rss_kb(agent.pid())?);
+    figure("agent_desktop_idle_anon_kb", anon_kb(agent.pid())?);
+    Ok(())
 }
 
 async fn measure(agent_bin: &Path) -> Result<()> {
+    step("the CLI VM's agent (no desktop), idle");
     let agent = super::start_agent(agent_bin).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     figure("agent_idle_rss_kb", rss_kb(agent.pid())?);

@@ -41,6 +41,14 @@ pub enum Which {
 }
 
 impl Which {
+    /// The agent the image's VMs run: the desktop image's streams its display.
+    fn agent(self) -> crate::agent::Flavour {
+        match self {
+            Which::Minimal => crate::agent::Flavour::Cli,
+            Which::Desktop => crate::agent::Flavour::Desktop,
+        }
+    }
+
     /// Name of the image, as on the command line.
     fn name(self) -> &'static str {
         match self {
@@ -61,7 +69,8 @@ pub struct VmAssets {
 
 /// Builds the static agent, the image around it and installs the vsock backend (all cached).
 pub fn prepare(which: Which) -> Result<VmAssets> {
-    let agent = crate::agent::build()?;
+    crate::setup::run()?;
+    let agent = crate::agent::build_flavour(which.agent())?;
     let vhost_device_vsock = crate::vmtools::vhost_device_vsock()?;
     let cache = crate::shell::root().join("target").join("vm-image");
     let image = build(&cache, &agent, which)?;
