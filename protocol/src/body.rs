@@ -131,7 +131,7 @@ where
             match self.body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.decoder.extend(&data)?;
+                        self.decoder.push(data)?;
                     }
                 }
                 Some(Err(e)) => return Err(ReadError::Body(e)),

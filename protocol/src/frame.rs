@@ -7,6 +7,8 @@
 //! The decoder checks a frame's declared length against its limit as soon as the header is in, so an
 //! oversized frame is refused before its payload is buffered.
 
+use std::collections::VecDeque;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -141,9 +143,13 @@ impl FrameError {
 }
 
 /// Incremental decoder: feed it body chunks as they arrive, take complete frames out.
+///
+/// Chunks are kept as they came (no copy): a payload that lies within one chunk is a slice of it,
+/// and only a payload split across chunks is gathered into a fresh buffer.
 #[derive(Debug)]
 pub struct FrameDecoder {
-    buf: BytesMut,
+    chunks: VecDeque<Bytes>,
+    buffered: usize,
     max_frame: usize,
 }
 
@@ -157,26 +163,45 @@ impl FrameDecoder {
     /// A decoder refusing payloads over `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         Self {
-            buf: BytesMut::new(),
+            chunks: VecDeque::new(),
+            buffered: 0,
             max_frame,
         }
     }
 
-    /// Appends received bytes.
+    /// Appends a received chunk without copying it.
     ///
     /// Validates any header that becomes complete so an oversized or unknown frame is refused before
     /// its payload accumulates.
-    pub fn extend(&mut self, chunk: &[u8]) -> Result<(), FrameError> {
-        self.buf.extend_from_slice(chunk);
+    pub fn push(&mut self, chunk: Bytes) -> Result<(), FrameError> {
+        if !chunk.is_empty() {
+            self.buffered += chunk.len();
+            self.chunks.push_back(chunk);
+        }
         self.peek_header().map(|_| ())
     }
 
+    /// Appends received bytes (copied; [`FrameDecoder::push`] takes a chunk as it is).
+    pub fn extend(&mut self, chunk: &[u8]) -> Result<(), FrameError> {
+        self.push(Bytes::copy_from_slice(chunk))
+    }
+
     fn peek_header(&self) -> Result<Option<(FrameKind, usize)>, FrameError> {
-        if self.buf.len() < HEADER_LEN {
+        if self.buffered < HEADER_LEN {
             return Ok(None);
         }
-        let kind = FrameKind::try_from(self.buf[0])?;
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        let mut header = [0u8; HEADER_LEN];
+        let mut filled = 0;
+        for chunk in &self.chunks {
+            let n = (HEADER_LEN - filled).min(chunk.len());
+            header[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            if filled == HEADER_LEN {
+                break;
+            }
+        }
+        let kind = FrameKind::try_from(header[0])?;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
         if len > self.max_frame {
             return Err(FrameError::TooLarge {
                 len,
@@ -186,16 +211,61 @@ impl FrameDecoder {
         Ok(Some((kind, len)))
     }
 
+    /// Drops the first `n` buffered bytes (`n <= buffered`).
+    fn skip(&mut self, mut n: usize) {
+        self.buffered -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            if front.len() > n {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    /// Removes the first `n` buffered bytes (`n <= buffered`), as one `Bytes`: a slice of the
+    /// front chunk when it holds them all.
+    fn take(&mut self, n: usize) -> Bytes {
+        self.buffered -= n;
+        if let Some(front) = self.chunks.front_mut() {
+            if front.len() >= n {
+                let taken = front.split_to(n);
+                if front.is_empty() {
+                    self.chunks.pop_front();
+                }
+                return taken;
+            }
+        }
+        let mut gathered = BytesMut::with_capacity(n);
+        while gathered.len() < n {
+            let Some(mut chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            let want = n - gathered.len();
+            if chunk.len() > want {
+                gathered.extend_from_slice(&chunk.split_to(want));
+                self.chunks.push_front(chunk);
+            } else {
+                gathered.extend_from_slice(&chunk);
+            }
+        }
+        gathered.freeze()
+    }
+
     /// Takes the next complete frame, if one is buffered.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         let Some((kind, len)) = self.peek_header()? else {
             return Ok(None);
         };
-        if self.buf.len() < HEADER_LEN + len {
+        if self.buffered < HEADER_LEN + len {
             return Ok(None);
         }
-        self.buf.advance(HEADER_LEN);
-        let payload = self.buf.split_to(len).freeze();
+        self.skip(HEADER_LEN);
+        let payload = self.take(len);
         // Validate the following header early too.
         self.peek_header()?;
         Ok(Some(Frame { kind, payload }))
@@ -203,10 +273,10 @@ impl FrameDecoder {
 
     /// Call at end of stream: errors if a partial frame is left over.
     pub fn finish(&self) -> Result<(), FrameError> {
-        if self.buf.is_empty() {
+        if self.buffered == 0 {
             Ok(())
         } else {
-            Err(FrameError::Truncated(self.buf.len()))
+            Err(FrameError::Truncated(self.buffered))
         }
     }
 }
@@ -244,6 +314,20 @@ mod tests {
             dec.finish().expect("no leftovers");
             prop_assert_eq!(out, frames());
         }
+    }
+
+    /// A payload that arrives within one chunk is that chunk's memory, not a copy.
+    #[test]
+    fn a_payload_within_one_chunk_is_not_copied() {
+        let payload = Bytes::from(vec![5u8; 100_000]);
+        let mut header = BytesMut::new();
+        Frame::data(FrameKind::Stdout, payload.clone()).encode_header(&mut header);
+        let mut dec = FrameDecoder::default();
+        dec.push(header.freeze()).expect("header");
+        dec.push(payload.clone()).expect("payload");
+        let frame = dec.next_frame().expect("valid").expect("a frame");
+        assert_eq!(frame.payload.as_ptr(), payload.as_ptr());
+        assert_eq!(frame.payload.len(), payload.len());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -180,13 +180,19 @@ async fn feed_stdin(
     }
 }
 
+/// Sends what the process writes as frames. Each read lands in a buffer that becomes the frame's
+/// payload as it is (no copy); the next read goes into what is left of that buffer, and a fresh
+/// one is taken when little is left.
 async fn pump<R: AsyncRead + Unpin>(mut pipe: R, kind: FrameKind, tx: FrameSender) {
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        match pipe.read(&mut buf).await {
+        if buf.capacity() < READ_CHUNK / 4 {
+            buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        match pipe.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let frame = Frame::data(kind, Bytes::copy_from_slice(&buf[..n]));
+            Ok(_) => {
+                let frame = Frame::data(kind, buf.split().freeze());
                 if tx.send(frame).await.is_err() {
                     return;
                 }

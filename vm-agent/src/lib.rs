@@ -95,6 +95,11 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
             transport::hello::say_hello(&hello, &warm).await;
         }
         let _ = tokio::task::spawn_blocking(move || warm.providers()).await;
+        // Start-up is over: its code need not stay resident in a small VM.
+        match system::release_startup_code() {
+            Ok(bytes) => tracing::debug!(bytes, "start-up code pages released"),
+            Err(e) => warn!(error = %e, "start-up code pages not released"),
+        }
     });
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {

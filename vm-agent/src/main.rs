@@ -1,6 +1,8 @@
 //! `vm-agent`: see the library documentation.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 fn main() -> std::process::ExitCode {
     // Invoked as `$BROWSER` or `xdg-open` by a program in one of our PTYs: hand the URL over, exit.
@@ -19,12 +21,18 @@ fn main() -> std::process::ExitCode {
     }
     let started = std::time::Instant::now();
     let pid1 = vm_agent::init::is_pid1();
+    // `AGENT_LOG`: a level (`debug`) or per-target levels (`vm_agent::pty=trace,info`). A
+    // target filter rather than an EnvFilter: no regex engine for span-field matching in the
+    // agent, which every VM image carries.
+    let filter = std::env::var("AGENT_LOG")
+        .ok()
+        .and_then(|spec| spec.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
         .with_writer(std::io::stderr)
         .with_ansi(!pid1)
+        .finish()
+        .with(filter)
         .init();
     let config = if pid1 {
         // The kernel passes unknown boot parameters as arguments: ignore them, use the defaults.

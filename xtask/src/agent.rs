@@ -13,6 +13,9 @@ use crate::shell::{cargo, root, sh, step};
 /// Target of the static agent.
 pub const TARGET: &str = "x86_64-unknown-linux-musl";
 
+/// The agent's build profile (the workspace's Cargo.toml: release with whole-program LTO).
+const PROFILE: &str = "agent";
+
 /// Crates only the desktop brings in; the CLI VM's agent must have none of them.
 const DESKTOP_ONLY_CRATES: &[&str] = &["agent-desktop", "openh264", "str0m", "x11rb"];
 
@@ -77,20 +80,21 @@ pub fn build_flavour(flavour: Flavour) -> Result<PathBuf> {
         check_cli_has_no_desktop()?;
     }
     step(&format!(
-        "building the static agent (release, musl, {})",
+        "building the static agent (profile {PROFILE}, musl, {})",
         match flavour {
             Flavour::Cli => "without the desktop: the CLI VM's",
             Flavour::Desktop => "with the desktop: the browser VM's",
         }
     ));
     sh(cargo()
-        .args(["build", "--release", "--package", "vm-agent", "--bin", "vm-agent"])
+        .args(["build", "--profile", PROFILE, "--package", "vm-agent"])
+        .args(["--bin", "vm-agent"])
         .args(flavour.features())
         .args(["--target", TARGET]))?;
     let built = root()
         .join("target")
         .join(TARGET)
-        .join("release")
+        .join(PROFILE)
         .join("vm-agent");
     check_static(&built)?;
     let kept = flavour.kept_at();
