@@ -181,15 +181,12 @@ async fn feed_stdin(
 }
 
 /// Sends what the process writes as frames. Each read lands in a buffer that becomes the frame's
-/// payload as it is (no copy); the next read goes into what is left of that buffer, and a fresh
-/// one is taken when little is left.
+/// payload as it is (no copy); see [`Buffers`] for where the next read goes.
 async fn pump<R: AsyncRead + Unpin>(mut pipe: R, kind: FrameKind, tx: FrameSender) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buffers = Buffers::default();
     loop {
-        if buf.capacity() < READ_CHUNK / 4 {
-            buf = BytesMut::with_capacity(READ_CHUNK);
-        }
-        match pipe.read_buf(&mut buf).await {
+        let buf = buffers.next();
+        match pipe.read_buf(buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 let frame = Frame::data(kind, buf.split().freeze());
@@ -198,6 +195,43 @@ async fn pump<R: AsyncRead + Unpin>(mut pipe: R, kind: FrameKind, tx: FrameSende
                 }
             }
         }
+    }
+}
+
+/// The read buffers of one output stream. A frame's payload is a frozen piece of one of them;
+/// once the client has taken the frame (the piece is dropped), the buffer is reused as it is, so
+/// a long stream reads into memory that is already mapped instead of faulting in (and zeroing)
+/// fresh pages for every frame. At most one buffer per frame in flight, plus two.
+#[derive(Debug, Default)]
+struct Buffers {
+    ring: Vec<BytesMut>,
+    next: usize,
+}
+
+impl Buffers {
+    const MAX: usize = CHANNEL_DEPTH + 2;
+
+    /// An empty buffer with room for a read: a free one of the ring, else a new one while the
+    /// ring may grow, else whatever the next one can give (a fresh allocation if need be).
+    fn next(&mut self) -> &mut BytesMut {
+        let n = self.ring.len();
+        let free = (0..n)
+            .map(|i| (self.next + i) % n)
+            .find(|&i| self.ring[i].try_reclaim(READ_CHUNK));
+        let i = match free {
+            Some(i) => i,
+            None if n < Self::MAX => {
+                self.ring.push(BytesMut::with_capacity(READ_CHUNK));
+                n
+            }
+            None => {
+                let i = self.next % n;
+                self.ring[i].reserve(READ_CHUNK);
+                i
+            }
+        };
+        self.next = i + 1;
+        &mut self.ring[i]
     }
 }
 
