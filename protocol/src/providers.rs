@@ -100,6 +100,14 @@ pub struct AutoResponseDef {
     /// How many times at most this answer is sent in one session.
     #[serde(default = "one")]
     pub max: u32,
+    /// Milliseconds the program's output must have been quiet before the keys are sent: the
+    /// newest CLIs drop keys that arrive while they are still drawing the prompt.
+    #[serde(default = "default_quiet_ms")]
+    pub quiet_ms: u64,
+}
+
+fn default_quiet_ms() -> u64 {
+    300
 }
 
 fn one() -> u32 {

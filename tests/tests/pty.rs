@@ -95,6 +95,16 @@ async fn drive(call: &mut StreamCall<Pty>, keys_after_url: Option<(usize, &[u8])
 }
 
 fn fake_spawn(case: &str, chunks: &str, cred: &Path, provider: &str) -> PtySpawn {
+    fake_spawn_with(case, chunks, cred, provider, &[])
+}
+
+fn fake_spawn_with(
+    case: &str,
+    chunks: &str,
+    cred: &Path,
+    provider: &str,
+    extra: &[&str],
+) -> PtySpawn {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture(case).join("session.json")).expect("json"))
             .expect("parse");
@@ -106,6 +116,7 @@ fn fake_spawn(case: &str, chunks: &str, cred: &Path, provider: &str) -> PtySpawn
         "--cred".into(),
         cred.display().to_string(),
     ]);
+    spawn.argv.extend(extra.iter().map(|a| a.to_string()));
     spawn.cols = meta["cols"].as_u64().expect("cols") as u16;
     spawn.rows = meta["rows"].as_u64().expect("rows") as u16;
     spawn.provider = Some(provider.into());
@@ -113,13 +124,23 @@ fn fake_spawn(case: &str, chunks: &str, cred: &Path, provider: &str) -> PtySpawn
 }
 
 async fn login_with_fake(agent: &AgentProcess, case: &str, chunks: &str, provider: &str) -> Seen {
+    login_with_fake_args(agent, case, chunks, provider, &[]).await
+}
+
+async fn login_with_fake_args(
+    agent: &AgentProcess,
+    case: &str,
+    chunks: &str,
+    provider: &str,
+    extra: &[&str],
+) -> Seen {
     let cred = agent
         .dir()
         .join(format!("cred-{}.json", case.replace('/', "-")));
     let client = agent.client().await;
     let mut call = client
-        .pty(&PtyRequest::Spawn(fake_spawn(
-            case, chunks, &cred, provider,
+        .pty(&PtyRequest::Spawn(fake_spawn_with(
+            case, chunks, &cred, provider, extra,
         )))
         .await
         .expect("spawn");
@@ -192,6 +213,27 @@ async fn gemini_login_gets_past_its_prompts_and_its_xdg_open_reaches_the_agent()
     let seen = login_with_fake(&agent, case, "seed:3", "gemini_cli").await;
     let urls: Vec<&str> = seen.urls.iter().map(|(_, u, _)| u.as_str()).collect();
     assert_eq!(urls, vec![expected_url(case).as_str()]);
+}
+
+/// The newest CLIs drop keys that arrive while they are still drawing their prompt (claude's trust
+/// dialog for ~150 ms, codex's "Press enter to continue" in the instant it appears): fake-cli
+/// drops keys typed within 200 ms of a prompt. An answer sent at the first byte of the prompt is
+/// lost and the login stalls; the agent answers once the output has been quiet.
+#[tokio::test]
+async fn prompts_are_answered_when_the_program_is_ready_for_input() {
+    let agent = AgentProcess::start().await;
+    for (case, provider) in [
+        ("codex/tui-100x30", "codex"),
+        ("gemini_cli/display-80x24", "gemini_cli"),
+    ] {
+        let seen =
+            login_with_fake_args(&agent, case, "seed:5", provider, &["--deaf-ms", "200"]).await;
+        let urls: Vec<&str> = seen.urls.iter().map(|(_, u, _)| u.as_str()).collect();
+        assert!(
+            urls.contains(&expected_url(case).as_str()),
+            "{case}: {urls:?}"
+        );
+    }
 }
 
 #[tokio::test]

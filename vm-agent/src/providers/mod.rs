@@ -55,6 +55,8 @@ pub struct AutoResponse {
     pub keys: String,
     /// How many times at most this answer is sent in one session.
     pub max: u32,
+    /// How long the output must be quiet before the keys are sent.
+    pub quiet: std::time::Duration,
 }
 
 /// One CLI's rules, compiled.
@@ -147,6 +149,7 @@ impl ProviderRules {
                         pattern: compile(&a.pattern)?,
                         keys: a.keys.clone(),
                         max: a.max,
+                        quiet: std::time::Duration::from_millis(a.quiet_ms),
                     })
                 })
                 .collect::<Result<_, ProviderError>>()?;

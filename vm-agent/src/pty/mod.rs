@@ -4,6 +4,7 @@
 //!
 //! [`PtySessions`] is the agent's registry; [`serve`] is the `pty` call; [`session`] is one terminal.
 
+pub mod answer;
 pub mod serve;
 pub mod session;
 

@@ -4,8 +4,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::mpsc as async_mpsc;
 
@@ -17,8 +19,9 @@ use portable_pty::{CommandBuilder, MasterPty, PtySize};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
+use super::answer::AutoResponder;
 use crate::detect::{DetectedUrl, UrlDetector, UrlSource};
-use crate::providers::{AutoResponse, ProviderRules};
+use crate::providers::ProviderRules;
 
 /// Bytes of recent output kept for clients that attach late.
 pub const DEFAULT_SCROLLBACK: usize = 256 * 1024;
@@ -103,34 +106,6 @@ pub enum PtyError {
     /// The session's process group could not be signalled.
     #[error("signalling the session: {0}")]
     Signal(#[source] nix::errno::Errno),
-}
-
-/// Answers first-run prompts: each rule fires when its pattern newly appears on screen, at most
-/// `max` times.
-#[derive(Debug)]
-struct AutoResponder {
-    rules: Vec<(AutoResponse, u32, bool)>,
-}
-
-impl AutoResponder {
-    fn new(rules: &[AutoResponse]) -> AutoResponder {
-        AutoResponder {
-            rules: rules.iter().map(|r| (r.clone(), 0, false)).collect(),
-        }
-    }
-
-    fn keys_for(&mut self, screen: &str) -> Vec<u8> {
-        let mut keys = Vec::new();
-        for (rule, fired, present) in &mut self.rules {
-            let now = rule.pattern.is_match(screen);
-            if now && !*present && *fired < rule.max {
-                *fired += 1;
-                keys.extend_from_slice(rule.keys.as_bytes());
-            }
-            *present = now;
-        }
-        keys
-    }
 }
 
 /// Fixed-size buffer of the most recent output.
@@ -260,6 +235,20 @@ impl PtySession {
             .master
             .try_clone_reader()
             .map_err(|e| spawn_err(e.into()))?;
+        // The reader waits on the terminal with a timeout while an answer is armed: its own
+        // descriptor of the master, to poll.
+        let readable = pair
+            .master
+            .as_raw_fd()
+            .ok_or_else(|| spawn_err("the terminal has no descriptor".into()))
+            .and_then(|fd| {
+                // SAFETY: `fd` is the master's open descriptor, valid for this call (the master
+                // lives in `pair`); it is only duplicated here.
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                borrowed
+                    .try_clone_to_owned()
+                    .map_err(|e| spawn_err(e.into()))
+            })?;
         let writer = pair.master.take_writer().map_err(|e| spawn_err(e.into()))?;
         let (input, input_rx) = async_mpsc::channel::<Vec<u8>>(INPUT_DEPTH);
         let (events, _) = broadcast::channel(EVENT_DEPTH);
@@ -289,7 +278,7 @@ impl PtySession {
         let s = session.clone();
         std::thread::Builder::new()
             .name(format!("pty-out-{pid}"))
-            .spawn(move || s.read_output(reader, exit_rx))
+            .spawn(move || s.read_output(reader, readable, exit_rx))
             .map_err(|e| spawn_err(e.into()))?;
         let s = session.clone();
         std::thread::Builder::new()
@@ -411,10 +400,24 @@ impl PtySession {
     fn read_output(
         self: Arc<Self>,
         mut reader: Box<dyn Read + Send>,
+        readable: OwnedFd,
         exited: mpsc::Receiver<Exit>,
     ) {
         let mut buf = vec![0u8; READ_CHUNK];
+        let mut last_output = Instant::now();
         loop {
+            // An armed answer: wait for output only until it is due, then send it if it is.
+            let due = self
+                .lock()
+                .auto
+                .as_ref()
+                .and_then(|a| a.next_due(last_output));
+            if let Some(due) = due {
+                if !wait_readable(&readable, due) {
+                    self.answer_due(last_output);
+                    continue;
+                }
+            }
             let n = match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -422,15 +425,16 @@ impl PtySession {
                 // EIO: every process closed the terminal.
                 Err(_) => break,
             };
+            last_output = Instant::now();
             let chunk = &buf[..n];
             let mut shared = self.lock();
             let urls = shared.detector.feed(chunk);
-            let mut reply = shared.detector.take_replies();
+            let reply = shared.detector.take_replies();
             if shared.auto.is_some() {
                 // The rendered screen, not raw bytes: prompts drawn with cursor moves still match.
                 let screen = shared.detector.screen_text();
                 if let Some(auto) = shared.auto.as_mut() {
-                    reply.extend(auto.keys_for(&screen));
+                    auto.observe(&screen, last_output);
                 }
             }
             shared.scrollback.push(chunk);
@@ -442,9 +446,7 @@ impl PtySession {
                 let _ = self.events.send(SessionEvent::Url(url));
             }
             drop(shared);
-            if !reply.is_empty() && self.input.try_send(reply).is_err() {
-                warn!(session = %self.id, "input queue full, terminal answer dropped");
-            }
+            self.send_keys(reply);
         }
         let exit = exited.recv().unwrap_or(Exit {
             code: None,
@@ -459,6 +461,45 @@ impl PtySession {
         let _ = self.events.send(SessionEvent::Exited(exit));
         drop(shared);
         debug!(session = %self.id, ?exit, "pty session ended");
+    }
+
+    /// Sends the auto-answers that are due (the output has been quiet since `last_output`).
+    fn answer_due(&self, last_output: Instant) {
+        let mut shared = self.lock();
+        let screen = shared.detector.screen_text();
+        let keys = shared
+            .auto
+            .as_mut()
+            .map(|a| a.due(&screen, last_output, Instant::now()))
+            .unwrap_or_default();
+        drop(shared);
+        if !keys.is_empty() {
+            debug!(session = %self.id, "prompt answered");
+        }
+        self.send_keys(keys);
+    }
+
+    /// Writes bytes of the agent's own (terminal answers, auto-answers) to the program.
+    fn send_keys(&self, keys: Vec<u8>) {
+        if !keys.is_empty() && self.input.try_send(keys).is_err() {
+            warn!(session = %self.id, "input queue full, terminal answer dropped");
+        }
+    }
+}
+
+/// Waits until `fd` is readable or `deadline` passes; whether it is readable (an error counts as
+/// readable: the read that follows reports it).
+fn wait_readable(fd: &OwnedFd, deadline: Instant) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis().saturating_add(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) if Instant::now() >= deadline => return false,
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) | Err(_) => return true,
+        }
     }
 }
 

@@ -17,7 +17,10 @@
 //!
 //! usage:
 //!   fake-cli FIXTURE_DIR [--chunks whole|bytes|fixed:N|seed:S] [--provider ID | --cred PATH]
-//!                        [--no-wait] [--callback-port N]
+//!                        [--no-wait] [--callback-port N] [--pause-at OFFSET:MS] [--deaf-ms MS]
+//!                                     `--pause-at` stops writing at that output offset for MS;
+//!                                     `--deaf-ms` drops keys typed sooner than MS after a prompt
+//!                                     was drawn (as the newest CLIs do)
 //!                                     `--provider` writes the credential where the provider rules
 //!                                     (protocol's providers.toml) put it for this HOME and env
 //!   fake-cli --status ID              the CLI's login status: "Logged in" (exit 0) when that
@@ -34,6 +37,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -49,6 +53,11 @@ struct Args {
     cred: Option<PathBuf>,
     no_wait: bool,
     callback_port: Option<u16>,
+    /// Stop writing at this output offset for this long (a slow VM, a busy CLI).
+    pause: Option<(usize, Duration)>,
+    /// Keys typed sooner than this after a prompt was drawn are dropped, as the newest CLIs'
+    /// UIs do with input that arrives before they are ready for it.
+    deaf_for: Duration,
 }
 
 /// What the command line asks for.
@@ -59,7 +68,7 @@ enum Mode {
     Complete { url: String, state: Option<String> },
 }
 
-const USAGE: &str = "usage: fake-cli FIXTURE_DIR [--chunks SPEC] [--provider ID | --cred PATH] [--no-wait] [--callback-port N] | --status ID | --visit URL | --complete URL [--state S]";
+const USAGE: &str = "usage: fake-cli FIXTURE_DIR [--chunks SPEC] [--provider ID | --cred PATH] [--no-wait] [--callback-port N] [--pause-at OFFSET:MS] [--deaf-ms MS] | --status ID | --visit URL | --complete URL [--state S]";
 
 fn parse_args() -> Result<Mode, String> {
     let mut it = std::env::args().skip(1);
@@ -84,6 +93,8 @@ fn parse_args() -> Result<Mode, String> {
         cred: None,
         no_wait: false,
         callback_port: None,
+        pause: None,
+        deaf_for: Duration::ZERO,
     };
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -107,6 +118,18 @@ fn parse_args() -> Result<Mode, String> {
                 args.cred = Some(credential_file(&id)?.resolve(&home()?, env));
             }
             "--no-wait" => args.no_wait = true,
+            "--pause-at" => {
+                let spec = it.next().ok_or("--pause-at needs OFFSET:MS")?;
+                let (at, ms) = spec.split_once(':').ok_or("--pause-at needs OFFSET:MS")?;
+                args.pause = Some((
+                    at.parse().map_err(|_| "bad pause offset")?,
+                    Duration::from_millis(ms.parse().map_err(|_| "bad pause length")?),
+                ));
+            }
+            "--deaf-ms" => {
+                let ms = it.next().ok_or("--deaf-ms needs a number")?;
+                args.deaf_for = Duration::from_millis(ms.parse().map_err(|_| "bad --deaf-ms")?);
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -192,14 +215,18 @@ impl Input {
         }
     }
 
-    /// Waits for `keys` (Enter may arrive as CR or, typed before raw mode, as LF).
-    fn keys(&mut self, keys: &[u8]) -> Result<(), Interrupted> {
+    /// Waits for `keys` (Enter may arrive as CR or, typed before raw mode, as LF). Keys that
+    /// come before `ready` are dropped.
+    fn keys(&mut self, keys: &[u8], ready: Instant) -> Result<(), Interrupted> {
         let mut got = Vec::new();
         loop {
             let b = match self.typed.pop_front() {
                 Some(b) => b,
                 None => self.raw_byte()?,
             };
+            if Instant::now() < ready {
+                continue;
+            }
             got.push(if b == b'\n' { b'\r' } else { b });
             if got.ends_with(keys) {
                 return Ok(());
@@ -251,11 +278,28 @@ impl Chunker {
     }
 }
 
-fn write_out(out: &mut impl Write, chunker: &mut Chunker, mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        let n = chunker.next_len(bytes.len());
-        let _ = out.write_all(&bytes[..n]).and_then(|()| out.flush());
-        bytes = &bytes[n..];
+/// Writes `output[from..to]` in the chunker's pieces, pausing at `pause` when it falls inside.
+fn write_out(
+    out: &mut impl Write,
+    chunker: &mut Chunker,
+    output: &[u8],
+    (from, to): (usize, usize),
+    pause: Option<(usize, Duration)>,
+) {
+    let mut write = |mut bytes: &[u8]| {
+        while !bytes.is_empty() {
+            let n = chunker.next_len(bytes.len());
+            let _ = out.write_all(&bytes[..n]).and_then(|()| out.flush());
+            bytes = &bytes[n..];
+        }
+    };
+    match pause {
+        Some((at, pause)) if (from..to).contains(&at) => {
+            write(&output[from..at]);
+            std::thread::sleep(pause);
+            write(&output[at..to]);
+        }
+        _ => write(&output[from..to]),
     }
 }
 
@@ -399,16 +443,16 @@ fn run(args: Args) -> Result<ExitCode, String> {
     let mut input = Input::default();
     let result = (|| -> Result<Option<Finish>, Interrupted> {
         for (at, wait) in &waits {
-            write_out(&mut out, &mut chunker, &output[pos..*at]);
+            write_out(&mut out, &mut chunker, &output, (pos, *at), args.pause);
             pos = *at;
             match wait {
                 Wait::Answer => {
                     input.answer()?;
                 }
-                Wait::Keys(keys) => input.keys(keys)?,
+                Wait::Keys(keys) => input.keys(keys, Instant::now() + args.deaf_for)?,
             }
         }
-        write_out(&mut out, &mut chunker, &output[pos..stop]);
+        write_out(&mut out, &mut chunker, &output, (pos, stop), args.pause);
         if args.no_wait {
             return Ok(None);
         }
