@@ -35,6 +35,29 @@ impl ProviderFile {
     }
 }
 
+impl ProviderDef {
+    /// The login mode `id`, or the default (first) one for `None`.
+    pub fn mode(&self, id: Option<&str>) -> Option<&LoginMode> {
+        match id {
+            Some(id) => self.modes.iter().find(|m| m.id == id),
+            None => self.modes.first(),
+        }
+    }
+}
+
+impl SeedFile {
+    /// The content to write for a user whose home is `home`: `${HOME}` replaced by it,
+    /// JSON-escaped (seed files are JSON).
+    pub fn content_for(&self, home: &str) -> String {
+        let escaped = serde_json::to_string(home).unwrap_or_default();
+        let escaped = escaped
+            .strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .unwrap_or("");
+        self.content.replace("${HOME}", escaped)
+    }
+}
+
 /// The whole file: the catch-all rule and the providers, in file order.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -68,16 +91,17 @@ pub struct ProviderDef {
     pub id: String,
     /// Human name.
     pub name: String,
-    /// The command that starts the login flow.
-    pub login_argv: Vec<String>,
-    /// Extra environment for the login flow.
-    #[serde(default)]
-    pub login_env: BTreeMap<String, String>,
     /// Regular expressions a login URL of this provider matches (one of them).
     pub url_patterns: Vec<String>,
     /// Query parameters a login URL must carry (guards against a cut-off URL).
     #[serde(default)]
     pub required_params: Vec<String>,
+    /// Login URLs whose query is opaque (no parameters to check): each pattern must match the
+    /// whole URL, so its own shape guards against a cut-off one.
+    #[serde(default)]
+    pub opaque_url_patterns: Vec<String>,
+    /// How the login can run; the first mode is the default.
+    pub modes: Vec<LoginMode>,
     /// Files to create before the login starts.
     #[serde(default)]
     pub seed_files: Vec<SeedFile>,
@@ -87,6 +111,40 @@ pub struct ProviderDef {
     /// Where the CLI keeps its credentials (the first is the one a push writes).
     #[serde(default)]
     pub credentials: Vec<CredentialFile>,
+}
+
+/// One way a provider's login runs.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LoginMode {
+    /// Stable id (`browser`, `paste_code`, `device_code`).
+    pub id: String,
+    /// The command that starts the login.
+    pub argv: Vec<String>,
+    /// Extra environment for it.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Which URL the login wants.
+    pub url: UrlKind,
+    /// Device-code logins: patterns of the verification page's URL (whole URL).
+    #[serde(default)]
+    pub device_url_patterns: Vec<String>,
+    /// Device-code logins: pattern of the one-time code (a whole word on the screen).
+    #[serde(default)]
+    pub device_code_pattern: Option<String>,
+}
+
+/// Which URL a login mode wants.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UrlKind {
+    /// The URL the CLI hands to `$BROWSER`/`xdg-open`: Chromium beside the CLI opens it, the
+    /// CLI's localhost callback completes the login.
+    Browser,
+    /// The printed link: opened on any device, its page shows a code to paste into the CLI.
+    Printed,
+    /// A verification page and a one-time code the user enters there.
+    Device,
 }
 
 /// A first-run prompt and the keys that answer it.
@@ -200,6 +258,35 @@ mod tests {
         assert_eq!(ProviderFile::builtin(), file);
         let ids: Vec<&str> = file.provider.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(ids, ["claude_code", "codex", "gemini_cli"]);
+    }
+
+    #[test]
+    fn every_provider_has_a_default_mode_and_device_modes_say_what_to_find() {
+        for p in ProviderFile::builtin().provider {
+            let default = p.mode(None).expect("a default mode");
+            assert_eq!(p.mode(Some(&default.id)), Some(default), "{}", p.id);
+            for m in &p.modes {
+                assert_eq!(
+                    m.url == UrlKind::Device,
+                    !m.device_url_patterns.is_empty() && m.device_code_pattern.is_some(),
+                    "{} {}",
+                    p.id,
+                    m.id
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn seeds_get_the_users_home() {
+        let claude = ProviderFile::builtin();
+        let seed = &claude.get("claude_code").expect("claude").seed_files[0];
+        let json: serde_json::Value =
+            serde_json::from_str(&seed.content_for("/home/a \"b\"")).expect("still JSON");
+        assert_eq!(
+            json["projects"]["/home/a \"b\""]["hasTrustDialogAccepted"],
+            serde_json::Value::Bool(true)
+        );
     }
 
     #[test]

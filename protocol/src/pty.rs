@@ -65,6 +65,11 @@ pub struct PtySpawn {
     /// `gemini_cli`). URL detection applies every provider rule regardless.
     #[serde(default)]
     pub provider: Option<String>,
+    /// The provider's login mode (`browser`, `paste_code`, `device_code`; default: its first):
+    /// its environment is added under [`PtySpawn::env`], and a device-code mode reports
+    /// [`PtyEvent::DeviceCode`].
+    #[serde(default)]
+    pub mode: Option<String>,
     /// This client answers terminal queries itself (a person's terminal in raw mode).
     #[serde(default)]
     pub interactive: bool,
@@ -91,6 +96,7 @@ impl PtySpawn {
             cols: default_cols(),
             rows: default_rows(),
             provider: None,
+            mode: None,
             interactive: false,
             keep_on_detach: false,
         }
@@ -157,6 +163,16 @@ pub enum PtyEvent {
         provider: String,
         /// Where it was found.
         source: UrlSource,
+    },
+    /// A device-code login's verification page and one-time code, reported once both are on
+    /// the screen, whole.
+    DeviceCode {
+        /// The page where the user enters the code.
+        url: String,
+        /// The code.
+        code: String,
+        /// The provider whose login mode found it.
+        provider: String,
     },
     /// The program ended; all its output has been sent.
     Exited(ExitStatus),

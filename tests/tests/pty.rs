@@ -44,6 +44,7 @@ fn recorded_browser_url(case: &str) -> Option<String> {
 struct Seen {
     output: Vec<u8>,
     urls: Vec<(String, String, UrlSource)>,
+    device_codes: Vec<(String, String)>,
     exit: Option<i32>,
     session: Option<String>,
 }
@@ -76,6 +77,9 @@ async fn drive(call: &mut StreamCall<Pty>, keys_after_url: Option<(usize, &[u8])
                 source,
             })) => {
                 seen.urls.push((provider, url, source));
+            }
+            Some(StreamItem::Event(PtyEvent::DeviceCode { url, code, .. })) => {
+                seen.device_codes.push((url, code));
             }
             Some(StreamItem::Event(PtyEvent::Exited(status))) => {
                 seen.exit = Some(status.shell_code());
@@ -307,6 +311,67 @@ async fn closing_a_session_kills_its_whole_process_group() {
     }
     for pid in pids {
         assert!(!process_alive(pid), "process {pid} of the group survived");
+    }
+}
+
+/// Daemons leave the process group, the terminal session and their parent (`setsid` and a fork,
+/// as codex's app-server and its pid-update-loop do). One keeps the session's environment, one
+/// starts with an empty environment (only the session's cgroup holds it; this machine's agent runs
+/// as root with cgroup v2, as in the VM). Both end when the session is closed, and when the
+/// program exits on its own.
+#[tokio::test]
+async fn a_session_ends_the_daemons_its_program_started() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let script = "setsid -f sh -c 'echo marked=$$; exec sleep 1000'; \
+                  setsid -f env -i sh -c 'echo bare=$$; exec sleep 1000'; \
+                  sleep 0.3; echo ready; ";
+    for close in [true, false] {
+        let tail = if close { "sleep 1000" } else { "exit 0" };
+        let mut call = client
+            .pty(&PtyRequest::Spawn(PtySpawn::new([
+                "sh",
+                "-c",
+                &format!("{script}{tail}"),
+            ])))
+            .await
+            .expect("spawn");
+        let text = read_until(&mut call, "ready").await;
+        let daemon = |name: &str| -> i32 {
+            text.split(&format!("{name}="))
+                .nth(1)
+                .and_then(|rest| pids_in(rest).first().copied())
+                .unwrap_or_else(|| panic!("no {name} pid in {text:?}"))
+        };
+        let pids = [daemon("marked"), daemon("bare")];
+        for pid in pids {
+            // Its own session: neither the group nor the terminal session reaches it.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+            let sid: i32 = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(3)?.parse().ok())
+                .expect("sid");
+            assert_eq!(sid, pid, "the daemon {pid} is a session leader");
+        }
+        if close {
+            orchestrator::pty::control(&call, &PtyControl::Close)
+                .await
+                .expect("close");
+        }
+        let seen = drive(&mut call, None).await;
+        assert!(seen.exit.is_some());
+        for _ in 0..100 {
+            if pids.iter().all(|p| !process_alive(*p)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for pid in pids {
+            assert!(
+                !process_alive(pid),
+                "daemon {pid} outlived its session (closed: {close})"
+            );
+        }
     }
 }
 

@@ -80,6 +80,9 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
                 assert!(reason.is_none(), "{state}: {reason:?}");
                 states.push(state);
             }
+            LoginEventKind::DeviceCode { url, code } => {
+                panic!("a browser login reported a device code: {url} {code}")
+            }
             LoginEventKind::Progress { .. } => {}
         }
     }

@@ -14,6 +14,7 @@ pub mod detect;
 pub mod exec;
 pub mod files;
 pub mod init;
+pub mod procset;
 pub mod providers;
 pub mod pty;
 pub mod rpc;

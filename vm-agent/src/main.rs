@@ -19,6 +19,15 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    // Started by ourselves to run a PTY program inside its session's cgroup: enter it, exec.
+    if args
+        .get(1)
+        .is_some_and(|a| a == vm_agent::procset::ENTER_CGROUP_ARG)
+    {
+        let e = vm_agent::procset::enter_and_exec(&args[2..]);
+        eprintln!("vm-agent: {e}");
+        return std::process::ExitCode::from(127);
+    }
     let started = std::time::Instant::now();
     let pid1 = vm_agent::init::is_pid1();
     // `AGENT_LOG`: a level (`debug`) or per-target levels (`vm_agent::pty=trace,info`). A

@@ -58,7 +58,9 @@ impl Agent {
             configured: RwLock::new(Configured::default()),
             running: AtomicU32::new(0),
             under_init: config.under_init,
-            pty: Arc::default(),
+            pty: Arc::new(crate::pty::PtySessions::new(
+                crate::procset::CgroupRoot::create(),
+            )),
             providers: OnceLock::new(),
             shim: None,
             #[cfg(feature = "desktop")]

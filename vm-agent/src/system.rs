@@ -9,6 +9,26 @@ pub fn boot_id() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
+/// `bytes` random bytes as lowercase hex, from the kernel's random source (ids that must be
+/// unique across agents and not guessable). Falls back to the clock and pid if `/dev/urandom`
+/// cannot be read (never seen in practice; the ids stay unique, only not unguessable).
+pub fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    let read = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    if read.is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let seed = nanos ^ (u128::from(std::process::id()) << 64);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Resident set size of this process, KiB.
 pub fn self_rss_kb() -> u64 {
     fs::read_to_string("/proc/self/status")

@@ -104,7 +104,11 @@ pub fn build_flavour(flavour: Flavour) -> Result<PathBuf> {
     let tmp = kept.with_extension("tmp");
     std::fs::copy(&built, &tmp).with_context(|| format!("copying to {}", tmp.display()))?;
     std::fs::rename(&tmp, &kept)?;
-    println!("{}={}", flavour.size_figure(), std::fs::metadata(&kept)?.len());
+    println!(
+        "{}={}",
+        flavour.size_figure(),
+        std::fs::metadata(&kept)?.len()
+    );
     Ok(kept)
 }
 

@@ -150,6 +150,11 @@ async fn flow(qemu: QemuLauncher) -> Result<()> {
                     service.submit_code(&id, FAKE_CODE).await?;
                 }
             }
+            LoginEventKind::DeviceCode { url, code } => {
+                step(&format!(
+                    "  device code reached the host: open {url}, enter {code}"
+                ));
+            }
             LoginEventKind::Progress { step: what, detail } => {
                 step(&format!("  {what}: {detail}"));
             }

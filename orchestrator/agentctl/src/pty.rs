@@ -20,6 +20,9 @@ pub struct PtyArgs {
     /// Provider whose first-run prompts are answered (claude_code, codex, gemini_cli).
     #[arg(long)]
     pub provider: Option<String>,
+    /// The provider's login mode (browser, paste_code, device_code; default: its first).
+    #[arg(long, requires = "provider")]
+    pub mode: Option<String>,
     /// Terminal width (default: the local terminal's with `--interactive`, following its resizes;
     /// otherwise 100).
     #[arg(long)]
@@ -163,6 +166,7 @@ impl PtyArgs {
             cols,
             rows,
             provider: self.provider,
+            mode: self.mode,
             interactive: self.interactive,
             keep_on_detach: false,
         };

@@ -27,6 +27,13 @@ pub enum LoginEventKind {
         /// Where the agent found it (screen, hyperlink, `$BROWSER` call).
         source: UrlSource,
     },
+    /// A device-code login: the user opens `url` on any device and enters `code` there.
+    DeviceCode {
+        /// The verification page.
+        url: String,
+        /// The one-time code.
+        code: String,
+    },
     /// A step of the flow finished (VM ids, credential version): progress for the user interface.
     Progress {
         /// Short machine-readable step name.

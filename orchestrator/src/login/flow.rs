@@ -234,7 +234,7 @@ async fn run(
         client
             .write_file(&WriteFileRequest {
                 path: guest_path(&home, &seed.path),
-                content: seed.content.clone().into_bytes(),
+                content: seed.content_for(&home).into_bytes(),
                 mode: Some(seed.mode),
                 create_dirs: true,
             })
@@ -256,9 +256,12 @@ async fn run(
             include_existing: false,
         })
         .await?;
-    let mut spawn = PtySpawn::new(provider.login_argv.clone());
+    // The login runs in the home (claude's trust seed names it); the agent adds the mode's
+    // environment and, for a device-code mode, reports the code.
+    let mut spawn = PtySpawn::new(session.mode.argv.clone());
     spawn.cwd = Some(home.clone());
     spawn.provider = Some(provider.name.clone());
+    spawn.mode = Some(session.mode.id.clone());
     spawn.cols = LOGIN_COLS;
     spawn.rows = LOGIN_ROWS;
     let call = client.pty(&PtyRequest::Spawn(spawn)).await?;
@@ -280,6 +283,12 @@ async fn run(
                         set_state(inner, session, SessionState::AwaitingUserAuth).await?;
                     }
                     session.log.push(LoginEventKind::AuthUrl { url, source });
+                }
+                Some(StreamItem::Event(PtyEvent::DeviceCode { url, code, .. })) => {
+                    if session.state() == SessionState::Ready {
+                        set_state(inner, session, SessionState::AwaitingUserAuth).await?;
+                    }
+                    session.log.push(LoginEventKind::DeviceCode { url, code });
                 }
                 Some(StreamItem::Event(PtyEvent::Exited(status))) => {
                     exited = Some((status.shell_code(), tokio::time::Instant::now()));

@@ -20,7 +20,7 @@ mod provider;
 mod state;
 
 pub use events::{EventStream, LoginEvent, LoginEventKind};
-pub use provider::{ProviderLogin, ProviderRulesError, SeedFile};
+pub use provider::{LoginMode, ProviderLogin, ProviderRulesError, SeedFile, UrlKind};
 pub use state::{SessionState, UnknownState};
 
 use std::collections::HashMap;
@@ -79,6 +79,14 @@ pub enum LoginError {
     /// No recipe for this provider.
     #[error("unknown provider {0:?}")]
     UnknownProvider(String),
+    /// The provider has no such login mode.
+    #[error("provider {provider:?} has no login mode {mode:?}")]
+    UnknownMode {
+        /// The provider.
+        provider: String,
+        /// The mode asked for (empty: the provider has no modes at all).
+        mode: String,
+    },
     /// A user id must be non-empty.
     #[error("invalid user id")]
     InvalidUser,
@@ -116,6 +124,8 @@ pub(crate) struct Session {
     pub(crate) id: String,
     pub(crate) user: String,
     pub(crate) provider: ProviderLogin,
+    /// How this login runs.
+    pub(crate) mode: LoginMode,
     pub(crate) log: events::EventLog,
     pub(crate) cancel: watch::Sender<Option<String>>,
     pub(crate) state: Mutex<SessionState>,
@@ -188,9 +198,20 @@ impl LoginService {
         }
     }
 
-    /// Starts linking `provider` for `user` and returns the session id at once, or the id of the
-    /// session already active for this user and provider.
+    /// Starts linking `provider` for `user` in the provider's default login mode and returns the
+    /// session id at once, or the id of the session already active for this user and provider.
     pub async fn start(&self, user: &str, provider: &str) -> Result<String, LoginError> {
+        self.start_in_mode(user, provider, None).await
+    }
+
+    /// [`LoginService::start`] in login mode `mode` (`browser`, `paste_code`, `device_code`: see
+    /// the provider rules); `None` is the provider's default.
+    pub async fn start_in_mode(
+        &self,
+        user: &str,
+        provider: &str,
+        mode: Option<&str>,
+    ) -> Result<String, LoginError> {
         if user.trim().is_empty() {
             return Err(LoginError::InvalidUser);
         }
@@ -202,11 +223,19 @@ impl LoginService {
             .find(|p| p.name == provider)
             .cloned()
             .ok_or_else(|| LoginError::UnknownProvider(provider.to_owned()))?;
+        let mode = recipe
+            .mode(mode)
+            .cloned()
+            .ok_or_else(|| LoginError::UnknownMode {
+                provider: provider.to_owned(),
+                mode: mode.unwrap_or_default().to_owned(),
+            })?;
         let id = uuid::Uuid::new_v4().to_string();
         let session = Arc::new(Session {
             id: id.clone(),
             user: user.to_owned(),
             provider: recipe,
+            mode,
             log: events::EventLog::new(),
             cancel: watch::channel(None).0,
             state: Mutex::new(SessionState::Pending),

@@ -5,15 +5,15 @@
 
 use protocol::providers::ProviderFile;
 
-pub use protocol::providers::SeedFile;
+pub use protocol::providers::{LoginMode, SeedFile, UrlKind};
 
 /// One provider's login recipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderLogin {
     /// Provider id (`claude_code`, `codex`, `gemini_cli`).
     pub name: String,
-    /// Command starting the CLI's login.
-    pub login_argv: Vec<String>,
+    /// How the login can run; the first mode is the default.
+    pub modes: Vec<LoginMode>,
     /// The main credential file, relative to the guest user's home (where pushes go).
     pub credential_file: String,
     /// Files written before the login starts.
@@ -57,7 +57,7 @@ impl ProviderLogin {
                 };
                 Ok(ProviderLogin {
                     name: def.id,
-                    login_argv: def.login_argv,
+                    modes: def.modes,
                     credential_file,
                     seed_files: def
                         .seed_files
@@ -70,6 +70,14 @@ impl ProviderLogin {
                 })
             })
             .collect()
+    }
+
+    /// The login mode `id`, or the default (first) one for `None`.
+    pub fn mode(&self, id: Option<&str>) -> Option<&LoginMode> {
+        match id {
+            Some(id) => self.modes.iter().find(|m| m.id == id),
+            None => self.modes.first(),
+        }
     }
 
     /// The built-in recipes for the three CLIs.
@@ -90,7 +98,11 @@ mod tests {
         let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["claude_code", "codex", "gemini_cli"]);
         let claude = &all[0];
-        assert_eq!(claude.login_argv, ["claude", "auth", "login"]);
+        let default = claude.mode(None).expect("a default mode");
+        assert_eq!(default.argv, ["claude", "auth", "login"]);
+        assert_eq!(default.url, UrlKind::Browser);
+        let device = all[1].mode(Some("device_code")).expect("codex device mode");
+        assert_eq!(device.url, UrlKind::Device);
         assert_eq!(claude.credential_file, ".claude/.credentials.json");
         assert_eq!(claude.seed_files[0].path, ".claude.json");
         assert_eq!(claude.seed_files[0].mode, 0o600);
@@ -101,8 +113,7 @@ mod tests {
 
     #[test]
     fn a_provider_without_credential_paths_is_refused() {
-        let rules =
-            "[[provider]]\nid = \"x\"\nname = \"X\"\nlogin_argv = [\"x\"]\nurl_patterns = []\n";
+        let rules = "[[provider]]\nid = \"x\"\nname = \"X\"\nmodes = []\nurl_patterns = []\n";
         let err = ProviderLogin::from_rules(rules).expect_err("no credentials");
         assert!(matches!(err, ProviderRulesError::NoCredentialFile(p) if p == "x"));
     }

@@ -1,5 +1,5 @@
-//! The file systems a minimal guest needs: `/proc` and `/sys` for facts, devtmpfs for devices,
-//! devpts for PTYs, tmpfs for scratch space.
+//! The file systems a minimal guest needs: `/proc` and `/sys` for facts, cgroup v2 to end every
+//! process a session started, devtmpfs for devices, devpts for PTYs, tmpfs for scratch space.
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
@@ -27,6 +27,15 @@ const MOUNTS: &[Mount] = &[
         source: "sysfs",
         target: "/sys",
         fstype: "sysfs",
+        flags: MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        data: None,
+    },
+    Mount {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
         flags: MsFlags::MS_NOSUID
             .union(MsFlags::MS_NODEV)
             .union(MsFlags::MS_NOEXEC),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use protocol::providers::ProviderFile;
-pub use protocol::providers::{expand_home, CredentialFile, SeedFile};
+pub use protocol::providers::{expand_home, CredentialFile, SeedFile, UrlKind};
 use regex::Regex;
 
 /// Environment variable naming a provider rules file that replaces the compiled-in rules.
@@ -66,14 +66,14 @@ pub struct Provider {
     pub id: String,
     /// Human name.
     pub name: String,
-    /// The command that starts the login flow.
-    pub login_argv: Vec<String>,
-    /// Extra environment for the login flow.
-    pub login_env: BTreeMap<String, String>,
     /// A login URL of this provider matches one of these.
     pub url_patterns: Vec<Regex>,
     /// Query parameters a login URL must carry (guards against a cut-off URL).
     pub required_params: Vec<String>,
+    /// Login URLs with an opaque query, matched whole (each pattern anchored at both ends).
+    pub opaque_url_patterns: Vec<Regex>,
+    /// How the login can run; the first mode is the default.
+    pub modes: Vec<Mode>,
     /// Files to create before the login starts.
     pub seed_files: Vec<SeedFile>,
     /// First-run prompts to answer.
@@ -82,10 +82,41 @@ pub struct Provider {
     pub credentials: Vec<CredentialFile>,
 }
 
+/// One login mode, compiled.
+#[derive(Clone, Debug)]
+pub struct Mode {
+    /// Stable id.
+    pub id: String,
+    /// Extra environment for the login program.
+    pub env: BTreeMap<String, String>,
+    /// Which URL the login wants.
+    pub url: UrlKind,
+    /// For device-code logins: what the verification page and the code look like.
+    pub device: Option<DeviceCodeRule>,
+}
+
+/// How to find a device-code login's page and code on the screen.
+#[derive(Clone, Debug)]
+pub struct DeviceCodeRule {
+    /// The verification page's URL matches one of these (whole).
+    pub url_patterns: Vec<Regex>,
+    /// The one-time code matches this (a whole word).
+    pub code_pattern: Regex,
+}
+
 impl Provider {
     fn matches(&self, url: &str) -> bool {
-        self.url_patterns.iter().any(|p| p.is_match(url))
-            && has_params(url, &self.required_params, &[])
+        (self.url_patterns.iter().any(|p| p.is_match(url))
+            && has_params(url, &self.required_params, &[]))
+            || self.opaque_url_patterns.iter().any(|p| p.is_match(url))
+    }
+
+    /// The login mode `id`, or the default (first) one for `None`.
+    pub fn mode(&self, id: Option<&str>) -> Option<&Mode> {
+        match id {
+            Some(id) => self.modes.iter().find(|m| m.id == id),
+            None => self.modes.first(),
+        }
     }
 }
 
@@ -136,11 +167,33 @@ impl ProviderRules {
                     source,
                 })
             };
-            let url_patterns = def
-                .url_patterns
+            let compile_all = |patterns: &[String]| {
+                patterns
+                    .iter()
+                    .map(|p| compile(p))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let url_patterns = compile_all(&def.url_patterns)?;
+            let opaque_url_patterns = compile_all(&def.opaque_url_patterns)?;
+            let modes = def
+                .modes
                 .iter()
-                .map(|p| compile(p))
-                .collect::<Result<_, _>>()?;
+                .map(|m| {
+                    let device = match &m.device_code_pattern {
+                        Some(code) => Some(DeviceCodeRule {
+                            url_patterns: compile_all(&m.device_url_patterns)?,
+                            code_pattern: compile(code)?,
+                        }),
+                        None => None,
+                    };
+                    Ok(Mode {
+                        id: m.id.clone(),
+                        env: m.env.clone(),
+                        url: m.url,
+                        device,
+                    })
+                })
+                .collect::<Result<Vec<_>, ProviderError>>()?;
             let auto_responses = def
                 .auto_responses
                 .iter()
@@ -156,10 +209,10 @@ impl ProviderRules {
             providers.push(Provider {
                 id: def.id,
                 name: def.name,
-                login_argv: def.login_argv,
-                login_env: def.login_env,
                 url_patterns,
                 required_params: def.required_params,
+                opaque_url_patterns,
+                modes,
                 seed_files: def.seed_files,
                 auto_responses,
                 credentials: def.credentials,
@@ -281,6 +334,23 @@ mod tests {
             r.classify("https://geminicli.com/docs/resources/tos-privacy/"),
             None
         );
+        // Claude's short sign-in link: whole, or not at all.
+        let challenge = "fake-code-challenge-00010000000000000000000";
+        assert_eq!(
+            r.classify(&format!("https://claude.ai/oauth/authorize?z-{challenge}")),
+            Some("claude_code")
+        );
+        assert_eq!(
+            r.classify(&format!("https://claude.ai/oauth/authorize?I{challenge}")),
+            Some("claude_code")
+        );
+        assert_eq!(
+            r.classify(&format!(
+                "https://claude.ai/oauth/authorize?z-{}",
+                &challenge[..30]
+            )),
+            None
+        );
     }
 
     #[test]
@@ -350,12 +420,12 @@ mod tests {
             ProviderRules::from_toml("provider = 3"),
             Err(ProviderError::Parse(_))
         ));
-        let bad = "[[provider]]\nid='x'\nname='x'\nlogin_argv=['x']\nurl_patterns=['(']\n";
+        let bad = "[[provider]]\nid='x'\nname='x'\nmodes=[]\nurl_patterns=['(']\n";
         assert!(matches!(
             ProviderRules::from_toml(bad),
             Err(ProviderError::Pattern { .. })
         ));
-        let dup = "[[provider]]\nid='x'\nname='x'\nlogin_argv=['x']\nurl_patterns=[]\n[[provider]]\nid='x'\nname='y'\nlogin_argv=['y']\nurl_patterns=[]\n";
+        let dup = "[[provider]]\nid='x'\nname='x'\nmodes=[]\nurl_patterns=[]\n[[provider]]\nid='x'\nname='y'\nmodes=[]\nurl_patterns=[]\n";
         assert!(matches!(
             ProviderRules::from_toml(dup),
             Err(ProviderError::DuplicateId(_))

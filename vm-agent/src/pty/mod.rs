@@ -5,12 +5,14 @@
 //! [`PtySessions`] is the agent's registry; [`serve`] is the `pty` call; [`session`] is one terminal.
 
 pub mod answer;
+pub mod device;
 pub mod serve;
 pub mod session;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::procset::{CgroupRoot, ProcessSet};
 
 use crate::providers::ProviderRules;
 pub use session::{PtyError, PtySession, SessionEvent, SpawnOptions};
@@ -22,19 +24,20 @@ pub const SESSION_ENV: &str = "AGENT_PTY_SESSION";
 #[derive(Debug)]
 pub struct PtySessions {
     sessions: Mutex<HashMap<String, Arc<PtySession>>>,
-    next: AtomicU64,
-}
-
-impl Default for PtySessions {
-    fn default() -> Self {
-        PtySessions {
-            sessions: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(1),
-        }
-    }
+    /// Where each session gets a cgroup, when the agent can make them.
+    cgroups: Option<CgroupRoot>,
 }
 
 impl PtySessions {
+    /// An empty registry whose sessions each get a cgroup under `cgroups` (when given) besides
+    /// their environment marker ([`crate::procset`]).
+    pub fn new(cgroups: Option<CgroupRoot>) -> PtySessions {
+        PtySessions {
+            sessions: Mutex::new(HashMap::new()),
+            cgroups,
+        }
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<PtySession>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -45,13 +48,16 @@ impl PtySessions {
         mut opts: SpawnOptions,
         rules: Arc<ProviderRules>,
     ) -> Result<Arc<PtySession>, PtyError> {
-        let id = format!("pty-{}", self.next.fetch_add(1, Ordering::Relaxed));
-        // Lets the browser shim say which session its URL belongs to.
+        // Unique across agents and unguessable: it also marks every process of the session.
+        let id = format!("pty-{}", crate::system::random_hex(16));
+        // Lets the browser shim say which session its URL belongs to, and marks every process
+        // the session starts.
         opts.env.insert(SESSION_ENV.to_owned(), id.clone());
+        let procs = ProcessSet::new(self.cgroups.as_ref(), &id, SESSION_ENV, &id);
         // Registered before the program can run its first instruction: a CLI that calls `$BROWSER`
         // at once must find its session (the shim's lookup waits for this lock).
         let mut map = self.map();
-        let session = PtySession::spawn(id.clone(), opts, rules)?;
+        let session = PtySession::spawn(id.clone(), opts, rules, procs)?;
         map.insert(id, session.clone());
         Ok(session)
     }

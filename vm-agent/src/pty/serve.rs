@@ -16,6 +16,7 @@ use protocol::{ErrorBody, ErrorCode};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, warn};
 
+use super::device::DeviceCode;
 use super::session::{Attachment, Exit, InteractiveGuard, PtyError, PtySession, SessionEvent};
 use super::SpawnOptions;
 use crate::detect::DetectedUrl;
@@ -28,14 +29,23 @@ const CHANNEL_DEPTH: usize = 64;
 impl From<PtyError> for ErrorBody {
     fn from(e: PtyError) -> ErrorBody {
         let code = match &e {
-            PtyError::EmptyArgv | PtyError::BadSize { .. } | PtyError::UnknownProvider(_) => {
-                ErrorCode::BadRequest
-            }
+            PtyError::EmptyArgv
+            | PtyError::BadSize { .. }
+            | PtyError::UnknownProvider(_)
+            | PtyError::UnknownMode(_) => ErrorCode::BadRequest,
             PtyError::Spawn { .. } => ErrorCode::NotFound,
             PtyError::Ended => ErrorCode::BadRequest,
             PtyError::Resize(_) | PtyError::Signal(_) => ErrorCode::Io,
         };
         ErrorBody::new(code, e.to_string())
+    }
+}
+
+fn device_code_event(code: DeviceCode) -> PtyEvent {
+    PtyEvent::DeviceCode {
+        url: code.url,
+        code: code.code,
+        provider: code.provider,
     }
 }
 
@@ -122,7 +132,17 @@ pub async fn serve(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Respon
 }
 
 fn start(agent: &Agent, spawn: &PtySpawn) -> Result<Arc<PtySession>, ErrorBody> {
-    let mut env = agent.process_env(&spawn.env);
+    let rules = agent.providers();
+    // The login mode's environment, under what the request sets itself.
+    let mut extra = spawn
+        .provider
+        .as_deref()
+        .and_then(|p| rules.get(p))
+        .and_then(|p| p.mode(spawn.mode.as_deref()))
+        .map(|m| m.env.clone())
+        .unwrap_or_default();
+    extra.extend(spawn.env.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut env = agent.process_env(&protocol::secret::EnvVars(extra));
     agent.pty_shim_env(&mut env);
     let opts = SpawnOptions {
         argv: spawn.argv.clone(),
@@ -131,9 +151,10 @@ fn start(agent: &Agent, spawn: &PtySpawn) -> Result<Arc<PtySession>, ErrorBody> 
         cols: spawn.cols,
         rows: spawn.rows,
         provider: spawn.provider.clone(),
+        mode: spawn.mode.clone(),
         scrollback: super::session::DEFAULT_SCROLLBACK,
     };
-    Ok(agent.pty().spawn(opts, agent.providers())?)
+    Ok(agent.pty().spawn(opts, rules)?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -151,6 +172,7 @@ async fn run(
     let Attachment {
         scrollback,
         urls,
+        device_code,
         exit,
         mut events,
     } = attachment;
@@ -171,6 +193,9 @@ async fn run(
     for u in urls {
         ok = ok && tx.send_message(&url_event(u)).await.is_ok();
     }
+    if let Some(code) = device_code {
+        ok = ok && tx.send_message(&device_code_event(code)).await.is_ok();
+    }
     if let Some(exit) = exit {
         let _ = tx.send_message(&PtyEvent::Exited(exit_status(exit))).await;
         agent.pty().remove(&id);
@@ -184,6 +209,9 @@ async fn run(
                     ok = tx.send(Frame::data(FrameKind::Stdout, bytes)).await.is_ok();
                 }
                 Ok(SessionEvent::Url(u)) => ok = tx.send_message(&url_event(u)).await.is_ok(),
+                Ok(SessionEvent::DeviceCode(code)) => {
+                    ok = tx.send_message(&device_code_event(code)).await.is_ok();
+                }
                 Ok(SessionEvent::Exited(exit)) => {
                     let _ = tx.send_message(&PtyEvent::Exited(exit_status(exit))).await;
                     agent.pty().remove(&id);

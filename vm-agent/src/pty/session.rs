@@ -20,7 +20,9 @@ use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
 use super::answer::AutoResponder;
+use super::device::{DeviceCode, DeviceCodeFinder};
 use crate::detect::{DetectedUrl, UrlDetector, UrlSource};
+use crate::procset::ProcessSet;
 use crate::providers::ProviderRules;
 
 /// Bytes of recent output kept for clients that attach late.
@@ -48,6 +50,8 @@ pub enum SessionEvent {
     Output(Bytes),
     /// A login URL, reported once per session.
     Url(DetectedUrl),
+    /// A device-code login's page and code, reported once.
+    DeviceCode(DeviceCode),
     /// The process ended and all its output has been delivered.
     Exited(Exit),
 }
@@ -67,6 +71,8 @@ pub struct SpawnOptions {
     pub rows: u16,
     /// Provider whose auto-responses apply (URL detection uses every rule regardless).
     pub provider: Option<String>,
+    /// The provider's login mode (default: its first); a device-code mode's code is reported.
+    pub mode: Option<String>,
     /// Bytes of scrollback to keep.
     pub scrollback: usize,
 }
@@ -88,6 +94,9 @@ pub enum PtyError {
     /// The provider is not in the rules.
     #[error("unknown provider {0:?}")]
     UnknownProvider(String),
+    /// The provider has no such login mode (or a mode was named without a provider).
+    #[error("unknown login mode {0:?}")]
+    UnknownMode(String),
     /// Opening the PTY or starting the program failed.
     #[error("cannot start {program:?} on a pty: {source}")]
     Spawn {
@@ -136,6 +145,9 @@ struct Shared {
     exit: Option<Exit>,
     detector: UrlDetector,
     auto: Option<AutoResponder>,
+    device: Option<DeviceCodeFinder>,
+    /// The device code, once reported (for clients that attach later).
+    device_code: Option<DeviceCode>,
     /// Clients that answer terminal queries themselves (a person's terminal).
     interactive: usize,
 }
@@ -144,6 +156,7 @@ struct Shared {
 pub struct PtySession {
     id: String,
     pid: u32,
+    procs: ProcessSet,
     master: Mutex<Box<dyn MasterPty + Send>>,
     input: async_mpsc::Sender<Vec<u8>>,
     shared: Mutex<Shared>,
@@ -166,6 +179,8 @@ pub struct Attachment {
     pub scrollback: Vec<u8>,
     /// URLs reported before the client attached.
     pub urls: Vec<DetectedUrl>,
+    /// The device code, if one was reported before the client attached.
+    pub device_code: Option<DeviceCode>,
     /// Set when the process had already ended.
     pub exit: Option<Exit>,
     /// Everything after the snapshot.
@@ -173,11 +188,13 @@ pub struct Attachment {
 }
 
 impl PtySession {
-    /// Starts `opts.argv` on a new PTY. `id` names the session.
+    /// Starts `opts.argv` on a new PTY. `id` names the session; `procs` is the set its
+    /// processes belong to (the program is moved into it at once), ended with the session.
     pub fn spawn(
         id: String,
         opts: SpawnOptions,
         rules: Arc<ProviderRules>,
+        procs: ProcessSet,
     ) -> Result<Arc<PtySession>, PtyError> {
         let Some(program) = opts.argv.first().cloned() else {
             return Err(PtyError::EmptyArgv);
@@ -188,14 +205,24 @@ impl PtySession {
                 rows: opts.rows,
             });
         }
-        let auto = match &opts.provider {
-            Some(p) => Some(AutoResponder::new(
-                &rules
+        let provider = match &opts.provider {
+            Some(p) => Some(
+                rules
                     .get(p)
-                    .ok_or_else(|| PtyError::UnknownProvider(p.clone()))?
-                    .auto_responses,
-            )),
+                    .ok_or_else(|| PtyError::UnknownProvider(p.clone()))?,
+            ),
             None => None,
+        };
+        let auto = provider.map(|p| AutoResponder::new(&p.auto_responses));
+        let device = match (provider, &opts.mode) {
+            (None, Some(mode)) => return Err(PtyError::UnknownMode(mode.clone())),
+            (None, None) => None,
+            (Some(p), mode) => p
+                .mode(mode.as_deref())
+                .ok_or_else(|| PtyError::UnknownMode(mode.clone().unwrap_or_default()))?
+                .device
+                .clone()
+                .map(|rule| DeviceCodeFinder::new(&p.id, rule)),
         };
         let spawn_err = |source: Box<dyn std::error::Error + Send + Sync>| PtyError::Spawn {
             program: program.clone(),
@@ -209,7 +236,7 @@ impl PtySession {
                 pixel_height: 0,
             })
             .map_err(|e| spawn_err(e.into()))?;
-        let mut cmd = CommandBuilder::from_argv(opts.argv.iter().map(Into::into).collect());
+        let mut cmd = CommandBuilder::from_argv(command_line(&opts, &procs).map_err(spawn_err)?);
         cmd.env_clear();
         for (k, v) in &opts.env {
             cmd.env(k, v);
@@ -255,6 +282,7 @@ impl PtySession {
         let session = Arc::new(PtySession {
             id,
             pid,
+            procs,
             master: Mutex::new(pair.master),
             input,
             shared: Mutex::new(Shared {
@@ -266,6 +294,8 @@ impl PtySession {
                 exit: None,
                 detector: UrlDetector::new(opts.cols, opts.rows, rules),
                 auto,
+                device,
+                device_code: None,
                 interactive: 0,
             }),
             events,
@@ -321,6 +351,7 @@ impl PtySession {
         let attachment = Attachment {
             scrollback: [a, b].concat(),
             urls: shared.urls.clone(),
+            device_code: shared.device_code.clone(),
             exit: shared.exit,
             events: self.events.subscribe(),
         };
@@ -384,13 +415,20 @@ impl PtySession {
         Some(found)
     }
 
-    /// Kills every process of the session: its process group, and anything that left the group but
-    /// stayed in the terminal session (a daemonising child).
+    /// Kills every process of the session: its process group, anything that left the group but
+    /// stayed in the terminal session, and what left both (a daemon that called `setsid`): the
+    /// session's cgroup and environment marker find those ([`crate::procset`]).
     pub fn kill_all(&self) {
         let _ = killpg(self.pgid(), Signal::SIGKILL);
         for pid in session_members(self.pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+        self.procs.kill_all();
+    }
+
+    /// The session's processes still running, wherever they went.
+    pub fn processes(&self) -> Vec<i32> {
+        self.procs.members()
     }
 
     fn pgid(&self) -> Pid {
@@ -406,12 +444,13 @@ impl PtySession {
         let mut buf = vec![0u8; READ_CHUNK];
         let mut last_output = Instant::now();
         loop {
-            // An armed answer: wait for output only until it is due, then send it if it is.
-            let due = self
-                .lock()
-                .auto
-                .as_ref()
-                .and_then(|a| a.next_due(last_output));
+            // An armed answer or a device code seen: wait for output only until it is due.
+            let due = {
+                let shared = self.lock();
+                let answer = shared.auto.as_ref().and_then(|a| a.next_due(last_output));
+                let code = shared.device.as_ref().and_then(|d| d.next_due(last_output));
+                answer.into_iter().chain(code).min()
+            };
             if let Some(due) = due {
                 if !wait_readable(&readable, due) {
                     self.answer_due(last_output);
@@ -430,11 +469,14 @@ impl PtySession {
             let mut shared = self.lock();
             let urls = shared.detector.feed(chunk);
             let reply = shared.detector.take_replies();
-            if shared.auto.is_some() {
+            if shared.auto.is_some() || shared.device.is_some() {
                 // The rendered screen, not raw bytes: prompts drawn with cursor moves still match.
                 let screen = shared.detector.screen_text();
                 if let Some(auto) = shared.auto.as_mut() {
                     auto.observe(&screen, last_output);
+                }
+                if let Some(device) = shared.device.as_mut() {
+                    device.observe(&screen);
                 }
             }
             shared.scrollback.push(chunk);
@@ -463,15 +505,25 @@ impl PtySession {
         debug!(session = %self.id, ?exit, "pty session ended");
     }
 
-    /// Sends the auto-answers that are due (the output has been quiet since `last_output`).
+    /// Sends the auto-answers that are due and reports a device code that is (the output has
+    /// been quiet since `last_output`).
     fn answer_due(&self, last_output: Instant) {
         let mut shared = self.lock();
         let screen = shared.detector.screen_text();
+        let now = Instant::now();
         let keys = shared
             .auto
             .as_mut()
-            .map(|a| a.due(&screen, last_output, Instant::now()))
+            .map(|a| a.due(&screen, last_output, now))
             .unwrap_or_default();
+        let code = shared
+            .device
+            .as_mut()
+            .and_then(|d| d.due(&screen, last_output, now));
+        if let Some(code) = code {
+            shared.device_code = Some(code.clone());
+            let _ = self.events.send(SessionEvent::DeviceCode(code));
+        }
         drop(shared);
         if !keys.is_empty() {
             debug!(session = %self.id, "prompt answered");
@@ -485,6 +537,52 @@ impl PtySession {
             warn!(session = %self.id, "input queue full, terminal answer dropped");
         }
     }
+}
+
+/// The command line that starts `opts.argv` as a member of `procs`: through the agent binary's
+/// cgroup wrapper when the set has a cgroup (the program is found on the session's `PATH` first,
+/// so a missing one is refused here as before).
+fn command_line(
+    opts: &SpawnOptions,
+    procs: &ProcessSet,
+) -> Result<Vec<std::ffi::OsString>, Box<dyn std::error::Error + Send + Sync>> {
+    let argv: Vec<std::ffi::OsString> = opts.argv.iter().map(Into::into).collect();
+    let Some(cgroup) = procs.cgroup() else {
+        return Ok(argv);
+    };
+    let program = find_program(&opts.argv[0], opts.env.get("PATH"), opts.cwd.as_deref())
+        .ok_or_else(|| format!("{:?} not found", opts.argv[0]))?;
+    let mut line: Vec<std::ffi::OsString> = vec![
+        std::env::current_exe()?.into(),
+        crate::procset::ENTER_CGROUP_ARG.into(),
+        cgroup.into(),
+        program.into(),
+    ];
+    line.extend(argv.into_iter().skip(1));
+    Ok(line)
+}
+
+/// `name` as the program a shell would run: a path (relative ones from `cwd`) as it is, else the
+/// first executable file of that name in `path`.
+fn find_program(
+    name: &str,
+    path: Option<&String>,
+    cwd: Option<&std::path::Path>,
+) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = match cwd {
+            Some(cwd) if !name.starts_with('/') => cwd.join(name),
+            _ => PathBuf::from(name),
+        };
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(path?)
+        .map(|dir| dir.join(name))
+        .find(|p| executable(p))
 }
 
 /// Waits until `fd` is readable or `deadline` passes; whether it is readable (an error counts as

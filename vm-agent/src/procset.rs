@@ -1,0 +1,267 @@
+//! Every process a session started, wherever it went, so ending the session ends all of them.
+//!
+//! A process group is not enough: CLIs start daemons that call `setsid` (codex's app-server and
+//! its `pid-update-loop`), leaving the group, the terminal session and their parent. Two nets catch
+//! them:
+//! - a cgroup v2 per session, where the agent can make one (root in the VM, or a delegated
+//!   subtree): membership is inherited by every descendant and cannot be left without privilege,
+//!   and `cgroup.kill` ends them all at once;
+//! - the session's environment marker (`<var>=<unique id>`), which the agent gives the program
+//!   and which descendants inherit: processes carrying it are found in `/proc`. This also works
+//!   without cgroups (an unprivileged agent on a developer's machine) and catches a child that
+//!   forked in the moment before the program was moved into its cgroup.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::{debug, warn};
+
+/// First argument of the agent binary run as the wrapper that starts a program inside a cgroup:
+/// `vm-agent --enter-cgroup DIR PROGRAM ARGS...`.
+pub const ENTER_CGROUP_ARG: &str = "--enter-cgroup";
+
+/// The wrapper's side: moves this process into the cgroup `args[0]`, then becomes the program
+/// `args[1]` with arguments `args[2..]` (same pid, environment and terminal). So the program is
+/// in the cgroup before its first instruction, and nothing it forks can start outside. Returns
+/// only if the program could not be started.
+pub fn enter_and_exec(args: &[OsString]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let (Some(dir), Some(program)) = (args.first(), args.get(1)) else {
+        return std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("usage: vm-agent {ENTER_CGROUP_ARG} DIR PROGRAM [ARGS...]"),
+        );
+    };
+    // "0": the writing process. If this fails the program still runs (its environment marker
+    // still finds what it starts).
+    let _ = std::fs::write(Path::new(dir).join("cgroup.procs"), "0");
+    std::process::Command::new(program).args(&args[2..]).exec()
+}
+
+/// Prefix of the agent's own cgroup (`vm-agent.<pid>`) under the cgroup it was started in.
+const AGENT_CGROUP_PREFIX: &str = "vm-agent.";
+/// Rounds of killing what is found, for processes that fork while being killed.
+const KILL_ROUNDS: usize = 50;
+
+/// Where the agent makes its sessions' cgroups: `<its own cgroup>/vm-agent.<pid>`, when cgroup
+/// v2 is mounted and writable; `None` otherwise (the marker still works).
+#[derive(Debug)]
+pub struct CgroupRoot {
+    dir: PathBuf,
+}
+
+impl CgroupRoot {
+    /// Finds the cgroup v2 mount and the agent's own cgroup, sweeps the cgroups of agents that
+    /// died without cleaning up, and makes the agent's own; `None` where that is not possible.
+    pub fn create() -> Option<CgroupRoot> {
+        let mount = cgroup2_mount()?;
+        let own = own_cgroup()?;
+        let parent = mount.join(own.trim_start_matches('/'));
+        sweep_stale(&parent);
+        let dir = parent.join(format!("{AGENT_CGROUP_PREFIX}{}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Some(CgroupRoot { dir }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(CgroupRoot { dir }),
+            Err(e) => {
+                debug!(dir = %dir.display(), error = %e, "no cgroup for sessions; markers only");
+                None
+            }
+        }
+    }
+
+    /// The directory of the agent's cgroup.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for CgroupRoot {
+    fn drop(&mut self) {
+        // Sessions remove their own; an empty directory is all that is left.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// One session's processes.
+#[derive(Debug)]
+pub struct ProcessSet {
+    marker: String,
+    cgroup: Option<PathBuf>,
+}
+
+impl ProcessSet {
+    /// A set named `name` (unique in the agent) whose processes carry the environment entry
+    /// `marker_var=marker_value`; with a cgroup under `root` when there is one.
+    pub fn new(
+        root: Option<&CgroupRoot>,
+        name: &str,
+        marker_var: &str,
+        marker_value: &str,
+    ) -> ProcessSet {
+        let cgroup = root.and_then(|root| {
+            let dir = root.dir.join(name);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => Some(dir),
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "session cgroup not made; marker only");
+                    None
+                }
+            }
+        });
+        ProcessSet {
+            marker: format!("{marker_var}={marker_value}"),
+            cgroup,
+        }
+    }
+
+    /// The set's cgroup, if it has one: a program started through [`ENTER_CGROUP_ARG`] with it
+    /// runs inside it from its first instruction.
+    pub fn cgroup(&self) -> Option<&Path> {
+        self.cgroup.as_deref()
+    }
+
+    /// The processes of the set still running (zombies excluded).
+    pub fn members(&self) -> Vec<i32> {
+        let mut pids = self.cgroup_members();
+        for pid in marked_processes(&self.marker) {
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        pids.retain(|pid| alive(*pid));
+        pids
+    }
+
+    fn cgroup_members(&self) -> Vec<i32> {
+        let Some(dir) = &self.cgroup else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Kills every process of the set with SIGKILL, again until none is left (a process forking
+    /// while being killed). Returns the pids killed.
+    pub fn kill_all(&self) -> Vec<i32> {
+        let mut killed = Vec::new();
+        for round in 0..KILL_ROUNDS {
+            if let Some(dir) = &self.cgroup {
+                // Linux 5.14+; older kernels are covered by the list below.
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            }
+            let pids = self.members();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() && !killed.contains(&pid) {
+                    killed.push(pid);
+                }
+            }
+            if round > 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        killed
+    }
+}
+
+impl Drop for ProcessSet {
+    fn drop(&mut self) {
+        self.kill_all();
+        if let Some(dir) = &self.cgroup {
+            // Emptied above; the kernel refuses to remove a cgroup with processes in it.
+            for _ in 0..KILL_ROUNDS {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            warn!(dir = %dir.display(), "session cgroup left behind");
+        }
+    }
+}
+
+/// Processes whose environment holds `entry` (`NAME=value`). Unreadable ones (another user's,
+/// gone) are skipped.
+pub fn marked_processes(entry: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == entry.as_bytes()))
+        })
+        .collect()
+}
+
+/// Whether a process exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// The cgroup v2 mount point, from `/proc/self/mountinfo`.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        // `... mount_point options - fstype source super_options`
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// The agent's own cgroup v2 path (`0::/path` in `/proc/self/cgroup`).
+fn own_cgroup() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+/// Removes `vm-agent.<pid>` cgroups under `parent` whose agent is gone, killing what is left in
+/// them (a crashed agent's sessions).
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(AGENT_CGROUP_PREFIX))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() as i32 || alive(pid) {
+            continue;
+        }
+        let stale = entry.path();
+        if let Ok(sessions) = std::fs::read_dir(&stale) {
+            for session in sessions.flatten().filter(|s| s.path().is_dir()) {
+                let _ = std::fs::write(session.path().join("cgroup.kill"), "1");
+                for _ in 0..KILL_ROUNDS {
+                    if std::fs::remove_dir(session.path()).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        if std::fs::remove_dir(&stale).is_ok() {
+            debug!(dir = %stale.display(), "stale agent cgroup removed");
+        }
+    }
+}
