@@ -181,11 +181,14 @@ async fn codex_tui_login_answers_queries_passes_the_prompt_and_reports_one_url()
     }
 }
 
+/// claude-code 2.1.332 prints its link inside an OSC 8 hyperlink: the short one by default, the
+/// full one with CLAUDE_CODE_FULL_SIGN_IN_LINK=1 (hard-wrapped by the Ink UI, each row a link to
+/// the whole URL); `$BROWSER` gets the full URL with a localhost callback. Both are reported.
 #[tokio::test]
-async fn claude_login_reports_the_printed_url_and_the_browser_variant() {
+async fn claude_login_reports_the_printed_link_and_the_browser_variant() {
     let agent = AgentProcess::start().await;
     for case in [
-        "claude_code/setup-token-100x30",
+        "claude_code/setup-token-full-100x30",
         "claude_code/auth-login-80x24",
     ] {
         let seen = login_with_fake(&agent, case, "fixed:13", "claude_code").await;
@@ -199,7 +202,7 @@ async fn claude_login_reports_the_printed_url_and_the_browser_variant() {
             .collect();
         urls.sort_by(|a, b| a.0.cmp(&b.0));
         let mut expected = vec![
-            (expected_url(case), UrlSource::Screen),
+            (expected_url(case), UrlSource::Hyperlink),
             (
                 recorded_browser_url(case).expect("browser url"),
                 UrlSource::Browser,

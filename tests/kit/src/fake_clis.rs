@@ -10,12 +10,43 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// One faked CLI: the command name, its provider (whose rules say where it writes its credential)
-/// and the recording it replays (at the login PTY's 100x30).
-pub const FAKE_CLIS: [(&str, &str, &str); 3] = [
-    ("claude", "claude_code", "claude_code/auth-login-100x30"),
-    ("codex", "codex", "codex/login-100x30"),
-    ("gemini", "gemini_cli", "gemini_cli/nobrowser-100x30"),
+/// One faked CLI.
+#[derive(Debug, Clone, Copy)]
+pub struct FakeCli {
+    /// The command name.
+    pub command: &'static str,
+    /// Its provider, whose rules say where it writes its credential.
+    pub provider: &'static str,
+    /// The recording it replays (at the login PTY's 100x30).
+    pub recording: &'static str,
+    /// The recording it replays instead when this variable of a login mode is set (the real
+    /// CLI prints differently then).
+    pub variant: Option<(&'static str, &'static str)>,
+}
+
+/// The three faked CLIs.
+pub const FAKE_CLIS: [FakeCli; 3] = [
+    FakeCli {
+        command: "claude",
+        provider: "claude_code",
+        recording: "claude_code/auth-login-100x30",
+        variant: Some((
+            "CLAUDE_CODE_FULL_SIGN_IN_LINK",
+            "claude_code/auth-login-full-100x30",
+        )),
+    },
+    FakeCli {
+        command: "codex",
+        provider: "codex",
+        recording: "codex/login-100x30",
+        variant: None,
+    },
+    FakeCli {
+        command: "gemini",
+        provider: "gemini_cli",
+        recording: "gemini_cli/display-100x30",
+        variant: Some(("NO_BROWSER", "gemini_cli/nobrowser-100x30")),
+    },
 ];
 
 /// The recorded CLI logins (`tests/fixtures/cli`).
@@ -55,14 +86,23 @@ pub fn replay_len(case: &str) -> usize {
 /// under `fixtures`. Returns `dir`, to be put in front of the agents' `PATH`.
 pub fn install(dir: &Path, fake_cli: &Path, fixtures: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    for (name, provider, fixture) in FAKE_CLIS {
+    for FakeCli {
+        command: name,
+        provider,
+        recording: fixture,
+        variant,
+    } in FAKE_CLIS
+    {
+        let (var, variant) = variant.unwrap_or(("FAKE_CLI_NO_VARIANT", fixture));
         let script = format!(
             r#"#!/bin/sh
 env > "$HOME/.fake-login-env"
 if [ -n "${{FAKE_LOGIN_HOLD:-}}" ]; then
   while [ ! -e "$HOME/.fake-release" ]; do sleep 0.02; done
 fi
-exec '{fake_cli}' '{fixtures}/{fixture}' --chunks seed:7 --provider {provider}
+fixture='{fixture}'
+if [ -n "${{{var}:-}}" ]; then fixture='{variant}'; fi
+exec '{fake_cli}' "{fixtures}/$fixture" --chunks seed:7 --provider {provider}
 "#,
             fake_cli = fake_cli.display(),
             fixtures = fixtures.display(),

@@ -136,8 +136,10 @@ fn parse_args() -> Result<Mode, String> {
     Ok(Mode::Replay(args))
 }
 
-/// A point in the recording where the real CLI waited.
+/// A point in the recording where the real CLI waited (or acted).
 enum Wait {
+    /// Opens the browser on the login URL.
+    Browser,
     /// For the terminal's answer to a query.
     Answer,
     /// For these keys.
@@ -437,7 +439,22 @@ fn run(args: Args) -> Result<ExitCode, String> {
             }
         }
     }
-    open_browser(&browser, &urls);
+    // A CLI hands its URL to the browser no later than it prints it: where the recording first
+    // shows the browser URL's address (gemini, after its prompts), else at once (claude's printed
+    // link is another address).
+    let browser_at = urls
+        .first()
+        .and_then(|u| u.split('?').next())
+        .filter(|address| !address.is_empty())
+        .and_then(|address| {
+            output
+                .windows(address.len())
+                .position(|w| w == address.as_bytes())
+        })
+        .unwrap_or(0)
+        .min(stop);
+    waits.push((browser_at, Wait::Browser));
+    waits.sort_by_key(|(at, _)| *at);
     let mut out = std::io::stdout().lock();
     let mut pos = 0;
     let mut input = Input::default();
@@ -446,6 +463,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
             write_out(&mut out, &mut chunker, &output, (pos, *at), args.pause);
             pos = *at;
             match wait {
+                Wait::Browser => open_browser(&browser, &urls),
                 Wait::Answer => {
                     input.answer()?;
                 }
