@@ -243,6 +243,93 @@ async fn prompts_are_answered_when_the_program_is_ready_for_input() {
     }
 }
 
+/// The provider rules with codex's device page also at `http://127.0.0.1:8765/codex/device`, the
+/// stand-in issuer the `device-auth-stub` recording ran against (the provider cannot be reached
+/// from here); everything else as built in.
+fn rules_with_the_stub_issuer(dir: &Path) -> PathBuf {
+    let rules = protocol::PROVIDER_RULES_TOML.replace(
+        r"device_url_patterns = ['^https://auth\.openai\.com/codex/device$']",
+        r"device_url_patterns = ['^https://auth\.openai\.com/codex/device$', '^http://127\.0\.0\.1:8765/codex/device$']",
+    );
+    assert_ne!(
+        rules,
+        protocol::PROVIDER_RULES_TOML,
+        "the device rule is where it was"
+    );
+    let path = dir.join("rules.toml");
+    std::fs::write(&path, rules).expect("rules file");
+    path
+}
+
+/// codex login --device-auth prints a verification page and a one-time code: in the device_code
+/// mode the agent reports both, whole, even when the output stops in the middle of the code
+/// (a slow VM), and never a cut-short code. Recorded against a stand-in issuer (see
+/// tests/fixtures/cli/README.md); the offline recording (no code came) reports nothing.
+#[tokio::test]
+async fn a_device_code_login_reports_its_page_and_code_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = rules_with_the_stub_issuer(dir.path());
+    let agent =
+        AgentProcess::start_with(&[("AGENT_PROVIDER_RULES", rules.to_str().expect("utf-8"))]).await;
+    let client = agent.client().await;
+    let case = "codex/device-auth-stub-100x30";
+    let meta = test_kit::fake_clis::recording(case);
+    let want = (
+        meta["device_code"]["verification_url"]
+            .as_str()
+            .expect("url")
+            .to_owned(),
+        meta["device_code"]["user_code"]
+            .as_str()
+            .expect("code")
+            .to_owned(),
+    );
+    let output = std::fs::read(fixture(case).join("output.bin")).expect("output.bin");
+    let code_at = output
+        .windows(want.1.len())
+        .position(|w| w == want.1.as_bytes())
+        .expect("the code is in the recording");
+    // Paused right after "FAKE-0", which the loose pattern above takes for a code.
+    let pauses = [None, Some(code_at + 6), Some(code_at + want.1.len() - 1)];
+    for pause in pauses {
+        let mut extra = vec!["--no-wait".to_owned()];
+        if let Some(at) = pause {
+            extra.extend(["--pause-at".to_owned(), format!("{at}:400")]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut spawn =
+            fake_spawn_with(case, "seed:3", &dir.path().join("c.json"), "codex", &extra);
+        spawn.mode = Some("device_code".into());
+        let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+        let seen = drive(&mut call, None).await;
+        assert_eq!(seen.device_codes, vec![want.clone()], "pause at {pause:?}");
+        assert!(seen.urls.is_empty(), "no login URL: {:?}", seen.urls);
+    }
+    let offline = "codex/device-auth-100x30";
+    let mut spawn = fake_spawn_with(
+        offline,
+        "whole",
+        &dir.path().join("c.json"),
+        "codex",
+        &["--no-wait"],
+    );
+    spawn.mode = Some("device_code".into());
+    let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+    let seen = drive(&mut call, None).await;
+    assert!(
+        seen.device_codes.is_empty() && seen.urls.is_empty(),
+        "{seen:?}"
+    );
+    // A mode the provider does not have is refused.
+    let mut spawn = fake_spawn_with(offline, "whole", &dir.path().join("c.json"), "codex", &[]);
+    spawn.mode = Some("no_such_mode".into());
+    let err = client
+        .pty(&PtyRequest::Spawn(spawn))
+        .await
+        .expect_err("unknown mode");
+    assert!(err.to_string().contains("no_such_mode"), "{err}");
+}
+
 #[tokio::test]
 async fn a_program_blocked_on_a_cursor_query_completes() {
     let agent = AgentProcess::start().await;

@@ -499,6 +499,11 @@ impl PtySession {
             shared.urls.push(url.clone());
             let _ = self.events.send(SessionEvent::Url(url));
         }
+        let screen = shared.detector.screen_text();
+        if let Some(code) = shared.device.as_mut().and_then(|d| d.finish(&screen)) {
+            shared.device_code = Some(code.clone());
+            let _ = self.events.send(SessionEvent::DeviceCode(code));
+        }
         shared.exit = Some(exit);
         let _ = self.events.send(SessionEvent::Exited(exit));
         drop(shared);
