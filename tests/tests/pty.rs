@@ -858,3 +858,58 @@ async fn interactive_agentctl_takes_the_local_terminal_size_and_follows_its_resi
     };
     assert_eq!(status.exit_code(), 3, "{screen:?}");
 }
+
+/// A slow VM stalls a CLI's output anywhere, also in the middle of its URL. Whatever the point,
+/// the URL is reported whole and never cut short: the output of each recording is paused at every
+/// offset inside its URL (and a little after it), many sessions at once on one agent.
+#[tokio::test]
+async fn a_url_is_reported_whole_wherever_the_output_pauses() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    for case in [
+        "claude_code/setup-token-full-80x24",
+        "claude_code/auth-login-full-80x24",
+        "gemini_cli/nobrowser-80x24",
+        "codex/login-80x24",
+    ] {
+        let output = std::fs::read(fixture(case).join("output.bin")).expect("output.bin");
+        let want = expected_url(case);
+        let start = output
+            .windows(8)
+            .position(|w| w == b"https://")
+            .expect("a URL in the recording");
+        let end = (start + want.len() + 16).min(test_kit::fake_clis::replay_len(case));
+        let offsets: Vec<usize> = (start..end).collect();
+        for batch in offsets.chunks(16) {
+            let runs = batch.iter().map(|at| {
+                let client = client.clone();
+                let cred = agent.dir().join(format!("cred-{at}.json"));
+                async move {
+                    let pause = format!("{at}:20");
+                    let spawn = fake_spawn_with(
+                        case,
+                        "whole",
+                        &cred,
+                        "codex",
+                        &["--no-wait", "--pause-at", &pause],
+                    );
+                    let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+                    (*at, drive(&mut call, None).await)
+                }
+            });
+            for (at, seen) in futures_util::future::join_all(runs).await {
+                let urls: Vec<&str> = seen.urls.iter().map(|(_, u, _)| u.as_str()).collect();
+                assert!(
+                    urls.contains(&want.as_str()),
+                    "{case}, paused at {at}: {urls:?}"
+                );
+                for url in &urls {
+                    assert!(
+                        *url == want || !want.starts_with(url),
+                        "{case}, paused at {at}: cut short: {url}"
+                    );
+                }
+            }
+        }
+    }
+}

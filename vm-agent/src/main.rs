@@ -37,10 +37,12 @@ fn main() -> std::process::ExitCode {
         .ok()
         .and_then(|spec| spec.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(!pid1)
-        .finish()
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(!pid1),
+        )
         .with(filter)
         .init();
     let config = if pid1 {
