@@ -4,58 +4,23 @@
 //! Gemini CLI has no offline status command, so it cannot be checked this way.
 //!
 //! The CLIs are the npm packages pinned in `tests/fixtures/provider-clis/package.json`, installed
-//! by `cargo xtask setup` into `target/provider-clis` (installed here too when missing, so a plain
+//! by `cargo xtask setup` into the machine-wide cache (here too when missing, so a plain
 //! `cargo test` works).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use orchestrator::AgentClient;
 use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope};
 use test_kit::AgentProcess;
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// `target/provider-clis/node_modules/.bin`, installing the pinned CLIs when they are missing.
+/// The pinned CLIs' commands, installed into the machine-wide cache when missing.
 fn cli_bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let root = workspace_root();
-        let dest = root.join("target/provider-clis");
-        let bin = dest.join("node_modules/.bin");
-        let pins = std::fs::read(root.join("tests/fixtures/provider-clis/package.json"))
-            .expect("pinned CLI versions");
-        let same_pins = std::fs::read(dest.join("package.json")).ok().as_deref() == Some(&pins[..]);
-        if !(same_pins && bin.join("claude").exists() && bin.join("codex").exists()) {
-            eprintln!(
-                "installing the provider CLIs into {} (cargo xtask setup does this)",
-                dest.display()
-            );
-            std::fs::create_dir_all(&dest).expect("target/provider-clis");
-            std::fs::write(dest.join("package.json"), &pins).expect("package.json");
-            let status = Command::new("npm")
-                .args([
-                    "install",
-                    "--no-audit",
-                    "--no-fund",
-                    "--no-save",
-                    "--prefix",
-                ])
-                .arg(&dest)
-                .status()
-                .expect("npm is needed for the provider CLIs (cargo xtask setup installs it)");
-            assert!(
-                status.success(),
-                "npm install of the provider CLIs failed: {status}"
-            );
-        }
-        bin
+        test_kit::provider_clis::pinned()
+            .expect("the pinned provider CLIs (npm; cargo xtask setup installs it)")
+            .bin
     })
 }
 

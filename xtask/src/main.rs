@@ -6,6 +6,7 @@ mod clis;
 mod demo;
 mod fuzz;
 mod image;
+mod provider_check;
 mod setup;
 mod shell;
 mod test;
@@ -49,6 +50,9 @@ enum Command {
     },
     /// Walk the product's main flow with readable progress.
     Demo,
+    /// Run every login mode of the newest published CLIs (and the pinned ones) through the
+    /// agent and check what the provider rules report against an independent reading.
+    ProviderCheck,
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench { which } => bench::run(which),
         Command::Fuzz { seconds } => fuzz::run(seconds),
         Command::Demo => demo::run(),
+        Command::ProviderCheck => provider_check::run(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -41,6 +41,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "coturn",
     // `cargo xtask fuzz` (issue 3): cargo-fuzz's libfuzzer-sys compiles libFuzzer's C++ sources.
     "g++",
+    // The provider check (and its test on the pinned CLIs): pyte is the independent terminal
+    // emulator that reads the CLIs' output besides the agent's detector; `ip` brings loopback up
+    // in the network namespace each CLI runs in.
+    "python3-pyte",
+    "iproute2",
 ];
 
 /// Rust targets the project builds for.

@@ -9,6 +9,8 @@
 //!   binary of this crate), writing credentials where the provider rules say;
 //! - [`desktop`]: Xvfb, headless Chromium, the signalling relay, a browserless viewer, coturn;
 //! - [`postgres`]: a throwaway loopback-only PostgreSQL cluster;
+//! - [`provider_clis`]: the real CLIs from npm (pinned, or the newest), and [`provider_check`]:
+//!   their logins through the agent checked against an independent reading;
 //! - [`login`], [`ports`]: small shared set-ups.
 //!
 //! Test support panics with the reason when its set-up fails: that is the test's failure report.
@@ -22,6 +24,8 @@ pub mod local_backend;
 pub mod login;
 pub mod ports;
 pub mod postgres;
+pub mod provider_check;
+pub mod provider_clis;
 pub mod vm;
 
 pub use agent::{process_alive, stop_agent, workspace_bin, AgentProcess};
