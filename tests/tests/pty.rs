@@ -330,6 +330,44 @@ async fn a_device_code_login_reports_its_page_and_code_whole() {
     assert!(err.to_string().contains("no_such_mode"), "{err}");
 }
 
+/// claude-code 2.1.332's trust dialog opens on "No, exit" (Enter quits). The agent moves to "Yes"
+/// and confirms it, with keys the dialog takes (fake-cli drops keys sooner than 200 ms after a
+/// prompt, as claude does); the person then types /login and the login URL comes.
+#[tokio::test]
+async fn claudes_trust_dialog_is_answered_yes_though_it_opens_on_no() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let case = "claude_code/app-100x30";
+    let cred = agent.dir().join("c.json");
+    let spawn = fake_spawn_with(case, "seed:9", &cred, "claude_code", &["--deaf-ms", "200"]);
+    let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+    // What a person types at the app's prompts, once each prompt has been on screen a while
+    // (the raw output: words are placed by cursor moves, so "run /login" is not one string).
+    for (prompt, keys) in [("/login", "/login"), ("Sign in with your Anthropic", "\r")] {
+        read_until(&mut call, prompt).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        call.send(FrameKind::Stdin, Bytes::copy_from_slice(keys.as_bytes()))
+            .await
+            .expect("type");
+    }
+    let mut found = None;
+    while found.is_none() {
+        match tokio::time::timeout(Duration::from_secs(60), call.next())
+            .await
+            .expect("the login URL came")
+            .expect("stream")
+        {
+            Some(StreamItem::Event(PtyEvent::Url { url, .. })) => found = Some(url),
+            Some(StreamItem::Event(PtyEvent::Exited(status))) => {
+                panic!("claude quit at its trust dialog: {status:?}")
+            }
+            Some(_) => {}
+            None => panic!("the session ended without a URL"),
+        }
+    }
+    assert_eq!(found.as_deref(), Some(expected_url(case).as_str()));
+}
+
 #[tokio::test]
 async fn a_program_blocked_on_a_cursor_query_completes() {
     let agent = AgentProcess::start().await;
