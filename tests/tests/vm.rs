@@ -282,7 +282,9 @@ async fn fake_cli_logins_work_in_a_real_vm() {
             argv: &["claude", "auth", "login"],
             provider: "claude_code",
             size: (100, 30),
-            case: "claude_code/auth-login-100x30",
+            // The default mode prints the full link (CLAUDE_CODE_FULL_SIGN_IN_LINK, added by the
+            // agent), which the fake claude replays from its recording.
+            case: "claude_code/auth-login-full-100x30",
             cred: "/root/.claude/.credentials.json",
             status: "claude auth status",
         },
