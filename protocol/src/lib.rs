@@ -18,6 +18,7 @@
 //! This crate has no I/O policy and no runtime: both ends share it.
 
 pub mod body;
+pub mod browser;
 pub mod creds;
 pub mod desktop;
 pub mod error;

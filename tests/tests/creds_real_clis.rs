@@ -81,7 +81,7 @@ async fn claude_auth_status_accepts_a_pushed_credential_offline() {
         &client,
         "claude_code",
         ".claude/.credentials.json",
-        r#"{"claudeAiOauth":{"accessToken":"fake-access-token-0001","refreshToken":"fake-refresh-token-0001","expiresAt":1767225600000,"scopes":["user:inference","user:profile"],"subscriptionType":"max"}}"#.into(),
+        test_kit::credentials::claude(),
     )
     .await;
     let (code, out) = offline(&client, &status).await;
@@ -94,23 +94,6 @@ async fn claude_auth_status_accepts_a_pushed_credential_offline() {
     assert_eq!(code, 1, "logged out after the wipe: {out}");
 }
 
-/// base64url without padding, for a fake JWT.
-fn b64url(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &c)| acc | (u32::from(c) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn codex_login_status_accepts_a_pushed_credential_offline() {
     let codex = cli_bin_dir().join("codex").display().to_string();
@@ -121,19 +104,11 @@ async fn codex_login_status_accepts_a_pushed_credential_offline() {
     let (code, out) = offline(&client, &status).await;
     assert_eq!(code, 1, "not logged in before the push: {out}");
 
-    // codex parses the id_token as a JWT; an unsigned one with an obviously fake payload will do.
-    let id_token = format!(
-        "{}.{}.fake-signature",
-        b64url(r#"{"alg":"none","typ":"JWT"}"#),
-        b64url(r#"{"email":"user@example.invalid"}"#)
-    );
     push(
         &client,
         "codex",
         ".codex/auth.json",
-        format!(
-            r#"{{"auth_mode":"chatgpt","OPENAI_API_KEY":null,"tokens":{{"id_token":"{id_token}","access_token":"fake-access-token-0001","refresh_token":"fake-refresh-token-0001","account_id":"fake-account-0001"}},"last_refresh":"2026-01-01T00:00:00Z"}}"#
-        ),
+        test_kit::credentials::codex(),
     )
     .await;
     let (code, out) = offline(&client, &status).await;

@@ -136,6 +136,10 @@ pub struct AgentConfig {
     /// Whether this agent was started by its own PID 1 ([`crate::init`]): only then may it power off.
     #[arg(skip)]
     pub under_init: bool,
+
+    /// What the image configures (read at boot as the VM's init; empty otherwise).
+    #[arg(skip)]
+    pub image: crate::image::ImageConfig,
 }
 
 impl AgentConfig {
@@ -159,14 +163,17 @@ impl AgentConfig {
     /// Built without the argument parser: under emulation every code path run for the first time
     /// costs its translation, and nothing here needs parsing.
     pub fn for_init(started_at: std::time::Instant) -> Self {
+        let image =
+            crate::image::ImageConfig::load(std::path::Path::new(crate::image::IMAGE_CONFIG_PATH));
         AgentConfig {
             listen: vec![DEFAULT_LISTEN],
             hello_addr: DEFAULT_HELLO,
             no_hello: false,
-            display: None,
+            display: image.display.clone(),
             hello: Some(DEFAULT_HELLO),
             started_at: Some(started_at),
             under_init: true,
+            image,
         }
     }
 

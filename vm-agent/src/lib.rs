@@ -8,16 +8,20 @@
 //! dialer), [`rpc`] (the HTTP/2 service and its routes), [`exec`] (processes), [`files`] (basic file
 //! access), [`system`] (guest facts and usage), [`state`] (what the host configured).
 
+#[cfg(feature = "desktop")]
+pub mod browser;
 pub mod config;
 pub mod creds;
 pub mod detect;
 pub mod exec;
 pub mod files;
+pub mod image;
 pub mod init;
 pub mod procset;
 pub mod providers;
 pub mod pty;
 pub mod rpc;
+pub mod services;
 pub mod shim;
 pub mod shutdown;
 pub mod state;
@@ -59,6 +63,10 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
             .ok()
     };
     let mut agent = Agent::new(&config);
+    #[cfg(feature = "desktop")]
+    if let Some(browser) = config.image.browser.clone() {
+        agent = agent.with_browser(browser::Browser::start(browser));
+    }
     // The `$BROWSER`/`xdg-open` shim for PTY programs; without it URLs still come from the screen.
     match std::env::current_exe()
         .and_then(|exe| shim::ShimServer::start(&std::env::temp_dir(), &exe))
@@ -71,13 +79,25 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
         let agent = agent.clone();
         tokio::spawn(async move {
             if let Some(shim) = agent.shim() {
-                shim.serve(agent.pty().clone()).await;
+                let opener = agent.clone();
+                let open: Arc<shim::UrlOpener> =
+                    Arc::new(move |provider, url| opener.open_login_url(provider, url));
+                shim.serve(agent.pty().clone(), open).await;
             }
         });
     }
     if config.listen.is_empty() {
         return Err(RunError::NoListener);
     }
+    // The image's session (the browser VM's X server, window manager, terminal), and the socket
+    // its terminal shows the login session through.
+    if config.under_init {
+        tokio::spawn(pty::terminal::serve(
+            agent.pty().clone(),
+            pty::terminal::LOGIN_SOCKET.into(),
+        ));
+    }
+    services::start(config.image.service.clone());
     let mut listeners = Vec::new();
     for addr in &config.listen {
         let listener = transport::Listener::bind(addr).map_err(|source| RunError::Listen {

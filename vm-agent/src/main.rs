@@ -19,6 +19,23 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    // The browser VM's terminal: show the agent's login session here.
+    if args
+        .get(1)
+        .is_some_and(|a| a == vm_agent::pty::terminal::ATTACH_ARG)
+    {
+        let socket = args
+            .get(2)
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| vm_agent::pty::terminal::LOGIN_SOCKET.into());
+        return match vm_agent::pty::terminal::attach(&socket) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vm-agent {}: {e}", vm_agent::pty::terminal::ATTACH_ARG);
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     // Started by ourselves to run a PTY program inside its session's cgroup: enter it, exec.
     if args
         .get(1)

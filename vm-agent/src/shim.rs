@@ -21,6 +21,9 @@ use tracing::{debug, warn};
 use crate::pty::PtySessions;
 pub use crate::pty::SESSION_ENV;
 
+/// What the agent does with a URL a login session's CLI handed to the browser: `(provider, url)`.
+pub type UrlOpener = dyn Fn(&str, &str) + Send + Sync;
+
 /// Names the agent binary answers to as the shim.
 pub const SHIM_NAMES: &[&str] = &["vm-agent-browser", "xdg-open"];
 /// Variable telling the shim where the agent listens.
@@ -155,8 +158,10 @@ impl ShimServer {
         env.insert(SOCKET_ENV.into(), self.socket.display().to_string());
     }
 
-    /// Accepts shim connections until the agent stops.
-    pub async fn serve(&self, sessions: Arc<PtySessions>) {
+    /// Accepts shim connections until the agent stops. Each URL goes to its session's detector,
+    /// then to `open` (the browser VM opens it in Chromium) with the session's provider, if the
+    /// session runs a provider's login.
+    pub async fn serve(&self, sessions: Arc<PtySessions>, open: Arc<UrlOpener>) {
         let listener = self
             .listener
             .lock()
@@ -171,8 +176,8 @@ impl ShimServer {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let sessions = sessions.clone();
-                    tokio::spawn(async move { handle(&sessions, stream).await });
+                    let (sessions, open) = (sessions.clone(), open.clone());
+                    tokio::spawn(async move { handle(&sessions, &*open, stream).await });
                 }
                 Err(e) => {
                     warn!(error = %e, "shim accept failed");
@@ -217,18 +222,18 @@ fn sweep_stale(parent: &Path) {
     }
 }
 
-async fn handle(sessions: &PtySessions, stream: tokio::net::UnixStream) {
+async fn handle(sessions: &PtySessions, open: &UrlOpener, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = tokio::io::BufReader::new(read).take(MAX_LINE as u64);
     let reply = match reader.read_until(b'\n', &mut line).await {
-        Ok(_) => answer(sessions, &line),
+        Ok(_) => answer(sessions, open, &line),
         Err(e) => format!("error: {e}"),
     };
     let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
 }
 
-fn answer(sessions: &PtySessions, line: &[u8]) -> String {
+fn answer(sessions: &PtySessions, open: &UrlOpener, line: &[u8]) -> String {
     let Ok(req) = serde_json::from_slice::<serde_json::Value>(line) else {
         return "error: not a JSON line".into();
     };
@@ -239,6 +244,9 @@ fn answer(sessions: &PtySessions, line: &[u8]) -> String {
         return format!("error: no pty session {session:?}");
     };
     let reported = s.report_browser_url(url);
+    if let Some(provider) = s.provider() {
+        open(provider, url);
+    }
     debug!(
         session,
         new = reported.is_some(),

@@ -33,6 +33,9 @@ pub struct Agent {
     shim: Option<crate::shim::ShimServer>,
     #[cfg(feature = "desktop")]
     desktops: Arc<agent_desktop::Desktops>,
+    /// The browser VM's Chromium, when the image has one.
+    #[cfg(feature = "desktop")]
+    browser: Option<Arc<crate::browser::Browser>>,
 }
 
 /// Environment and session set by the host with `configure`.
@@ -65,6 +68,8 @@ impl Agent {
             shim: None,
             #[cfg(feature = "desktop")]
             desktops: Arc::new(agent_desktop::Desktops::new(config.display.clone())),
+            #[cfg(feature = "desktop")]
+            browser: None,
         }
     }
 
@@ -111,6 +116,40 @@ impl Agent {
     #[cfg(feature = "desktop")]
     pub fn desktops(&self) -> Arc<agent_desktop::Desktops> {
         self.desktops.clone()
+    }
+
+    /// Drives `browser` (the image's Chromium).
+    #[cfg(feature = "desktop")]
+    pub fn with_browser(mut self, browser: Arc<crate::browser::Browser>) -> Self {
+        self.browser = Some(browser);
+        self
+    }
+
+    /// Opens a URL a login session of `provider` handed to the browser, if the agent drives one
+    /// and the URL is that provider's login URL; any other URL is never opened.
+    pub fn open_login_url(&self, provider: &str, url: &str) {
+        #[cfg(feature = "desktop")]
+        if let Some(browser) = &self.browser {
+            if self.providers().classify(url) == Some(provider) {
+                browser.open(url.to_owned(), provider.to_owned());
+            } else {
+                tracing::warn!(
+                    provider,
+                    "a URL that is not the provider's login URL was not opened"
+                );
+            }
+        }
+        #[cfg(not(feature = "desktop"))]
+        let _ = (provider, url);
+    }
+
+    /// The browser's state, if the agent drives one.
+    pub async fn browser_state(&self) -> Option<protocol::browser::BrowserState> {
+        #[cfg(feature = "desktop")]
+        if let Some(browser) = &self.browser {
+            return Some(browser.state().await);
+        }
+        None
     }
 
     /// What each watched display costs (none without the desktop feature).

@@ -46,6 +46,11 @@ pub const APT_PACKAGES: &[&str] = &[
     // in the network namespace each CLI runs in.
     "python3-pyte",
     "iproute2",
+    // The golden images (issue 13): mmdebstrap builds their Debian root file systems, qemu-img
+    // makes each VM's copy-on-write overlay (Debian 12's, matching its qemu-system-x86; a newer
+    // qemu-utils is replaced by it).
+    "mmdebstrap",
+    "qemu-utils",
 ];
 
 /// Rust targets the project builds for.

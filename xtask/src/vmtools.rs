@@ -1,12 +1,13 @@
 //! Host tools a VM needs that Debian does not package: `vhost-device-vsock` (rust-vmm), the
 //! vhost-user backend that gives each VM a hybrid vsock Unix socket without the host's vhost-vsock
-//! kernel module. Installed with `cargo install` into `target/vm-tools/` once, never committed.
+//! kernel module. Installed with `cargo install` into the machine-wide cache
+//! (`~/.cache/vm-agent/vm-tools/`) once, never committed.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::shell::{cargo, root, sh, step};
+use crate::shell::{cargo, sh, step};
 
 /// The backend version the VM tests were measured with (0.3.0 has a known stall on large
 /// simultaneous two-way streams; see VM-RECIPE).
@@ -14,8 +15,7 @@ pub const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
 
 /// Path of the `vhost-device-vsock` binary, installing it first if absent.
 pub fn vhost_device_vsock() -> Result<PathBuf> {
-    let install_root = root()
-        .join("target")
+    let install_root = crate::image::cache()
         .join("vm-tools")
         .join(format!("vhost-device-vsock-{VHOST_DEVICE_VSOCK_VERSION}"));
     let bin = install_root.join("bin").join("vhost-device-vsock");

@@ -98,6 +98,16 @@ pub struct QemuConfig {
     pub kernel_args: Vec<String>,
     /// A network card, or none (the default): the agent itself needs only vsock.
     pub network: Option<UserNetwork>,
+    /// A golden root disk (raw ext4, never written): each VM boots from a copy-on-write overlay
+    /// of it, and the initramfs switches to it (`AGENT_ROOT`). `None`: the initramfs is the
+    /// whole system.
+    pub root_image: Option<PathBuf>,
+    /// The `qemu-img` binary that makes the overlays.
+    pub qemu_img: PathBuf,
+    /// The guest CPU model under emulation (`-cpu`), when QEMU's default will not do: the real
+    /// CLIs' native binaries use AVX2 (claude-code, built with Bun, dies with SIGILL on
+    /// `qemu64`). With KVM the host's CPU is passed through regardless.
+    pub tcg_cpu: Option<String>,
 }
 
 /// A network card on QEMU's user-mode network (slirp): the VM is reached from the host only on the
@@ -156,6 +166,9 @@ impl QemuConfig {
             hello_timeout: Duration::from_secs(90),
             kernel_args: Vec::new(),
             network: None,
+            root_image: None,
+            qemu_img: PathBuf::from("qemu-img"),
+            tcg_cpu: None,
         }
     }
 }
@@ -198,12 +211,23 @@ pub enum VmError {
     /// The hello listener failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// `qemu-img` could not make the VM's overlay.
+    #[error("making the disk overlay {path}: {detail}")]
+    Overlay {
+        /// The overlay.
+        path: PathBuf,
+        /// What qemu-img said.
+        detail: String,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
     let what = what.into();
     move |source| VmError::Io { what, source }
 }
+
+/// The overlay's name in a VM's directory.
+const OVERLAY: &str = "root.qcow2";
 
 /// Starts QEMU microVMs, each with its own `vhost-device-vsock`.
 #[derive(Debug, Clone)]
@@ -227,6 +251,8 @@ pub struct DestroyReport {
 pub struct QemuVm {
     name: String,
     dir: PathBuf,
+    /// The VM's copy-on-write root disk (in `dir` unless it outlives the VM).
+    disk: Option<PathBuf>,
     qemu: Option<Child>,
     backend: Option<Child>,
     hello: Hello,
@@ -245,9 +271,21 @@ impl QemuLauncher {
         &self.config
     }
 
-    /// Boots a VM and returns once its agent has said hello. `name` is for logs only. On any failure
+    /// Boots a VM and returns once its agent has said hello. `name` is for logs only. With a root
+    /// image, the VM's overlay lives in its directory and goes when it is destroyed. On any failure
     /// everything started so far is stopped and removed.
     pub async fn create(&self, name: &str) -> Result<QemuVm, VmError> {
+        self.create_with(name, None).await
+    }
+
+    /// [`QemuLauncher::create`] booting from the overlay at `overlay`, made from the root image if
+    /// it does not exist yet and kept when the VM is destroyed: the disk of a VM that is stopped
+    /// and started again with its files (a user's CLI VM).
+    pub async fn create_with_overlay(&self, name: &str, overlay: &Path) -> Result<QemuVm, VmError> {
+        self.create_with(name, Some(overlay)).await
+    }
+
+    async fn create_with(&self, name: &str, overlay: Option<&Path>) -> Result<QemuVm, VmError> {
         let cfg = &self.config;
         let dir = tempfile::Builder::new()
             .prefix("vm")
@@ -258,9 +296,14 @@ impl QemuLauncher {
                 cfg.run_dir.display()
             )))?
             .keep();
+        let disk = cfg
+            .root_image
+            .as_ref()
+            .map(|_| overlay.map_or_else(|| dir.join(OVERLAY), Path::to_path_buf));
         let mut vm = QemuVm {
             name: name.to_string(),
             connector: HybridVsockConnector::new(dir.join(VSOCK_SOCKET), cfg.agent_port),
+            disk,
             dir,
             qemu: None,
             backend: None,
@@ -282,6 +325,11 @@ impl QemuLauncher {
 
 impl QemuVm {
     async fn boot(&mut self, cfg: &QemuConfig) -> Result<(), VmError> {
+        if let (Some(golden), Some(disk)) = (&cfg.root_image, &self.disk) {
+            if !disk.exists() {
+                make_overlay(&cfg.qemu_img, golden, disk).await?;
+            }
+        }
         let vsock = self.dir.join(VSOCK_SOCKET);
         let hello_path = self.connector.host_listener_path(cfg.hello_port);
         if hello_path.as_os_str().len() > MAX_SOCKET_PATH {
@@ -319,7 +367,7 @@ impl QemuVm {
         let qemu_log = self.dir.join("qemu.log");
         let launched = Instant::now();
         let mut qemu = Command::new(&cfg.qemu)
-            .args(qemu_args(cfg, &vhost, &serial))
+            .args(qemu_args(cfg, &vhost, &serial, self.disk.as_deref()))
             .stdin(Stdio::null())
             .stdout(log_file(&qemu_log)?)
             .stderr(log_file(&qemu_log)?)
@@ -364,6 +412,11 @@ impl QemuVm {
     /// The private directory holding every file of this VM.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The VM's copy-on-write root disk, when it boots from one.
+    pub fn disk(&self) -> Option<&Path> {
+        self.disk.as_deref()
     }
 
     /// The agent's hello.
@@ -487,11 +540,35 @@ async fn stop(mut child: Child) -> Result<Option<u32>, VmError> {
     Ok(pid)
 }
 
-fn qemu_args(cfg: &QemuConfig, vhost: &Path, serial: &Path) -> Vec<String> {
+/// Makes `overlay`, a qcow2 whose reads fall through to `golden` and whose writes stay in it.
+async fn make_overlay(qemu_img: &Path, golden: &Path, overlay: &Path) -> Result<(), VmError> {
+    let golden = std::fs::canonicalize(golden).map_err(io(format!("find {}", golden.display())))?;
+    if let Some(parent) = overlay.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
+    }
+    let out = Command::new(qemu_img)
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&golden)
+        .arg(overlay)
+        .output()
+        .await
+        .map_err(io(format!("start {}", qemu_img.display())))?;
+    if !out.status.success() {
+        return Err(VmError::Overlay {
+            path: overlay.to_path_buf(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn qemu_args(cfg: &QemuConfig, vhost: &Path, serial: &Path, disk: Option<&Path>) -> Vec<String> {
     let mem = format!("{}M", cfg.memory_mib);
     let mut args: Vec<String> = vec!["-accel".into(), cfg.accel.as_str().into()];
     if cfg.accel == Accel::Kvm {
         args.extend(["-cpu".into(), "host".into()]);
+    } else if let Some(cpu) = &cfg.tcg_cpu {
+        args.extend(["-cpu".into(), cpu.clone()]);
     }
     args.extend(
         [
@@ -523,9 +600,21 @@ fn qemu_args(cfg: &QemuConfig, vhost: &Path, serial: &Path) -> Vec<String> {
         cfg.kernel.display().to_string(),
         "-initrd".into(),
         cfg.initramfs.display().to_string(),
-        "-append".into(),
-        kernel_cmdline(&cfg.kernel_args),
     ]);
+    let mut kernel_args = cfg.kernel_args.clone();
+    if let Some(disk) = disk {
+        args.extend([
+            "-drive".into(),
+            format!(
+                "id=root,file={},format=qcow2,if=none,discard=unmap",
+                disk.display()
+            ),
+            "-device".into(),
+            "virtio-blk-device,drive=root".into(),
+        ]);
+        kernel_args.push("AGENT_ROOT=/dev/vda".into());
+    }
+    args.extend(["-append".into(), kernel_cmdline(&kernel_args)]);
     if let Some(net) = &cfg.network {
         // No restrict=on: it drops the guest's replies on UDP forwards (see UserNetwork).
         let mut netdev = String::from("user,id=net0");
@@ -624,6 +713,7 @@ mod tests {
             &cfg,
             Path::new("/tmp/vmX/vhost.sock"),
             Path::new("/tmp/vmX/serial.log"),
+            None,
         );
         let joined = args.join(" ");
         assert!(joined.starts_with("-accel tcg -M microvm"));
@@ -637,14 +727,27 @@ mod tests {
                 guest_port: 40001,
             }],
         });
-        let joined = qemu_args(&cfg, Path::new("/v"), Path::new("/s")).join(" ");
+        let joined = qemu_args(&cfg, Path::new("/v"), Path::new("/s"), None).join(" ");
         assert!(joined.contains(
             "-netdev user,id=net0,hostfwd=udp:127.0.0.1:40000-:40001 \
              -device virtio-net-device,netdev=net0"
         ));
+        assert!(!joined.contains("AGENT_ROOT") && !joined.contains("-drive"));
+        let joined = qemu_args(
+            &cfg,
+            Path::new("/v"),
+            Path::new("/s"),
+            Some(Path::new("/tmp/vmX/root.qcow2")),
+        )
+        .join(" ");
+        assert!(joined.contains(
+            "-drive id=root,file=/tmp/vmX/root.qcow2,format=qcow2,if=none,discard=unmap \
+             -device virtio-blk-device,drive=root"
+        ));
+        assert!(joined.contains("AGENT_ROOT=/dev/vda"));
         cfg.network = None;
         cfg.accel = Accel::Kvm;
-        assert!(qemu_args(&cfg, Path::new("/v"), Path::new("/s"))
+        assert!(qemu_args(&cfg, Path::new("/v"), Path::new("/s"), None)
             .join(" ")
             .contains("-accel kvm -cpu host"));
     }

@@ -18,6 +18,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 pub mod agent;
+pub mod credentials;
 pub mod desktop;
 pub mod fake_clis;
 pub mod local_backend;
@@ -29,3 +30,15 @@ pub mod provider_clis;
 pub mod vm;
 
 pub use agent::{process_alive, stop_agent, workspace_bin, AgentProcess};
+
+/// The machine-wide cache of what is slow to make and keyed by its inputs (VM images, kernels,
+/// the real CLIs, installed tools): `$XDG_CACHE_HOME/vm-agent` or `~/.cache/vm-agent`. A fresh
+/// clone on the same machine reuses it; a fresh machine fills it.
+pub fn cache_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("vm-agent")
+}

@@ -48,16 +48,6 @@ pub fn pinned_package_json() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/provider-clis/package.json")
 }
 
-/// The machine-wide cache directory of this project (`$XDG_CACHE_HOME` or `~/.cache`, then
-/// `vm-agent/`).
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join("vm-agent")
-}
-
 /// The pinned CLIs, installed if missing. Progress goes to stderr.
 pub fn pinned() -> Result<CliSet, InstallError> {
     let json = std::fs::read(pinned_package_json())
@@ -112,7 +102,7 @@ pub fn install(package_json: &[u8]) -> Result<CliSet, InstallError> {
         let digest = sha2::Sha256::digest(package_json);
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     };
-    let dest = cache_dir().join("provider-clis").join(key);
+    let dest = crate::cache_dir().join("provider-clis").join(key);
     let bin = dest.join("node_modules").join(".bin");
     let ready = dest.join(".installed");
     if !ready.exists() {

@@ -16,6 +16,8 @@ pub struct VmAssets {
     pub kernel: PathBuf,
     /// Initramfs with the static agent as PID 1.
     pub initramfs: PathBuf,
+    /// The golden root disk of the disk images (`browser`, `cli`).
+    pub root_image: Option<PathBuf>,
     /// The vhost-user vsock backend.
     pub vhost_device_vsock: PathBuf,
 }
@@ -31,6 +33,19 @@ pub fn assets() -> &'static VmAssets {
 pub fn desktop_assets() -> &'static VmAssets {
     static ASSETS: OnceLock<VmAssets> = OnceLock::new();
     ASSETS.get_or_init(|| build_assets("desktop"))
+}
+
+/// The browser VM's golden disk and its boot files (`cargo xtask image browser`: Debian 12, X,
+/// Chromium, the real CLIs; minutes the first time on a machine, cached after).
+pub fn browser_assets() -> &'static VmAssets {
+    static ASSETS: OnceLock<VmAssets> = OnceLock::new();
+    ASSETS.get_or_init(|| build_assets("browser"))
+}
+
+/// The CLI VM's golden disk and its boot files (`cargo xtask image cli`).
+pub fn cli_assets() -> &'static VmAssets {
+    static ASSETS: OnceLock<VmAssets> = OnceLock::new();
+    ASSETS.get_or_init(|| build_assets("cli"))
 }
 
 fn build_assets(which: &str) -> VmAssets {
@@ -59,6 +74,10 @@ fn build_assets(which: &str) -> VmAssets {
     VmAssets {
         kernel: field("kernel"),
         initramfs: field("initramfs"),
+        root_image: text
+            .lines()
+            .find_map(|l| l.strip_prefix("root_image="))
+            .map(PathBuf::from),
         vhost_device_vsock: field("vhost_device_vsock"),
     }
 }
@@ -70,9 +89,15 @@ pub fn launcher() -> QemuLauncher {
 
 /// The QEMU configuration of VMs booting `assets`, to adjust before making a backend.
 pub fn config(assets: &VmAssets) -> QemuConfig {
-    QemuConfig::new(
+    let mut config = QemuConfig::new(
         &assets.vhost_device_vsock,
         &assets.kernel,
         &assets.initramfs,
-    )
+    );
+    config.root_image = assets.root_image.clone();
+    if config.root_image.is_some() {
+        // The real CLIs in the disk images need AVX2 under emulation (see `tcg_cpu`).
+        config.tcg_cpu = Some("max".into());
+    }
+    config
 }

@@ -7,6 +7,7 @@
 mod modules;
 mod mounts;
 mod network;
+mod root;
 mod supervisor;
 
 use std::time::{Duration, Instant};
@@ -16,6 +17,19 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 pub use modules::MODULE_ORDER_PATH;
+
+/// Kernel command-line variable naming the root disk to switch to (`AGENT_ROOT=/dev/vda`).
+pub const ROOT_ENV: &str = "AGENT_ROOT";
+
+/// Whether `/` is the initramfs (ramfs or tmpfs), as opposed to a disk we already switched to.
+fn is_initramfs() -> bool {
+    // `RAMFS_MAGIC` of linux/magic.h (nix names tmpfs's, not ramfs's).
+    let ramfs = nix::sys::statfs::FsType(0x8584_58f6);
+    nix::sys::statfs::statfs("/").is_ok_and(|fs| {
+        let t = fs.filesystem_type();
+        t == nix::sys::statfs::TMPFS_MAGIC || t == ramfs
+    })
+}
 
 /// `PATH` for everything the agent starts: the kernel hands init no `PATH` at all.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -68,6 +82,12 @@ pub fn boot(started: Instant) -> Boot {
     let t = Instant::now();
     let modules_loaded = modules::load_listed(std::path::Path::new(MODULE_ORDER_PATH));
     let modules = t.elapsed();
+    // A disk image's initramfs: the disk's own agent boots the system from here on.
+    if let Some(device) = std::env::var_os(ROOT_ENV).filter(|_| is_initramfs()) {
+        let e = root::switch_to(std::path::Path::new(&device));
+        // PID 1 must not exit: go on from the initramfs, where the host hears from us.
+        warn!(error = %e, "cannot boot from the root disk; staying in the initramfs");
+    }
     if let Err(e) = network::loopback_up() {
         warn!(error = %e, "cannot bring up lo");
     }

@@ -8,6 +8,7 @@ pub mod answer;
 pub mod device;
 pub mod serve;
 pub mod session;
+pub mod terminal;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,15 @@ impl PtySessions {
         let session = PtySession::spawn(id.clone(), opts, rules, procs)?;
         map.insert(id, session.clone());
         Ok(session)
+    }
+
+    /// The most recent session running a provider's login (what the browser VM's terminal shows).
+    pub fn latest_login(&self) -> Option<Arc<PtySession>> {
+        self.map()
+            .values()
+            .filter(|s| s.provider().is_some())
+            .max_by_key(|s| s.started())
+            .cloned()
     }
 
     /// The session with this id.

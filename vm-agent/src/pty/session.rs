@@ -156,6 +156,9 @@ struct Shared {
 pub struct PtySession {
     id: String,
     pid: u32,
+    /// The provider whose login this is, if any.
+    provider: Option<String>,
+    started: Instant,
     procs: ProcessSet,
     master: Mutex<Box<dyn MasterPty + Send>>,
     input: async_mpsc::Sender<Vec<u8>>,
@@ -282,6 +285,8 @@ impl PtySession {
         let session = Arc::new(PtySession {
             id,
             pid,
+            provider: opts.provider.clone(),
+            started: Instant::now(),
             procs,
             master: Mutex::new(pair.master),
             input,
@@ -328,6 +333,16 @@ impl PtySession {
     /// The session's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The provider whose login runs in this session, if it was started as one.
+    pub fn provider(&self) -> Option<&str> {
+        self.provider.as_deref()
+    }
+
+    /// When the session started.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// The process id (also its process group and session id).

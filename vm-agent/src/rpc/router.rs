@@ -89,6 +89,14 @@ pub async fn route(
             unary::<Poweroff, _, _>(req, |_| crate::init::serve_poweroff(&agent)).await
         }
         n if n == protocol::desktop::Desktop::NAME => desktop(&agent, req).await,
+        n if n == protocol::browser::Browser::NAME => {
+            unary::<protocol::browser::Browser, _, _>(req, |_| async {
+                agent.browser_state().await.ok_or_else(|| {
+                    ErrorBody::new(ErrorCode::NotFound, "this agent drives no browser")
+                })
+            })
+            .await
+        }
         _ => error(&unknown(&name)),
     };
     Ok(response)

@@ -25,6 +25,17 @@ pub const MODULES: &[&str] = &[
 /// [`MODULES`]: WebRTC media reaches the VM over UDP, never over vsock.
 pub const NET_MODULES: &[&str] = &["failover", "net_failover", "virtio_net"];
 
+/// Modules of an image booting from a disk (virtio-blk over virtio-mmio, an ext4 root), in load
+/// order after [`MODULES`]. `crc32c_generic`: mkfs.ext4 enables metadata checksums.
+pub const BLOCK_MODULES: &[&str] = &[
+    "virtio_blk",
+    "crc16",
+    "mbcache",
+    "jbd2",
+    "crc32c_generic",
+    "ext4",
+];
+
 /// The xz stream magic inside a bzImage.
 const XZ_MAGIC: &[u8] = &[0xFD, b'7', b'z', b'X', b'Z', 0x00];
 
@@ -39,6 +50,8 @@ pub struct Kernel {
     pub modules: Vec<PathBuf>,
     /// Module files in [`NET_MODULES`] order.
     pub net_modules: Vec<PathBuf>,
+    /// Module files in [`BLOCK_MODULES`] order.
+    pub block_modules: Vec<PathBuf>,
 }
 
 /// Returns the cached kernel under `cache`, downloading and unpacking Debian's current guest kernel
@@ -56,6 +69,7 @@ pub fn ensure(cache: &Path) -> Result<Kernel> {
         vmlinux: dir.join("vmlinux"),
         modules: module_paths(MODULES),
         net_modules: module_paths(NET_MODULES),
+        block_modules: module_paths(BLOCK_MODULES),
         package,
     };
     // A kernel unpacked before a module was added to the lists is unpacked again.
@@ -63,6 +77,7 @@ pub fn ensure(cache: &Path) -> Result<Kernel> {
         .modules
         .iter()
         .chain(&kernel.net_modules)
+        .chain(&kernel.block_modules)
         .all(|m| m.exists());
     if dir.join("complete").exists() && all_there {
         progress(&format!("kernel: {} (cached)", kernel.package));
@@ -92,6 +107,7 @@ pub fn ensure(cache: &Path) -> Result<Kernel> {
         MODULES
             .iter()
             .chain(NET_MODULES)
+            .chain(BLOCK_MODULES)
             .map(|m| format!("*/{m}.ko")),
     );
     let mut tar = Command::new("tar");
@@ -115,7 +131,7 @@ pub fn ensure(cache: &Path) -> Result<Kernel> {
     }
     let out = work.join("out");
     fs::create_dir_all(out.join("modules"))?;
-    for m in MODULES.iter().chain(NET_MODULES) {
+    for m in MODULES.iter().chain(NET_MODULES).chain(BLOCK_MODULES) {
         let name = format!("{m}.ko");
         let found = find_file(&tree, &name)?
             .with_context(|| format!("{} has no {name} (compressed modules?)", kernel.package))?;

@@ -9,6 +9,7 @@ pub mod cpio;
 pub mod desktop;
 pub mod fake_clis;
 pub mod kernel;
+pub mod rootfs;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -32,20 +33,26 @@ pub struct Image {
 }
 
 /// The images `cargo xtask image` builds.
-#[derive(clap::Subcommand, Debug, Clone, Copy)]
+#[derive(clap::Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Which {
     /// Test image: Debian's kernel, the static agent as PID 1, busybox, vsock modules, fake CLIs.
     Minimal,
     /// The test image with Xvfb, a network card's modules and x-probe, for the desktop in a VM.
     Desktop,
+    /// The browser VM's golden disk: Debian 12 with X, a window manager, a terminal, Chromium,
+    /// Node.js, the real CLIs and the agent with its desktop (see rootfs/browser).
+    Browser,
+    /// The CLI VM's golden disk: Debian 12 with Node.js, the real CLIs and the agent without its
+    /// desktop (see rootfs/cli).
+    Cli,
 }
 
 impl Which {
-    /// The agent the image's VMs run: the desktop image's streams its display.
+    /// The agent the image's VMs run: the desktop and browser images' stream their display.
     fn agent(self) -> crate::agent::Flavour {
         match self {
-            Which::Minimal => crate::agent::Flavour::Cli,
-            Which::Desktop => crate::agent::Flavour::Desktop,
+            Which::Minimal | Which::Cli => crate::agent::Flavour::Cli,
+            Which::Desktop | Which::Browser => crate::agent::Flavour::Desktop,
         }
     }
 
@@ -54,6 +61,17 @@ impl Which {
         match self {
             Which::Minimal => "minimal",
             Which::Desktop => "desktop",
+            Which::Browser => "browser",
+            Which::Cli => "cli",
+        }
+    }
+
+    /// The golden disk the initramfs switches to, for the disk images.
+    fn golden(self) -> Option<rootfs::Golden> {
+        match self {
+            Which::Minimal | Which::Desktop => None,
+            Which::Browser => Some(rootfs::Golden::Browser),
+            Which::Cli => Some(rootfs::Golden::Cli),
         }
     }
 }
@@ -63,8 +81,17 @@ impl Which {
 pub struct VmAssets {
     /// The image.
     pub image: Image,
+    /// The golden root disk (raw ext4, read-only: VMs boot from copy-on-write overlays of it), for
+    /// the disk images.
+    pub root_image: Option<PathBuf>,
     /// The vhost-user vsock backend binary.
     pub vhost_device_vsock: PathBuf,
+}
+
+/// The machine-wide cache of images, kernels and tools: a fresh clone on the same machine
+/// reuses them, a fresh machine builds them.
+pub fn cache() -> PathBuf {
+    test_kit::cache_dir()
 }
 
 /// Builds the static agent, the image around it and installs the vsock backend (all cached).
@@ -72,20 +99,33 @@ pub fn prepare(which: Which) -> Result<VmAssets> {
     crate::setup::run()?;
     let agent = crate::agent::build_flavour(which.agent())?;
     let vhost_device_vsock = crate::vmtools::vhost_device_vsock()?;
-    let cache = crate::shell::root().join("target").join("vm-image");
-    let image = build(&cache, &agent, which)?;
+    let cache = cache().join("vm-image");
+    let root_image = match which.golden() {
+        Some(golden) => Some(rootfs::build(&cache, golden, &agent)?),
+        None => None,
+    };
+    // A disk image's initramfs only switches to the disk: the CLI agent is enough for that.
+    let boot_agent = match which.golden() {
+        Some(_) => crate::agent::build_flavour(crate::agent::Flavour::Cli)?,
+        None => agent,
+    };
+    let image = build(&cache, &boot_agent, which)?;
     Ok(VmAssets {
         image,
+        root_image,
         vhost_device_vsock,
     })
 }
 
-/// `cargo xtask image <which>`: builds and prints `kernel=`, `initramfs=` and
-/// `vhost_device_vsock=` lines (the VM tests read them).
+/// `cargo xtask image <which>`: builds and prints `kernel=`, `initramfs=`, `root_image=` (disk
+/// images) and `vhost_device_vsock=` lines (the VM tests read them).
 pub fn run(which: Which) -> Result<()> {
     let assets = prepare(which)?;
     println!("kernel={}", assets.image.kernel.display());
     println!("initramfs={}", assets.image.initramfs.display());
+    if let Some(root) = &assets.root_image {
+        println!("root_image={}", root.display());
+    }
     println!("vhost_device_vsock={}", assets.vhost_device_vsock.display());
     Ok(())
 }
@@ -99,20 +139,44 @@ pub fn progress(msg: &str) {
 pub fn build(cache: &Path, agent: &Path, which: Which) -> Result<Image> {
     fs::create_dir_all(cache)?;
     let kernel = kernel::ensure(&cache.join("kernel"))?;
-    let busybox = find_static_busybox()?;
-    let fake_clis = fake_clis::FakeClis::collect()?;
+    // The test images carry a shell and the fake CLIs; a disk image's initramfs only the agent
+    // and the modules it needs to reach its disk.
+    let test_image = which.golden().is_none();
+    let busybox = if test_image {
+        Some(find_static_busybox()?)
+    } else {
+        None
+    };
+    let fake_clis = if test_image {
+        Some(fake_clis::FakeClis::collect()?)
+    } else {
+        None
+    };
     let desktop = match which {
-        Which::Minimal => None,
         Which::Desktop => Some(desktop::Desktop::collect()?),
+        _ => None,
     };
     let module_paths: Vec<&PathBuf> = match which {
         Which::Minimal => kernel.modules.iter().collect(),
         Which::Desktop => kernel.modules.iter().chain(&kernel.net_modules).collect(),
+        Which::Browser => kernel
+            .modules
+            .iter()
+            .chain(&kernel.net_modules)
+            .chain(&kernel.block_modules)
+            .collect(),
+        Which::Cli => kernel.modules.iter().chain(&kernel.block_modules).collect(),
     };
 
     let agent_bytes = fs::read(agent).with_context(|| format!("reading {}", agent.display()))?;
-    let busybox_bytes = fs::read(&busybox)?;
-    let applets = busybox_applets(&busybox)?;
+    let busybox_bytes = match &busybox {
+        Some(b) => fs::read(b)?,
+        None => Vec::new(),
+    };
+    let applets = match &busybox {
+        Some(b) => busybox_applets(b)?,
+        None => Vec::new(),
+    };
     let mut modules = Vec::new();
     for path in module_paths {
         let name = path
@@ -131,7 +195,9 @@ pub fn build(cache: &Path, agent: &Path, which: Which) -> Result<Image> {
         hash.update(name);
         hash.update(bytes);
     }
-    fake_clis.hash_into(&mut hash);
+    if let Some(fake_clis) = &fake_clis {
+        fake_clis.hash_into(&mut hash);
+    }
     if let Some(desktop) = &desktop {
         desktop.hash_into(&mut hash);
     }
@@ -150,10 +216,13 @@ pub fn build(cache: &Path, agent: &Path, which: Which) -> Result<Image> {
         });
     }
     progress(&format!(
-        "initramfs: packing agent ({} KiB), busybox, {} modules, {}{}",
+        "initramfs: packing agent ({} KiB), {} modules{}{}",
         agent_bytes.len() / 1024,
         modules.len(),
-        fake_clis.describe(),
+        fake_clis
+            .as_ref()
+            .map(|f| format!(", busybox, {}", f.describe()))
+            .unwrap_or_default(),
         desktop
             .as_ref()
             .map(|d| format!(", {}", d.describe()))
@@ -187,10 +256,12 @@ pub fn build(cache: &Path, agent: &Path, which: Which) -> Result<Image> {
     w.char_device("/dev/null", 0o666, 1, 3)?;
     w.file("/usr/bin/vm-agent", 0o755, &agent_bytes)?;
     w.symlink("/init", "/usr/bin/vm-agent")?;
-    w.file("/bin/busybox", 0o755, &busybox_bytes)?;
-    for applet in &applets {
-        if applet != "bin/busybox" {
-            w.symlink(&format!("/{applet}"), "/bin/busybox")?;
+    if busybox.is_some() {
+        w.file("/bin/busybox", 0o755, &busybox_bytes)?;
+        for applet in &applets {
+            if applet != "bin/busybox" {
+                w.symlink(&format!("/{applet}"), "/bin/busybox")?;
+            }
         }
     }
     let mut order = String::new();
@@ -200,7 +271,9 @@ pub fn build(cache: &Path, agent: &Path, which: Which) -> Result<Image> {
         order.push('\n');
     }
     w.file(MODULE_ORDER_PATH, 0o644, order.as_bytes())?;
-    fake_clis.pack(&mut w)?;
+    if let Some(fake_clis) = &fake_clis {
+        fake_clis.pack(&mut w)?;
+    }
     if let Some(desktop) = &desktop {
         desktop.pack(&mut w)?;
     }
