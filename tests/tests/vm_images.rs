@@ -2,11 +2,21 @@
 //! `cargo xtask image cli|browser`, each VM on its own copy-on-write overlay of the read-only
 //! golden image, the agent baked into the image and started by the boot initramfs.
 
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
-use orchestrator::vm::{QemuLauncher, QemuVm};
+use orchestrator::client::{StreamCall, StreamItem};
+use orchestrator::vm::{QemuLauncher, QemuVm, UdpForward, UserNetwork};
 use orchestrator::AgentClient;
+use protocol::browser::{BrowserState, OpenedUrl};
 use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope};
+use protocol::desktop::IceSettings;
+use protocol::messages::{Empty, WriteFileRequest};
+use protocol::providers::ProviderFile;
+use protocol::pty::{Pty, PtyEvent, PtyRequest, PtySpawn, UrlSource};
+use serde_json::json;
+use test_kit::desktop::chromium::Chromium;
+use test_kit::desktop::relay::Relay;
 
 /// Runs `argv` in the guest; returns (exit code, stdout + stderr).
 async fn run(client: &AgentClient, argv: &[&str]) -> (i32, String) {
@@ -125,4 +135,262 @@ async fn pushed_credentials_log_the_real_clis_in_and_survive_a_restart() {
         golden_before, golden_after,
         "the golden image is never written"
     );
+}
+
+/// Waits until the browser VM's Chromium answers; returns its state.
+async fn browser_ready(client: &AgentClient) -> BrowserState {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let state = client
+            .call::<protocol::browser::Browser>(&Empty {})
+            .await
+            .expect("the browser VM's agent drives a browser");
+        if state.ready {
+            return state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Chromium never came up: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Runs `provider`'s login in its browser mode in the guest, as the login flow does (seeds
+/// written into the home, the agent's PTY at the login size); returns the URLs reported and the
+/// call (the login keeps running while it is held).
+async fn start_login(
+    client: &AgentClient,
+    provider: &str,
+) -> (Vec<(String, UrlSource)>, StreamCall<Pty>) {
+    let rules = ProviderFile::builtin();
+    let def = rules.get(provider).expect("provider");
+    for seed in &def.seed_files {
+        let path = protocol::providers::expand_home(&seed.path, std::path::Path::new(GUEST_HOME));
+        client
+            .write_file(&WriteFileRequest {
+                path: path.display().to_string(),
+                content: seed.content_for(GUEST_HOME).into_bytes(),
+                mode: Some(seed.mode),
+                create_dirs: true,
+            })
+            .await
+            .expect("seed file");
+    }
+    let mode = def.mode(Some("browser")).expect("a browser mode");
+    let mut spawn = PtySpawn::new(mode.argv.clone());
+    spawn.provider = Some(provider.into());
+    spawn.mode = Some(mode.id.clone());
+    spawn.cwd = Some(GUEST_HOME.into());
+    spawn.cols = 100;
+    spawn.rows = 30;
+    let mut call = client
+        .pty(&PtyRequest::Spawn(spawn))
+        .await
+        .expect("login spawn");
+    let mut urls = Vec::new();
+    let mut output = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Until the URL handed to the browser came, and a moment for a second one.
+    let mut settle: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let until = settle.unwrap_or(deadline).min(deadline);
+        let Some(left) = until.checked_duration_since(now) else {
+            break;
+        };
+        match tokio::time::timeout(left, call.next()).await {
+            Err(_) => break,
+            Ok(item) => match item.expect("pty stream") {
+                Some(StreamItem::Data(_, b)) => output.extend_from_slice(&b),
+                Some(StreamItem::Event(PtyEvent::Url { url, source, .. })) => {
+                    urls.push((url, source));
+                    settle.get_or_insert(Instant::now() + Duration::from_secs(3));
+                }
+                Some(StreamItem::Event(PtyEvent::Exited(status))) => {
+                    panic!(
+                        "{provider}'s login exited ({status:?}): {}",
+                        String::from_utf8_lossy(&output)
+                    )
+                }
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    assert!(
+        !urls.is_empty(),
+        "{provider}: no URL; the terminal shows {}",
+        String::from_utf8_lossy(&output)
+    );
+    (urls, call)
+}
+
+/// Waits until the browser has committed a navigation to one of `urls` and its tab shows it
+/// (its error page: the VM has no network); returns it.
+async fn navigated(client: &AgentClient, urls: &[(String, UrlSource)]) -> OpenedUrl {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = browser_ready(client).await;
+        let opened = state
+            .opened
+            .iter()
+            .find(|o| o.navigated_ms.is_some() && urls.iter().any(|(u, _)| *u == o.url));
+        if let Some(opened) = opened {
+            if state.tabs.iter().any(|t| t.url == opened.url) {
+                return opened.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not opened, or the tab does not show it: {urls:?}; {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+const GUEST_HOME: &str = "/root";
+
+/// The browser VM: X, a window manager, the terminal on the left showing the agent's login
+/// session, Chromium on the right. For each real CLI, the login runs in the VM, its URL reaches
+/// the host and Chromium opens it (the tab's URL, read through the agent's browser concern; no
+/// network in the VM, so the page itself does not load); a URL that is not the provider's is not
+/// opened; a Chromium that crashes is reported and started again; and a frame of the streamed
+/// desktop shows the terminal and Chromium's window.
+#[test]
+fn the_browser_vm_opens_each_real_clis_login_url_in_chromium_beside_its_terminal() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (port, _) = test_kit::ports::free_udp_range(1);
+    let mut config = test_kit::vm::config(test_kit::vm::browser_assets());
+    config.memory_mib = 1024;
+    config.vcpus = 2;
+    config.network = Some(UserNetwork {
+        udp_forwards: vec![UdpForward {
+            host: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            guest_port: port,
+        }],
+    });
+    let vm = rt
+        .block_on(QemuLauncher::new(config).create("browser-vm"))
+        .expect("the browser VM boots and its agent says hello");
+    let client = rt
+        .block_on(AgentClient::connect_with_retry(
+            &vm.connector(),
+            Duration::from_secs(30),
+        ))
+        .expect("connect");
+    assert!(
+        vm.hello().capabilities.iter().any(|c| c == "desktop"),
+        "the browser VM's agent offers its desktop: {:?}",
+        vm.hello()
+    );
+    let first = rt.block_on(browser_ready(&client));
+    assert_eq!(first.starts, 1, "{first:?}");
+
+    let mut logins = Vec::new();
+    for provider in ["claude_code", "codex", "gemini_cli"] {
+        let (urls, call) = rt.block_on(start_login(&client, provider));
+        let opened = rt.block_on(navigated(&client, &urls));
+        assert_eq!(opened.provider, provider);
+        eprintln!(
+            "{provider}: {} URL(s), opened in Chromium {} ms after the CLI handed it over",
+            urls.len(),
+            opened.navigated_ms.unwrap_or(0) - opened.requested_ms
+        );
+        logins.push(call);
+    }
+
+    // A URL the provider's rules do not know is never opened, even when handed to the browser.
+    let mut spawn = PtySpawn::new([
+        "sh",
+        "-c",
+        "\"$BROWSER\" 'https://example.com/oauth/authorize?client_id=x&state=y'; sleep 30",
+    ]);
+    spawn.provider = Some("claude_code".into());
+    let call = rt
+        .block_on(client.pty(&PtyRequest::Spawn(spawn)))
+        .expect("spawn");
+    std::thread::sleep(Duration::from_secs(3));
+    let state = rt.block_on(browser_ready(&client));
+    assert!(
+        state.opened.iter().all(|o| !o.url.contains("example.com")),
+        "{state:?}"
+    );
+    drop(call);
+
+    // A Chromium that crashes is counted and started again.
+    let pid = state.pid.expect("Chromium's pid");
+    let out = rt
+        .block_on(client.exec_collect(&["kill", "-9", &pid.to_string()], None))
+        .expect("kill");
+    assert_eq!(out.status.shell_code(), 0);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let restarted = loop {
+        let state = rt
+            .block_on(client.call::<protocol::browser::Browser>(&Empty {}))
+            .expect("state");
+        if state.ready && state.starts == 2 {
+            break state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Chromium not restarted: {state:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(restarted.crashes.len(), 1, "{restarted:?}");
+    assert_ne!(restarted.pid, Some(pid));
+
+    // A frame of the desktop, streamed to a browser on the host: the terminal (its background)
+    // on the left, Chromium's page on the right, the bare root window below the terminal.
+    let guest = UserNetwork::GUEST_ADDR;
+    let prefix = UserNetwork::PREFIX_LEN;
+    let up = rt
+        .block_on(client.exec_collect(
+            &[
+                "sh",
+                "-c",
+                &format!("ip link set eth0 up && ip addr add {guest}/{prefix} dev eth0"),
+            ],
+            None,
+        ))
+        .expect("network");
+    assert_eq!(up.status.shell_code(), 0);
+    let ice = IceSettings {
+        bind: vec![IpAddr::V4(guest)],
+        nat_1to1_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        udp_ports: Some((port, port)),
+        ..Default::default()
+    };
+    let relay = rt.block_on(Relay::start_filtered(
+        client.clone(),
+        None,
+        ice,
+        |candidate| candidate.contains(" 127.0.0.1 "),
+    ));
+    let mut viewer = Chromium::launch();
+    viewer.set_viewport(1280, 800);
+    viewer.watch(
+        &format!("http://{}/?resize=0", relay.addr),
+        Duration::from_secs(180),
+    );
+    assert_eq!(
+        viewer.eval("[viewer.video.videoWidth, viewer.video.videoHeight]"),
+        json!([1280, 800]),
+        "the video has the VM's screen size"
+    );
+    viewer.wait_colour(300, 380, 0x202830, 24); // the terminal
+    viewer.wait_colour(300, 700, 0x000000, 24); // the root window under it
+    let page = viewer.wait_colour(960, 500, 0xffffff, 40); // Chromium's (error) page
+    eprintln!("Chromium's page at (960, 500): {page:?}");
+
+    drop(viewer);
+    drop(relay);
+    drop(logins);
+    drop(client);
+    rt.block_on(vm.destroy()).expect("destroy");
 }

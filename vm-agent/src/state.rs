@@ -27,6 +27,9 @@ pub struct Agent {
     running: AtomicU32,
     under_init: bool,
     pty: Arc<crate::pty::PtySessions>,
+    /// The image's display, given to what the agent starts (gemini opens its browser only when
+    /// it sees one).
+    display: Option<String>,
     /// Built on first use: compiling the rules' patterns is most of the agent's start-up work
     /// under emulation, and the hello must not wait (the agent warms them up once it is out).
     providers: OnceLock<Arc<ProviderRules>>,
@@ -61,6 +64,7 @@ impl Agent {
             configured: RwLock::new(Configured::default()),
             running: AtomicU32::new(0),
             under_init: config.under_init,
+            display: config.display.clone(),
             pty: Arc::new(crate::pty::PtySessions::new(
                 crate::procset::CgroupRoot::create(),
             )),
@@ -217,10 +221,15 @@ impl Agent {
         guard.clone()
     }
 
-    /// The environment for a new process: the agent's own, then the configured one, then `extra`.
+    /// The environment for a new process: the agent's own (with its display), then the
+    /// configured one, then `extra`.
     pub fn process_env(&self, extra: &protocol::secret::EnvVars) -> BTreeMap<String, String> {
         let configured = self.configured();
         let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        if let Some(display) = &self.display {
+            env.entry("DISPLAY".into())
+                .or_insert_with(|| display.clone());
+        }
         env.extend(configured.env.0);
         if let Some(id) = configured.session_id {
             env.insert("AGENT_SESSION_ID".into(), id);
