@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use orchestrator::client::{StreamCall, StreamItem};
-use orchestrator::vm::{QemuLauncher, QemuVm, UdpForward, UserNetwork};
+use orchestrator::vm::{QemuLauncher, QemuVmBackend, UdpForward, UserNetwork, VmBackend, VmHandle};
 use orchestrator::AgentClient;
 use protocol::browser::{BrowserState, OpenedUrl};
 use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope};
@@ -41,20 +41,10 @@ fn cli_launcher() -> QemuLauncher {
     QemuLauncher::new(config)
 }
 
-async fn boot(launcher: &QemuLauncher, overlay: &std::path::Path) -> (QemuVm, AgentClient) {
-    let vm = launcher
-        .create_with_overlay("cli-vm", overlay)
-        .await
-        .expect("the CLI VM boots from its overlay and its agent says hello");
-    let client = AgentClient::connect_with_retry(&vm.connector(), Duration::from_secs(30))
-        .await
-        .expect("connect");
-    (vm, client)
-}
-
-/// A user's CLI VM: a credential pushed by the orchestrator makes the real `claude auth status`
-/// and `codex login status` say logged in; the VM is powered off and booted again from its
-/// overlay, and the files and the logins are still there; the golden image is never written.
+/// A user's CLI VM, through the backend a host service uses: a credential pushed by the
+/// orchestrator makes the real `claude auth status` and `codex login status` say logged in; the VM
+/// is stopped and started again from its disk, and the files and logins are still there;
+/// destroying it removes its disk; the golden image is never written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_credentials_log_the_real_clis_in_and_survive_a_restart() {
     let launcher = cli_launcher();
@@ -67,10 +57,22 @@ async fn pushed_credentials_log_the_real_clis_in_and_survive_a_restart() {
         .expect("golden")
         .modified()
         .expect("mtime");
-    let state = tempfile::tempdir().expect("tempdir");
-    let overlay = state.path().join("alice-cli.qcow2");
+    let disks = tempfile::tempdir().expect("tempdir");
+    let backend = QemuVmBackend::with_images(launcher.clone(), launcher, disks.path(), GUEST_HOME);
+    let connect = |handle: &VmHandle| {
+        let connector = handle.connector.clone();
+        async move {
+            AgentClient::connect_with_retry(&*connector, Duration::from_secs(30))
+                .await
+                .expect("connect")
+        }
+    };
 
-    let (vm, client) = boot(&launcher, &overlay).await;
+    let handle = backend
+        .ensure_cli_vm("alice")
+        .await
+        .expect("the CLI VM boots");
+    let client = connect(&handle).await;
     for (cli, version) in [
         ("claude", "2.1.332"),
         ("codex", "0.171.0"),
@@ -113,20 +115,30 @@ async fn pushed_credentials_log_the_real_clis_in_and_survive_a_restart() {
     };
     logged_in(client.clone()).await;
 
-    // Power off cleanly (the file system is synced), boot again from the same overlay.
+    // Stopped (its file system synced by a clean power-off first) and started again.
     client.poweroff().await.expect("poweroff");
     drop(client);
-    let mut vm = vm;
-    vm.wait_exit(Duration::from_secs(60))
+    let stopped = backend.stop_vm(&handle.id).await.expect("stop");
+    assert!(
+        !stopped.removed.iter().any(|r| r.starts_with("disk ")),
+        "{stopped:?}"
+    );
+    let again = backend
+        .ensure_cli_vm("alice")
         .await
-        .expect("QEMU exits");
-    vm.destroy().await.expect("destroy the stopped VM");
-    assert!(overlay.exists(), "the CLI VM's overlay outlives the VM");
-    let (vm, client) = boot(&launcher, &overlay).await;
+        .expect("the CLI VM boots again");
+    assert!(again.created && again.id != handle.id);
+    let client = connect(&again).await;
     logged_in(client.clone()).await;
     drop(client);
-    vm.destroy().await.expect("destroy");
 
+    let destroyed = backend.destroy_vm(&again.id).await.expect("destroy");
+    assert!(
+        destroyed.removed.iter().any(|r| r.starts_with("disk ")),
+        "the disk is removed with the VM: {destroyed:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(disks.path()).expect("disks").collect();
+    assert!(left.is_empty(), "nothing left of the CLI VM: {left:?}");
     let golden_after = std::fs::metadata(&golden)
         .expect("golden")
         .modified()

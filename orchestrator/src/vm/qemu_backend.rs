@@ -2,6 +2,7 @@
 //! that stays until the host destroys it.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
@@ -19,7 +20,13 @@ struct Running {
 
 /// QEMU microVMs as a [`VmBackend`] (see the module docs).
 pub struct QemuVmBackend {
-    qemu: QemuLauncher,
+    /// Boots the browser VMs.
+    browser: QemuLauncher,
+    /// Boots the CLI VMs.
+    cli: QemuLauncher,
+    /// Where each user's CLI VM keeps its disk between a stop and the next start, when the CLI
+    /// launcher boots from a golden image.
+    cli_disks: Option<PathBuf>,
     guest_home: String,
     vms: Mutex<HashMap<String, Running>>,
     /// Serialises `ensure_cli_vm`, so two logins of one user never boot two CLI VMs.
@@ -39,11 +46,43 @@ impl QemuVmBackend {
     /// test image).
     pub fn new(qemu: QemuLauncher, guest_home: impl Into<String>) -> Self {
         Self {
-            qemu,
+            browser: qemu.clone(),
+            cli: qemu,
+            cli_disks: None,
             guest_home: guest_home.into(),
             vms: Mutex::new(HashMap::new()),
             cli_lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Browser VMs from `browser` (the browser image: each on an overlay of its own, gone when it
+    /// is destroyed), CLI VMs from `cli` (the CLI image) on a disk per user under `cli_disks`,
+    /// kept when the VM is stopped ([`QemuVmBackend::stop_vm`]) and removed when it is
+    /// destroyed.
+    pub fn with_images(
+        browser: QemuLauncher,
+        cli: QemuLauncher,
+        cli_disks: impl Into<PathBuf>,
+        guest_home: impl Into<String>,
+    ) -> Self {
+        Self {
+            browser,
+            cli,
+            cli_disks: Some(cli_disks.into()),
+            guest_home: guest_home.into(),
+            vms: Mutex::new(HashMap::new()),
+            cli_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The disk of `user`'s CLI VM (named by a hash: user ids are not file names).
+    fn cli_disk(&self, user: &str) -> Option<PathBuf> {
+        use sha2::Digest;
+        let dir = self.cli_disks.as_ref()?;
+        self.cli.config().root_image.as_ref()?;
+        let digest = sha2::Sha256::digest(user.as_bytes());
+        let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        Some(dir.join(format!("cli-{name}.qcow2")))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -83,11 +122,12 @@ impl QemuVmBackend {
     async fn boot(&self, user: &str, kind: VmKind) -> Result<VmHandle, BackendError> {
         let uuid = uuid::Uuid::new_v4().simple().to_string();
         let id = format!("qemu-{}-{}", kind.as_str(), &uuid[..12]);
-        let vm = self
-            .qemu
-            .create(&id)
-            .await
-            .map_err(|e| BackendError::Create(e.into()))?;
+        let created = match (kind, self.cli_disk(user)) {
+            (VmKind::Cli, Some(disk)) => self.cli.create_with_overlay(&id, &disk).await,
+            (VmKind::Cli, None) => self.cli.create(&id).await,
+            (VmKind::Browser, _) => self.browser.create(&id).await,
+        };
+        let vm = created.map_err(|e| BackendError::Create(e.into()))?;
         info!(vm = %id, %user, kind = kind.as_str(), boot_ms = vm.boot_to_hello().as_millis() as u64, "VM up");
         let handle = self.handle(&id, &vm, true);
         self.lock().insert(
@@ -101,11 +141,38 @@ impl QemuVmBackend {
         Ok(handle)
     }
 
+    /// Stops a VM and removes everything it had, except a CLI VM's disk: its next
+    /// [`VmBackend::ensure_cli_vm`] boots from it with the user's files as they were.
+    pub async fn stop_vm(&self, vm_id: &str) -> Result<CleanupReport, BackendError> {
+        self.take_down(vm_id).await.map(|(report, _)| report)
+    }
+
     async fn destroy(&self, vm_id: &str) -> Result<CleanupReport, BackendError> {
+        let (mut report, disk) = self.take_down(vm_id).await?;
+        if let Some(disk) = disk.filter(|d| d.exists()) {
+            std::fs::remove_file(&disk).map_err(|e| BackendError::Destroy {
+                vm: vm_id.to_owned(),
+                source: e.into(),
+            })?;
+            report.removed.push(format!("disk {}", disk.display()));
+        }
+        Ok(report)
+    }
+
+    /// Stops the VM; returns what went and the disk it kept outside its directory, if any.
+    async fn take_down(
+        &self,
+        vm_id: &str,
+    ) -> Result<(CleanupReport, Option<PathBuf>), BackendError> {
         let running = self
             .lock()
             .remove(vm_id)
             .ok_or_else(|| BackendError::UnknownVm(vm_id.to_owned()))?;
+        let kept = running
+            .vm
+            .disk()
+            .filter(|d| !d.starts_with(running.vm.dir()))
+            .map(PathBuf::from);
         let report = running
             .vm
             .destroy()
@@ -120,7 +187,7 @@ impl QemuVmBackend {
             .map(|pid| format!("process {pid}"))
             .collect();
         removed.extend(report.removed.iter().map(|p| p.display().to_string()));
-        Ok(CleanupReport { removed })
+        Ok((CleanupReport { removed }, kept))
     }
 }
 
