@@ -18,6 +18,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 pub mod agent;
+pub mod browser_vm;
 pub mod credentials;
 pub mod desktop;
 pub mod fake_clis;

@@ -150,11 +150,11 @@ async fn measure(agent_bin: &Path, raw_bytes_per_s: f64) -> Result<()> {
 
     figure(
         "detect_latency_p50_us",
-        percentile(&mut latencies, 0.50).as_micros(),
+        percentile(&mut latencies, 50.0).as_micros(),
     );
     figure(
         "detect_latency_p99_us",
-        percentile(&mut latencies, 0.99).as_micros(),
+        percentile(&mut latencies, 99.0).as_micros(),
     );
     figure(
         "pty_throughput_mb_s",

@@ -6,6 +6,7 @@ mod creds;
 mod desktop;
 mod detect;
 mod egress;
+mod images;
 mod login;
 mod rpc;
 pub mod stats;
@@ -36,6 +37,9 @@ pub enum Which {
     Egress,
     /// Sealing and opening a 4 KiB credential.
     Vault,
+    /// The golden images: sizes, cold build time, boot times of the minimal, CLI and browser
+    /// VMs, a real CLI's URL to Chromium's tab.
+    Images,
 }
 
 /// Runs one benchmark, always from an optimized build: `cargo xtask` runs a debug build, in which the
@@ -58,6 +62,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Egress => egress::run(),
         Which::Login => login::run(),
         Which::Vault => vault::run(),
+        Which::Images => images::run(),
     }
 }
 

@@ -1,0 +1,138 @@
+//! `bench images`: the golden images. Their sizes, how long building both takes from an empty
+//! cache (packages to ext4; the kernel, Node.js tarball download aside, and the CLIs come from
+//! their own caches), and, in the same run, boot times of the minimal image (to hello), the CLI
+//! VM (to hello) and the browser VM (to Chromium answering on its DevTools pipe), then how long
+//! a real CLI's URL takes to be committed in Chromium's tab. Every boot figure comes with the
+//! accelerator that ran.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use orchestrator::vm::{QemuConfig, QemuLauncher};
+use orchestrator::AgentClient;
+
+use super::{figure, stats::percentile};
+use crate::image::{rootfs, VmAssets, Which};
+use crate::shell::step;
+
+const BOOTS: usize = 3;
+
+/// Runs the benchmark.
+pub fn run() -> Result<()> {
+    let minimal = crate::image::prepare(Which::Minimal)?;
+    let cli = crate::image::prepare(Which::Cli)?;
+    let browser = crate::image::prepare(Which::Browser)?;
+    for (name, assets) in [("browser", &browser), ("cli", &cli)] {
+        let image = assets.root_image.as_ref().context("a disk image")?;
+        figure(&format!("{name}_image_bytes"), allocated_bytes(image)?);
+    }
+    figure("image_build_cold_s", format!("{:.0}", cold_build()?.as_secs_f64()));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let minimal = QemuLauncher::new(config(&minimal));
+        figure("accel", minimal.config().accel);
+        let p50 = boot_to_hello(&minimal, "minimal").await?;
+        figure("minimal_boot_to_hello_ms_p50", p50.as_millis());
+        let mut cli_config = config(&cli);
+        cli_config.memory_mib = 512;
+        let p50 = boot_to_hello(&QemuLauncher::new(cli_config), "cli").await?;
+        figure("cli_boot_to_hello_ms_p50", p50.as_millis());
+        let mut browser_config = config(&browser);
+        browser_config.memory_mib = 1024;
+        browser_config.vcpus = 2;
+        browser_vm(&QemuLauncher::new(browser_config)).await
+    })
+}
+
+/// What the test kit's VMs of these assets are configured with.
+fn config(assets: &VmAssets) -> QemuConfig {
+    test_kit::vm::config(&test_kit::vm::VmAssets {
+        kernel: assets.image.kernel.clone(),
+        initramfs: assets.image.initramfs.clone(),
+        root_image: assets.root_image.clone(),
+        vhost_device_vsock: assets.vhost_device_vsock.clone(),
+    })
+}
+
+/// Bytes the (sparse) image file takes on disk.
+fn allocated_bytes(path: &std::path::Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.blocks() * 512)
+}
+
+/// Both golden images built from their recipes into an empty cache.
+fn cold_build() -> Result<Duration> {
+    let cache = crate::image::cache().join("bench-cold");
+    if cache.exists() {
+        std::fs::remove_dir_all(&cache)?;
+    }
+    let agents = crate::agent::build()?;
+    step("building both golden images into an empty cache");
+    let started = Instant::now();
+    rootfs::build(&cache, rootfs::Golden::Cli, &agents.cli)?;
+    rootfs::build(&cache, rootfs::Golden::Browser, &agents.desktop)?;
+    let took = started.elapsed();
+    std::fs::remove_dir_all(&cache)?;
+    Ok(took)
+}
+
+async fn boot_to_hello(launcher: &QemuLauncher, name: &str) -> Result<Duration> {
+    let mut samples = Vec::new();
+    for i in 1..=BOOTS {
+        let vm = launcher.create(&format!("bench-{name}-{i}")).await?;
+        step(&format!(
+            "{name} boot {i}/{BOOTS}: hello after {} ms",
+            vm.boot_to_hello().as_millis()
+        ));
+        samples.push(vm.boot_to_hello());
+        vm.destroy().await?;
+    }
+    Ok(percentile(&mut samples, 50.0))
+}
+
+/// Browser VM boots to Chromium answering; then, in the last one, each real CLI's login URL from
+/// the CLI to Chromium's committed tab.
+async fn browser_vm(launcher: &QemuLauncher) -> Result<()> {
+    let mut ready = Vec::new();
+    let mut navigated = Vec::new();
+    let mut found = 0;
+    for i in 1..=BOOTS {
+        let launched = Instant::now();
+        let vm = launcher.create(&format!("bench-browser-{i}")).await?;
+        let client = AgentClient::connect(&vm.connector()).await?;
+        test_kit::browser_vm::browser_ready(&client).await;
+        ready.push(launched.elapsed());
+        step(&format!(
+            "browser boot {i}/{BOOTS}: hello after {} ms, Chromium ready after {} ms",
+            vm.boot_to_hello().as_millis(),
+            launched.elapsed().as_millis()
+        ));
+        if i == BOOTS {
+            for provider in ["claude_code", "codex", "gemini_cli"] {
+                let (urls, call) = test_kit::browser_vm::start_login(&client, provider).await;
+                let opened = test_kit::browser_vm::navigated(&client, &urls).await;
+                let ms = opened.navigated_ms.unwrap_or(0) - opened.requested_ms;
+                step(&format!("{provider}: URL to Chromium's tab in {ms} ms"));
+                navigated.push(Duration::from_millis(ms));
+                found += 1;
+                drop(call);
+            }
+        }
+        drop(client);
+        vm.destroy().await?;
+    }
+    figure(
+        "browser_boot_to_chromium_ready_ms_p50",
+        percentile(&mut ready, 50.0).as_millis(),
+    );
+    figure(
+        "url_to_chromium_navigated_ms_p50",
+        percentile(&mut navigated, 50.0).as_millis(),
+    );
+    figure("real_cli_urls_found", found);
+    Ok(())
+}
