@@ -124,4 +124,3 @@ pub async fn navigated(client: &AgentClient, urls: &[(String, UrlSource)]) -> Op
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
-

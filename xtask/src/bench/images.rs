@@ -26,7 +26,10 @@ pub fn run() -> Result<()> {
         let image = assets.root_image.as_ref().context("a disk image")?;
         figure(&format!("{name}_image_bytes"), allocated_bytes(image)?);
     }
-    figure("image_build_cold_s", format!("{:.0}", cold_build()?.as_secs_f64()));
+    figure(
+        "image_build_cold_s",
+        format!("{:.0}", cold_build()?.as_secs_f64()),
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
