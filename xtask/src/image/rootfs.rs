@@ -347,3 +347,27 @@ fn prune(dir: &Path, prefix: &str, current: &Path) {
 fn hex(bytes: &[u8]) -> String {
     bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recipe naming a package Debian does not have stops the build at its packages stage,
+    /// says so, and leaves nothing in the cache (no tar, no partial file).
+    #[test]
+    fn a_broken_recipe_stops_with_its_step_and_leaves_nothing() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let setup = root().join("rootfs/common/setup.sh");
+        let out = cache.path().join("broken-base-0.tar");
+        let packages = vec!["no-such-package-in-debian-0".to_owned()];
+        let err = packages_stage("broken", &packages, &setup, &out)
+            .expect_err("a package that does not exist");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("broken: packages: mmdebstrap failed"),
+            "{message}"
+        );
+        let left: Vec<_> = fs::read_dir(cache.path()).expect("cache").collect();
+        assert!(left.is_empty(), "nothing half-built is left: {left:?}");
+    }
+}
