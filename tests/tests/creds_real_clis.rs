@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use orchestrator::AgentClient;
-use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope};
+use protocol::creds::CredsScope;
 use test_kit::AgentProcess;
 
 /// The pinned CLIs' commands, installed into the machine-wide cache when missing.
@@ -39,22 +39,6 @@ async fn offline(client: &AgentClient, argv: &[&str]) -> (i32, String) {
     )
 }
 
-async fn push(client: &AgentClient, provider: &str, path: &str, content: String) {
-    client
-        .creds_put(&CredsPutRequest {
-            scope: CredsScope {
-                provider: provider.into(),
-                ..Default::default()
-            },
-            files: vec![CredentialFile {
-                path: path.into(),
-                content: content.into_bytes(),
-            }],
-        })
-        .await
-        .expect("push");
-}
-
 async fn wipe(client: &AgentClient, provider: &str) -> usize {
     client
         .creds_wipe(&CredsScope {
@@ -77,7 +61,7 @@ async fn claude_auth_status_accepts_a_pushed_credential_offline() {
     let (code, out) = offline(&client, &status).await;
     assert_eq!(code, 1, "not logged in before the push: {out}");
 
-    push(
+    test_kit::credentials::push(
         &client,
         "claude_code",
         ".claude/.credentials.json",
@@ -104,7 +88,7 @@ async fn codex_login_status_accepts_a_pushed_credential_offline() {
     let (code, out) = offline(&client, &status).await;
     assert_eq!(code, 1, "not logged in before the push: {out}");
 
-    push(
+    test_kit::credentials::push(
         &client,
         "codex",
         ".codex/auth.json",

@@ -431,15 +431,11 @@ async fn closing_a_session_kills_its_whole_process_group() {
         .expect("close");
     let seen = drive(&mut call, None).await;
     assert!(seen.exit.is_some());
-    for _ in 0..100 {
-        if pids.iter().all(|p| !process_alive(*p)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for pid in pids {
-        assert!(!process_alive(pid), "process {pid} of the group survived");
-    }
+    let survivors = survivors_after_5s(&pids).await;
+    assert!(
+        survivors.is_empty(),
+        "processes of the group survived: {survivors:?}"
+    );
 }
 
 /// Daemons leave the process group, the terminal session and their parent (`setsid` and a fork,
@@ -488,18 +484,11 @@ async fn a_session_ends_the_daemons_its_program_started() {
         }
         let seen = drive(&mut call, None).await;
         assert!(seen.exit.is_some());
-        for _ in 0..100 {
-            if pids.iter().all(|p| !process_alive(*p)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for pid in pids {
-            assert!(
-                !process_alive(pid),
-                "daemon {pid} outlived its session (closed: {close})"
-            );
-        }
+        let survivors = survivors_after_5s(&pids).await;
+        assert!(
+            survivors.is_empty(),
+            "daemons {survivors:?} outlived their session (closed: {close})"
+        );
     }
 }
 
@@ -544,6 +533,43 @@ async fn a_dropped_client_reattaches_and_gets_the_scrollback_first() {
         .expect("keys");
     let seen = drive(&mut call, None).await;
     assert!(String::from_utf8_lossy(&seen.output).contains("after-again"));
+    assert_eq!(seen.exit, Some(0));
+}
+
+/// A person's terminal attached late is shown the session so far without its terminal queries:
+/// it would answer them as keys typed into the program (a device-attributes answer's digits pick
+/// an item of a numbered menu). The agent answered them when they were live.
+#[tokio::test]
+async fn a_late_terminal_is_not_shown_queries_it_would_answer_as_keys() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let script = r#"printf '\033[c\033[>q\033]11;?\007\033[31mmenu\033[0m\n'; sleep 1; \
+                    printf 'shown\n'; sleep 1"#;
+    let mut spawn = PtySpawn::new(["sh", "-c", script]);
+    spawn.keep_on_detach = true;
+    let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+    let session = match call.next().await.expect("event") {
+        Some(StreamItem::Event(PtyEvent::Started { session, .. })) => session,
+        other => panic!("expected started, got {other:?}"),
+    };
+    let live = read_until(&mut call, "shown").await;
+    assert!(
+        live.contains("\x1b[c"),
+        "the live stream has the query: {live:?}"
+    );
+    let mut late = client
+        .pty(&PtyRequest::Attach {
+            session,
+            interactive: true,
+        })
+        .await
+        .expect("attach");
+    let shown = read_until(&mut late, "shown").await;
+    assert!(shown.contains("\x1b[31mmenu"), "{shown:?}");
+    for query in ["\x1b[c", "\x1b[>q", "\x1b]11;?"] {
+        assert!(!shown.contains(query), "{query:?} shown again: {shown:?}");
+    }
+    let seen = drive(&mut late, None).await;
     assert_eq!(seen.exit, Some(0));
 }
 
@@ -950,4 +976,15 @@ async fn a_url_is_reported_whole_wherever_the_output_pauses() {
             }
         }
     }
+}
+
+/// The processes of `pids` still alive once they have had 5 s to end.
+async fn survivors_after_5s(pids: &[i32]) -> Vec<i32> {
+    for _ in 0..100 {
+        if pids.iter().all(|p| !process_alive(*p)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pids.iter().copied().filter(|p| process_alive(*p)).collect()
 }

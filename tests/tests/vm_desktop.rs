@@ -6,14 +6,12 @@
 //! forward. The video must show what the guest's X client paints, and a click and keys in the
 //! viewer must reach it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use orchestrator::client::{ExecOutput, StreamItem};
-use orchestrator::vm::{QemuLauncher, UdpForward, UserNetwork};
+use orchestrator::vm::QemuLauncher;
 use orchestrator::AgentClient;
-use protocol::desktop::IceSettings;
 use protocol::frame::FrameKind;
 use protocol::messages::{ExecEvent, ExecRequest};
 use protocol::secret::EnvVars;
@@ -120,12 +118,7 @@ fn the_desktop_of_a_microvm_streams_to_the_viewer_and_takes_input() {
     let mut config = test_kit::vm::config(test_kit::vm::desktop_assets());
     // The initramfs (agent, Xvfb and its libraries) unpacks into guest memory.
     config.memory_mib = 512;
-    config.network = Some(UserNetwork {
-        udp_forwards: vec![UdpForward {
-            host: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            guest_port: port,
-        }],
-    });
+    config.network = Some(test_kit::vm::udp_from_loopback(port));
     let vm = rt
         .block_on(QemuLauncher::new(config).create("test-desktop"))
         .expect("the desktop VM boots and its agent says hello");
@@ -133,18 +126,6 @@ fn the_desktop_of_a_microvm_streams_to_the_viewer_and_takes_input() {
         .block_on(AgentClient::connect(&vm.connector()))
         .expect("connect through hybrid vsock");
 
-    // The guest's side of the network, as the image's init would set it up.
-    let guest = UserNetwork::GUEST_ADDR;
-    let prefix = UserNetwork::PREFIX_LEN;
-    run_in_guest(
-        &rt,
-        &client,
-        &[
-            "sh",
-            "-c",
-            &format!("ip link set eth0 up && ip addr add {guest}/{prefix} dev eth0"),
-        ],
-    );
     let xvfb = spawn_in_guest(
         &rt,
         &client,
@@ -180,21 +161,10 @@ fn the_desktop_of_a_microvm_streams_to_the_viewer_and_takes_input() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // The host's ICE settings: the agent binds the guest address on the forwarded port and
-    // announces the host side of the forward.
-    let ice = IceSettings {
-        bind: vec![IpAddr::V4(guest)],
-        nat_1to1_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        udp_ports: Some((port, port)),
-        ..Default::default()
-    };
-    // Only the forward's address reaches the page: the guest's own address exists nowhere on the
-    // host, and the browser would send its checks there out of the machine.
-    let relay = rt.block_on(Relay::start_filtered(
+    let relay = rt.block_on(Relay::through_user_network(
         client.clone(),
         Some(DISPLAY.into()),
-        ice,
-        |candidate| candidate.contains(" 127.0.0.1 "),
+        port,
     ));
     let mut browser = Chromium::launch();
     // The page is the desktop's size, so page and desktop coordinates agree.

@@ -2,13 +2,10 @@
 //! `cargo xtask image cli|browser`, each VM on its own copy-on-write overlay of the read-only
 //! golden image, the agent baked into the image and started by the boot initramfs.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use orchestrator::vm::{QemuLauncher, QemuVmBackend, UdpForward, UserNetwork, VmBackend, VmHandle};
+use orchestrator::vm::{QemuLauncher, QemuVmBackend, VmBackend, VmHandle};
 use orchestrator::AgentClient;
-use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope};
-use protocol::desktop::IceSettings;
 use protocol::messages::Empty;
 use protocol::pty::{PtyRequest, PtySpawn};
 use serde_json::json;
@@ -89,19 +86,7 @@ async fn pushed_credentials_log_the_real_clis_in_and_survive_a_restart() {
         ),
         ("codex", ".codex/auth.json", test_kit::credentials::codex()),
     ] {
-        client
-            .creds_put(&CredsPutRequest {
-                scope: CredsScope {
-                    provider: provider.into(),
-                    ..Default::default()
-                },
-                files: vec![CredentialFile {
-                    path: path.into(),
-                    content: content.into_bytes(),
-                }],
-            })
-            .await
-            .expect("push");
+        test_kit::credentials::push(&client, provider, path, content).await;
     }
     let logged_in = |client: AgentClient| async move {
         let (code, out) = run(&client, &["claude", "auth", "status"]).await;
@@ -165,12 +150,7 @@ fn the_browser_vm_opens_each_real_clis_login_url_in_chromium_beside_its_terminal
     let mut config = test_kit::vm::config(test_kit::vm::browser_assets());
     config.memory_mib = 1024;
     config.vcpus = 2;
-    config.network = Some(UserNetwork {
-        udp_forwards: vec![UdpForward {
-            host: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            guest_port: port,
-        }],
-    });
+    config.network = Some(test_kit::vm::udp_from_loopback(port));
     let vm = rt
         .block_on(QemuLauncher::new(config).create("browser-vm"))
         .expect("the browser VM boots and its agent says hello");
@@ -244,31 +224,7 @@ fn the_browser_vm_opens_each_real_clis_login_url_in_chromium_beside_its_terminal
 
     // A frame of the desktop, streamed to a browser on the host: the terminal (its background)
     // on the left, Chromium's page on the right, the bare root window below the terminal.
-    let guest = UserNetwork::GUEST_ADDR;
-    let prefix = UserNetwork::PREFIX_LEN;
-    let up = rt
-        .block_on(client.exec_collect(
-            &[
-                "sh",
-                "-c",
-                &format!("ip link set eth0 up && ip addr add {guest}/{prefix} dev eth0"),
-            ],
-            None,
-        ))
-        .expect("network");
-    assert_eq!(up.status.shell_code(), 0);
-    let ice = IceSettings {
-        bind: vec![IpAddr::V4(guest)],
-        nat_1to1_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        udp_ports: Some((port, port)),
-        ..Default::default()
-    };
-    let relay = rt.block_on(Relay::start_filtered(
-        client.clone(),
-        None,
-        ice,
-        |candidate| candidate.contains(" 127.0.0.1 "),
-    ));
+    let relay = rt.block_on(Relay::through_user_network(client.clone(), None, port));
     let mut viewer = Chromium::launch();
     viewer.set_viewport(1280, 800);
     viewer.watch(

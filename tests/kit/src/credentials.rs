@@ -19,6 +19,24 @@ pub fn codex() -> String {
     )
 }
 
+/// Pushes one credential file (`path` under the home of the agent's user) for `provider`, as the
+/// orchestrator delivers it.
+pub async fn push(client: &orchestrator::AgentClient, provider: &str, path: &str, content: String) {
+    client
+        .creds_put(&protocol::creds::CredsPutRequest {
+            scope: protocol::creds::CredsScope {
+                provider: provider.into(),
+                ..Default::default()
+            },
+            files: vec![protocol::creds::CredentialFile {
+                path: path.into(),
+                content: content.into_bytes(),
+            }],
+        })
+        .await
+        .expect("push");
+}
+
 /// base64url without padding.
 fn b64url(s: &str) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use orchestrator::vm::{QemuConfig, QemuLauncher};
+use orchestrator::vm::{QemuConfig, QemuLauncher, UdpForward, UserNetwork};
 
 /// What `cargo xtask image <which>` printed.
 #[derive(Debug, Clone)]
@@ -85,6 +85,17 @@ fn build_assets(which: &str) -> VmAssets {
 /// A QEMU backend for the test image (accelerator detected: TCG on machines without real KVM).
 pub fn launcher() -> QemuLauncher {
     QemuLauncher::new(config(assets()))
+}
+
+/// A user-mode network whose one UDP port `port` on the host's loopback reaches the same port in
+/// the guest (the desktop's WebRTC port).
+pub fn udp_from_loopback(port: u16) -> UserNetwork {
+    UserNetwork {
+        udp_forwards: vec![UdpForward {
+            host: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+            guest_port: port,
+        }],
+    }
 }
 
 /// The QEMU configuration of VMs booting `assets`, to adjust before making a backend.

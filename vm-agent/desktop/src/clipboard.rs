@@ -23,8 +23,8 @@ use tracing::{debug, warn};
 use x11rb::connection::{Connection, RequestConnection as _};
 use x11rb::protocol::xfixes::{self, ConnectionExt as _};
 use x11rb::protocol::xproto::{
-    self, Atom, AtomEnum, ConnectionExt as _, CreateWindowAux, EventMask, PropMode, Property,
-    SelectionNotifyEvent, SelectionRequestEvent, Window, WindowClass,
+    self, Atom, AtomEnum, ConnectionExt as _, CreateWindowAux, EventMask, GetPropertyReply,
+    PropMode, Property, SelectionNotifyEvent, SelectionRequestEvent, Window, WindowClass,
 };
 use x11rb::protocol::Event;
 use x11rb::rust_connection::RustConnection;
@@ -353,19 +353,7 @@ impl Selections {
             }
             return Ok(None);
         }
-        let limit = u32::try_from(MAX_CLIPBOARD_BYTES / 4 + 1).unwrap_or(u32::MAX);
-        let reply = self
-            .conn
-            .get_property(
-                true,
-                self.window,
-                self.atoms.property,
-                AtomEnum::ANY,
-                0,
-                limit,
-            )?
-            .reply()?;
-        self.conn.flush()?;
+        let reply = self.take_property()?;
         if reply.type_ == self.atoms.incr {
             // Deleting the property (done above) asks the owner for the first chunk.
             if let Some(t) = self.reading.as_mut() {
@@ -381,15 +369,9 @@ impl Selections {
         Ok(Some(self.decode(target, reply.value)))
     }
 
-    /// One `INCR` chunk arrived (a zero-length one ends the transfer).
-    fn chunk(&mut self) -> Result<Option<ClipboardContent>, DesktopError> {
-        let Some(Transfer {
-            incremental: Some(_),
-            ..
-        }) = self.reading
-        else {
-            return Ok(None);
-        };
+    /// Reads and deletes our transfer property, at most one whole clipboard's worth (deleting
+    /// it is also what asks an `INCR` owner for its next chunk).
+    fn take_property(&self) -> Result<GetPropertyReply, DesktopError> {
         let limit = u32::try_from(MAX_CLIPBOARD_BYTES / 4 + 1).unwrap_or(u32::MAX);
         let reply = self
             .conn
@@ -403,6 +385,19 @@ impl Selections {
             )?
             .reply()?;
         self.conn.flush()?;
+        Ok(reply)
+    }
+
+    /// One `INCR` chunk arrived (a zero-length one ends the transfer).
+    fn chunk(&mut self) -> Result<Option<ClipboardContent>, DesktopError> {
+        let Some(Transfer {
+            incremental: Some(_),
+            ..
+        }) = self.reading
+        else {
+            return Ok(None);
+        };
+        let reply = self.take_property()?;
         let Some(transfer) = self.reading.as_mut() else {
             return Ok(None);
         };

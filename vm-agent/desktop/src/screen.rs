@@ -201,15 +201,16 @@ impl Screen {
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         control.viewers.retain(|v| *v != id);
         if *self.holder.borrow() == Some(id) {
-            if let Err(e) = self
-                .injector
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .release_all()
-            {
-                warn!(error = %e, "releasing held keys");
-            }
+            self.release_keys();
             self.holder.send_replace(control.viewers.first().copied());
+        }
+    }
+
+    /// Lets go of every key and button the holder left pressed, so none stays down for the next.
+    fn release_keys(&self) {
+        let mut injector = self.injector.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = injector.release_all() {
+            warn!(error = %e, "releasing held keys");
         }
     }
 
@@ -217,14 +218,7 @@ impl Screen {
     pub fn take_control(&self, id: u64) {
         let _control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         if *self.holder.borrow() != Some(id) {
-            if let Err(e) = self
-                .injector
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .release_all()
-            {
-                warn!(error = %e, "releasing held keys");
-            }
+            self.release_keys();
             self.holder.send_replace(Some(id));
         }
     }

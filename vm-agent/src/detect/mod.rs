@@ -11,6 +11,7 @@
 //! function, and at [`UrlDetector::finish`]), never at the end of a read. A URL whose end touches the
 //! cursor or the last column may still be growing; it is held back as *pending* until the cursor leaves.
 
+mod queries;
 mod screen;
 mod term;
 
@@ -20,6 +21,8 @@ use std::sync::Arc;
 use crate::providers::ProviderRules;
 use screen::Screen;
 use term::Term;
+
+pub use queries::without_queries;
 
 /// Largest OSC string kept (OSC 8 targets and OSC 52 clipboard payloads); longer ones are cut, which
 /// bounds memory whatever the program writes.

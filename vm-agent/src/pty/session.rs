@@ -1,5 +1,5 @@
 //! One PTY session: a process on a real pseudo-terminal, its output fanned out to any number of
-//! attached clients (each first gets the scrollback), its login URLs detected, its terminal queries
+//! attached clients (each first gets the scrollback, less its terminal queries), its login URLs detected, its terminal queries
 //! answered.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -364,7 +364,9 @@ impl PtySession {
         }
         let (a, b) = shared.scrollback.buf.as_slices();
         let attachment = Attachment {
-            scrollback: [a, b].concat(),
+            // Its queries were answered when they were live; a terminal shown them again would
+            // answer them again, as keys typed into the program.
+            scrollback: crate::detect::without_queries(&[a, b].concat()),
             urls: shared.urls.clone(),
             device_code: shared.device_code.clone(),
             exit: shared.exit,

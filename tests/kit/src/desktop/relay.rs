@@ -1,7 +1,7 @@
 //! What a host service does for the viewer: serve the page and relay its offer to the agent's
 //! `desktop` call (a minimal HTTP/1.1 server on loopback).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use orchestrator::desktop::{DesktopSession, VIEWER_HTML};
@@ -38,6 +38,48 @@ impl Relay {
         ice: IceSettings,
     ) -> Self {
         Self::start_filtered(client, display, ice, |_| true).await
+    }
+
+    /// A relay to the desktop of a microVM on QEMU's user-mode network with UDP `port` forwarded
+    /// from the host's loopback (see `test_kit::vm::udp_from_loopback`): brings the guest's side
+    /// of the network up as the image's init would, binds the agent to the guest address on the
+    /// forwarded port and announces the host side of the forward. Only that address reaches the
+    /// page: the guest's own address exists nowhere on the host, and the browser would send its
+    /// checks there, out of the machine.
+    pub async fn through_user_network(
+        client: AgentClient,
+        display: Option<String>,
+        port: u16,
+    ) -> Self {
+        let guest = orchestrator::vm::UserNetwork::GUEST_ADDR;
+        let prefix = orchestrator::vm::UserNetwork::PREFIX_LEN;
+        let up = client
+            .exec_collect(
+                &[
+                    "sh",
+                    "-c",
+                    &format!("ip link set eth0 up && ip addr add {guest}/{prefix} dev eth0"),
+                ],
+                None,
+            )
+            .await
+            .expect("bring the guest's network up");
+        assert_eq!(
+            up.status.shell_code(),
+            0,
+            "guest network: {}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let ice = IceSettings {
+            bind: vec![IpAddr::V4(guest)],
+            nat_1to1_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            udp_ports: Some((port, port)),
+            ..Default::default()
+        };
+        Self::start_filtered(client, display, ice, |candidate| {
+            candidate.contains(" 127.0.0.1 ")
+        })
+        .await
     }
 
     /// [`Relay::start_with_ice`], passing the page only the answer's candidates `keep` accepts (a
