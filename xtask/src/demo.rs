@@ -1,12 +1,18 @@
 //! `cargo xtask demo`: the product's main flow in real microVMs, with readable progress.
 //!
-//! Builds the image (cached), then drives one login session with the orchestrator's `LoginService`
-//! over the QEMU backend (TCG where there is no real KVM): the user's CLI VM and a browser VM boot,
+//! Builds the images (cached), then drives one login session with the orchestrator's `LoginService`
+//! over the QEMU backend (TCG where there is no real KVM): the user's CLI VM (the golden CLI image,
+//! with the real CLIs, on a disk of the user's own) and a browser VM (the test image) boot,
 //! the browser VM's agent is configured with the user's egress proxy environment over vsock, the
 //! provider's login (a fake CLI replaying a real recorded login) runs on a PTY there, its URL reaches
 //! the host, the "user" pastes the code, the credential file is captured, sealed, stored, pushed into
-//! the running CLI VM, and the browser VM is wiped and destroyed. The CLI VM then shows its CLI
-//! logged in, is destroyed too, and the demo checks that nothing is left behind.
+//! the running CLI VM, and the browser VM is wiped and destroyed. The real `claude` in the CLI VM
+//! then says it is logged in; the CLI VM is destroyed too (its disk with it), and the demo checks
+//! that nothing is left behind.
+//!
+//! The login itself runs a fake CLI: a real one would need the provider's servers, which cannot
+//! be reached here (`cargo xtask bench images` and the VM tests run the real CLIs' logins in the
+//! browser image as far as their URL in Chromium).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -19,7 +25,7 @@ use orchestrator::egress::{EgressPorts, PortRange, ProxyConfig};
 use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, SessionState};
 use orchestrator::store::{Store, StoreConfig};
 use orchestrator::vault::{Keyring, Vault};
-use orchestrator::vm::{QemuConfig, QemuLauncher, QemuVmBackend, VmBackend};
+use orchestrator::vm::{QemuLauncher, QemuVmBackend, VmBackend};
 use orchestrator::AgentClient;
 use protocol::Secret;
 
@@ -34,21 +40,23 @@ const FAKE_CODE: &str = "fake-auth-code-0001";
 /// Runs the demo.
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    let assets = crate::image::prepare(crate::image::Which::Minimal)?;
+    let browser = crate::image::prepare(crate::image::Which::Minimal)?;
+    let cli = crate::image::prepare(crate::image::Which::Cli)?;
     step(&format!(
-        "image ready in {:.1}s",
+        "images ready in {:.1}s",
         started.elapsed().as_secs_f64()
     ));
-    let config = QemuConfig::new(
-        &assets.vhost_device_vsock,
-        &assets.image.kernel,
-        &assets.image.initramfs,
-    );
+    let mut cli_config = cli.qemu_config();
+    // Node.js CLIs: 512 MB.
+    cli_config.memory_mib = 512;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(flow(QemuLauncher::new(config)))?;
+    rt.block_on(flow(
+        QemuLauncher::new(browser.qemu_config()),
+        QemuLauncher::new(cli_config),
+    ))?;
     step(&format!(
         "demo done in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -80,7 +88,7 @@ fn proxy() -> ProxyConfig {
     }
 }
 
-async fn flow(qemu: QemuLauncher) -> Result<()> {
+async fn flow(browser: QemuLauncher, cli: QemuLauncher) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(
         &StoreConfig::Sqlite {
@@ -95,9 +103,15 @@ async fn flow(qemu: QemuLauncher) -> Result<()> {
     ));
     step(&format!(
         "VMs: QEMU ({}), the agent as PID 1, reached over virtio-vsock",
-        qemu.config().accel
+        browser.config().accel
     ));
-    let backend = Arc::new(QemuVmBackend::new(qemu, "/root"));
+    let disks = dir.path().join("cli-disks");
+    let backend = Arc::new(QemuVmBackend::with_images(
+        browser,
+        cli,
+        &disks,
+        "/root",
+    ));
     let service = LoginService::new(
         backend.clone(),
         store.clone(),
@@ -184,7 +198,10 @@ async fn flow(qemu: QemuLauncher) -> Result<()> {
     let out = client
         .exec_collect(&["sh", "-c", "claude auth status"], None)
         .await?;
-    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let said = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     if out.status.shell_code() != 0 {
         bail!("the CLI VM's CLI is not logged in: {said}");
     }
@@ -207,13 +224,18 @@ async fn flow(qemu: QemuLauncher) -> Result<()> {
         .into_iter()
         .filter(|p| PathBuf::from(format!("/proc/{p}")).exists())
         .collect();
-    if !left.is_empty() || vm_dir.is_some_and(|d| d.exists()) || !backend.vm_ids().is_empty() {
-        bail!("something was left behind: processes {left:?}");
+    let disks_left = std::fs::read_dir(&disks).map_or(0, |d| d.count());
+    if !left.is_empty()
+        || vm_dir.is_some_and(|d| d.exists())
+        || !backend.vm_ids().is_empty()
+        || disks_left > 0
+    {
+        bail!("something was left behind: processes {left:?}, {disks_left} CLI disks");
     }
     if !store.active_vms(None).await?.is_empty() || !store.active_sessions().await?.is_empty() {
         bail!("active rows left in the store");
     }
-    step("zero traces: no VM process, no VM file, no active store row");
+    step("zero traces: no VM process, no VM file, no CLI disk, no active store row");
     step("audit log:");
     for entry in store.audit_log(Some(USER)).await? {
         step(&format!(

@@ -8,11 +8,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use orchestrator::vm::{QemuConfig, QemuLauncher};
+use orchestrator::vm::QemuLauncher;
 use orchestrator::AgentClient;
 
 use super::{figure, stats::percentile};
-use crate::image::{rootfs, VmAssets, Which};
+use crate::image::{rootfs, Which};
 use crate::shell::step;
 
 const BOOTS: usize = 3;
@@ -36,28 +36,18 @@ pub fn run() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let minimal = QemuLauncher::new(config(&minimal));
+        let minimal = QemuLauncher::new(minimal.qemu_config());
         figure("accel", minimal.config().accel);
         let p50 = boot_to_hello(&minimal, "minimal").await?;
         figure("minimal_boot_to_hello_ms_p50", p50.as_millis());
-        let mut cli_config = config(&cli);
+        let mut cli_config = cli.qemu_config();
         cli_config.memory_mib = 512;
         let p50 = boot_to_hello(&QemuLauncher::new(cli_config), "cli").await?;
         figure("cli_boot_to_hello_ms_p50", p50.as_millis());
-        let mut browser_config = config(&browser);
+        let mut browser_config = browser.qemu_config();
         browser_config.memory_mib = 1024;
         browser_config.vcpus = 2;
         browser_vm(&QemuLauncher::new(browser_config)).await
-    })
-}
-
-/// What the test kit's VMs of these assets are configured with.
-fn config(assets: &VmAssets) -> QemuConfig {
-    test_kit::vm::config(&test_kit::vm::VmAssets {
-        kernel: assets.image.kernel.clone(),
-        initramfs: assets.image.initramfs.clone(),
-        root_image: assets.root_image.clone(),
-        vhost_device_vsock: assets.vhost_device_vsock.clone(),
     })
 }
 

@@ -88,6 +88,19 @@ pub struct VmAssets {
     pub vhost_device_vsock: PathBuf,
 }
 
+impl VmAssets {
+    /// How the test kit configures VMs of these assets (a disk image's real CLIs need `-cpu max`
+    /// under emulation), to adjust before making a launcher.
+    pub fn qemu_config(&self) -> orchestrator::vm::QemuConfig {
+        test_kit::vm::config(&test_kit::vm::VmAssets {
+            kernel: self.image.kernel.clone(),
+            initramfs: self.image.initramfs.clone(),
+            root_image: self.root_image.clone(),
+            vhost_device_vsock: self.vhost_device_vsock.clone(),
+        })
+    }
+}
+
 /// The machine-wide cache of images, kernels and tools: a fresh clone on the same machine
 /// reuses them, a fresh machine builds them.
 pub fn cache() -> PathBuf {
