@@ -104,6 +104,20 @@ impl Frame {
     }
 }
 
+/// A frame header's kind and payload length, refused when the length is over `max`. For callers
+/// that read one frame off a byte stream and then use the stream raw (an egress tunnel's opening).
+pub fn decode_header(
+    header: [u8; HEADER_LEN],
+    max: usize,
+) -> Result<(FrameKind, usize), FrameError> {
+    let kind = FrameKind::try_from(header[0])?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    Ok((kind, len))
+}
+
 /// Why a stream of frames could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -200,15 +214,7 @@ impl FrameDecoder {
                 break;
             }
         }
-        let kind = FrameKind::try_from(header[0])?;
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        if len > self.max_frame {
-            return Err(FrameError::TooLarge {
-                len,
-                max: self.max_frame,
-            });
-        }
-        Ok(Some((kind, len)))
+        decode_header(header, self.max_frame).map(Some)
     }
 
     /// Drops the first `n` buffered bytes (`n <= buffered`).

@@ -21,6 +21,7 @@ pub mod body;
 pub mod browser;
 pub mod creds;
 pub mod desktop;
+pub mod egress;
 pub mod error;
 pub mod frame;
 pub mod hello;

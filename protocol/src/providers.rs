@@ -100,6 +100,10 @@ pub struct ProviderDef {
     /// whole URL, so its own shape guards against a cut-off one.
     #[serde(default)]
     pub opaque_url_patterns: Vec<String>,
+    /// Destinations a login VM of this provider may reach through the egress proxy (`host`,
+    /// `*.domain` or `host:port`); the host's allow-list.
+    #[serde(default)]
+    pub egress_hosts: Vec<String>,
     /// How the login can run; the first mode is the default.
     pub modes: Vec<LoginMode>,
     /// Files to create before the login starts.

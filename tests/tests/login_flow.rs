@@ -53,7 +53,6 @@ async fn harness_with(timeout: Duration, env: &[(&str, &str)], gate: Option<&str
             username: "fake-proxy-user".into(),
             password: Secret::new("fake-proxy-pass".into()),
         }),
-        vm_subnet: "172.31.0.0/24".into(),
         // Tests retry pushes explicitly.
         push_retry_delay: Duration::from_secs(3600),
         ..LoginConfig::default()
@@ -183,7 +182,7 @@ async fn happy_path(provider: &str, url_prefix: &str, credential_file: &str) {
         "a clean URL: {url:?}"
     );
 
-    // The login ran with the user's egress proxy and the session id.
+    // The login ran with the agent's egress proxy (no credentials in the VM) and the session id.
     let browser = h.browser_vm();
     let env = std::fs::read_to_string(
         h.backend
@@ -192,18 +191,16 @@ async fn happy_path(provider: &str, url_prefix: &str, credential_file: &str) {
             .join(".fake-login-env"),
     )
     .expect("fake CLI wrote its env");
-    let port = h
-        .store
-        .egress_port_of("alice")
-        .await
-        .expect("port")
-        .expect("assigned");
-    let proxy =
-        format!("HTTPS_PROXY=http://fake-proxy-user:fake-proxy-pass@proxy.example.test:{port}");
-    assert!(env.lines().any(|l| l == proxy), "{env}");
-    assert!(env
+    let proxy = env
         .lines()
-        .any(|l| l == "NO_PROXY=localhost,127.0.0.1,172.31.0.0/24"));
+        .find_map(|l| l.strip_prefix("HTTPS_PROXY="))
+        .expect("HTTPS_PROXY set");
+    assert!(
+        proxy.starts_with("http://127.0.0.1:") && !proxy.contains('@'),
+        "{proxy}"
+    );
+    assert!(!env.contains("fake-proxy-pass"), "{env}");
+    assert!(env.lines().any(|l| l == "NO_PROXY=localhost,127.0.0.1,::1"));
     assert!(env.lines().any(|l| l == format!("AGENT_SESSION_ID={id}")));
 
     // Typing into a session that is not waiting for the user is refused.

@@ -42,7 +42,6 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
             username: "fake-proxy-user".into(),
             password: Secret::new("fake-proxy-pass".into()),
         }),
-        vm_subnet: "10.0.2.0/24".into(),
         ..LoginConfig::default()
     };
     let service = LoginService::new(

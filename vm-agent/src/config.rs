@@ -15,9 +15,9 @@ pub enum ListenAddr {
     Unix(PathBuf),
 }
 
-/// Where the agent dials the host to say hello.
+/// A host address the agent dials: to say hello, and for each egress tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HelloAddr {
+pub enum HostAddr {
     /// AF_VSOCK `(cid, port)` (`vsock:CID:PORT`; the host is CID 2).
     Vsock {
         /// Context id of the host.
@@ -61,7 +61,7 @@ impl fmt::Display for ListenAddr {
     }
 }
 
-impl FromStr for HelloAddr {
+impl FromStr for HostAddr {
     type Err = AddrError;
 
     fn from_str(s: &str) -> Result<Self, AddrError> {
@@ -71,22 +71,22 @@ impl FromStr for HelloAddr {
                 let (cid, port) = rest
                     .split_once(':')
                     .ok_or_else(|| AddrError(s.to_string(), EXPECTED))?;
-                Ok(HelloAddr::Vsock {
+                Ok(HostAddr::Vsock {
                     cid: parse_u32(cid, s, EXPECTED)?,
                     port: parse_u32(port, s, EXPECTED)?,
                 })
             }
-            Some(("unix", path)) if !path.is_empty() => Ok(HelloAddr::Unix(path.into())),
+            Some(("unix", path)) if !path.is_empty() => Ok(HostAddr::Unix(path.into())),
             _ => Err(AddrError(s.to_string(), EXPECTED)),
         }
     }
 }
 
-impl fmt::Display for HelloAddr {
+impl fmt::Display for HostAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HelloAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
-            HelloAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            HostAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            HostAddr::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
 }
@@ -95,10 +95,21 @@ impl fmt::Display for HelloAddr {
 pub const DEFAULT_LISTEN: ListenAddr = ListenAddr::Vsock(protocol::DEFAULT_AGENT_PORT);
 
 /// Where the agent says hello by default: the host (CID 2) on the hello port.
-pub const DEFAULT_HELLO: HelloAddr = HelloAddr::Vsock {
+pub const DEFAULT_HELLO: HostAddr = HostAddr::Vsock {
     cid: 2,
     port: protocol::DEFAULT_HELLO_PORT,
 };
+
+/// Where the agent opens egress tunnels by default: the host (CID 2) on the egress port.
+pub const DEFAULT_EGRESS: HostAddr = HostAddr::Vsock {
+    cid: 2,
+    port: protocol::egress::DEFAULT_EGRESS_PORT,
+};
+
+/// Where the egress proxy listens by default.
+fn default_proxy_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 3128))
+}
 
 /// The agent's command line.
 #[derive(Debug, Clone, Parser)]
@@ -114,11 +125,20 @@ pub struct AgentConfig {
 
     /// Where to say hello when up: `vsock:CID:PORT` or `unix:/path`.
     #[arg(long = "hello", default_value_t = DEFAULT_HELLO)]
-    pub hello_addr: HelloAddr,
+    pub hello_addr: HostAddr,
 
     /// Do not dial the host at all.
     #[arg(long)]
     pub no_hello: bool,
+
+    /// Where the egress proxy sends each connection (`vsock:CID:PORT` or `unix:/path`). Without it
+    /// the agent runs no egress proxy (as the VM's init it always does, to the host's egress port).
+    #[arg(long = "egress")]
+    pub egress: Option<HostAddr>,
+
+    /// Where the egress proxy listens: a loopback address (`127.0.0.1:3128`).
+    #[arg(long = "egress-proxy", default_value_t = default_proxy_addr())]
+    pub egress_proxy: std::net::SocketAddr,
 
     /// The X display the desktop streams by default (`:0`); else the `DISPLAY` the agent was
     /// started with. Without one the agent does not offer its desktop.
@@ -127,7 +147,7 @@ pub struct AgentConfig {
 
     /// Do not dial the host at all (set from `--no-hello`).
     #[arg(skip)]
-    pub hello: Option<HelloAddr>,
+    pub hello: Option<HostAddr>,
 
     /// When the agent process started (set by `main`), so the hello can report start-to-hello.
     #[arg(skip)]
@@ -169,6 +189,8 @@ impl AgentConfig {
             listen: vec![DEFAULT_LISTEN],
             hello_addr: DEFAULT_HELLO,
             no_hello: false,
+            egress: Some(DEFAULT_EGRESS),
+            egress_proxy: default_proxy_addr(),
             display: image.display.clone(),
             hello: Some(DEFAULT_HELLO),
             started_at: Some(started_at),
@@ -199,6 +221,9 @@ mod tests {
         assert_eq!(init.listen, parsed.listen);
         assert_eq!(init.hello, parsed.hello);
         assert_eq!(init.hello_addr, parsed.hello_addr);
+        assert_eq!(init.egress_proxy, parsed.egress_proxy);
+        assert_eq!(init.egress, Some(DEFAULT_EGRESS));
+        assert_eq!(parsed.egress, None);
         assert!(init.under_init && !parsed.under_init);
     }
 
@@ -208,10 +233,10 @@ mod tests {
             assert_eq!(s.parse::<ListenAddr>().expect(s).to_string(), s);
         }
         for s in ["vsock:2:1025", "unix:/tmp/h.sock"] {
-            assert_eq!(s.parse::<HelloAddr>().expect(s).to_string(), s);
+            assert_eq!(s.parse::<HostAddr>().expect(s).to_string(), s);
         }
         for bad in ["tcp:80", "vsock:x", "unix:", "vsock:2"] {
-            assert!(bad.parse::<HelloAddr>().is_err(), "{bad}");
+            assert!(bad.parse::<HostAddr>().is_err(), "{bad}");
         }
         assert!("tcp:0.0.0.0:80".parse::<ListenAddr>().is_err());
     }
@@ -220,7 +245,7 @@ mod tests {
     fn defaults_are_vsock() {
         let cfg = AgentConfig::try_from_iter(["vm-agent"]).expect("parse");
         assert_eq!(cfg.listen, vec![ListenAddr::Vsock(1024)]);
-        assert_eq!(cfg.hello, Some(HelloAddr::Vsock { cid: 2, port: 1025 }));
+        assert_eq!(cfg.hello, Some(HostAddr::Vsock { cid: 2, port: 1025 }));
         let cfg = AgentConfig::try_from_iter(["vm-agent", "--no-hello"]).expect("parse");
         assert_eq!(cfg.hello, None);
     }

@@ -13,6 +13,7 @@ pub mod browser;
 pub mod config;
 pub mod creds;
 pub mod detect;
+pub mod egress;
 pub mod exec;
 pub mod files;
 pub mod image;
@@ -63,8 +64,25 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
             .ok()
     };
     let mut agent = Agent::new(&config);
+    let proxy = match config.egress.clone() {
+        Some(host) => {
+            start_egress(egress::EgressConfig {
+                listen: config.egress_proxy,
+                host,
+                max_tunnels: egress::MAX_TUNNELS,
+            })
+            .await
+        }
+        None => None,
+    };
+    if let Some(proxy) = proxy {
+        agent = agent.with_egress_proxy(proxy);
+    }
     #[cfg(feature = "desktop")]
-    if let Some(browser) = config.image.browser.clone() {
+    if let Some(mut browser) = config.image.browser.clone() {
+        if let Some(proxy) = proxy {
+            browser.args.push(format!("--proxy-server=http://{proxy}"));
+        }
         agent = agent.with_browser(browser::Browser::start(browser));
     }
     // The `$BROWSER`/`xdg-open` shim for PTY programs; without it URLs still come from the screen.
@@ -143,4 +161,21 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     }
     shutdown::clean_up(&agent);
     Ok(())
+}
+
+/// Starts the VM's egress proxy and returns where it listens. Without it programs in the VM cannot
+/// reach anything, but the agent still serves the host: the failure is logged, not fatal.
+async fn start_egress(config: egress::EgressConfig) -> Option<std::net::SocketAddr> {
+    egress::raise_descriptor_limit();
+    match egress::Proxy::bind(&config).await {
+        Ok(proxy) => {
+            let addr = proxy.local_addr().ok();
+            tokio::spawn(proxy.serve());
+            addr
+        }
+        Err(e) => {
+            warn!(error = %e, "egress proxy not started");
+            None
+        }
+    }
 }

@@ -27,6 +27,8 @@ pub struct Agent {
     running: AtomicU32,
     under_init: bool,
     pty: Arc<crate::pty::PtySessions>,
+    /// The egress proxy every started program is pointed at, when the agent runs one.
+    egress_proxy: Option<std::net::SocketAddr>,
     /// The image's display, given to what the agent starts (gemini opens its browser only when
     /// it sees one).
     display: Option<String>,
@@ -65,6 +67,7 @@ impl Agent {
             running: AtomicU32::new(0),
             under_init: config.under_init,
             display: config.display.clone(),
+            egress_proxy: None,
             pty: Arc::new(crate::pty::PtySessions::new(
                 crate::procset::CgroupRoot::create(),
             )),
@@ -75,6 +78,12 @@ impl Agent {
             #[cfg(feature = "desktop")]
             browser: None,
         }
+    }
+
+    /// Points every program the agent starts at the egress proxy listening on `addr`.
+    pub fn with_egress_proxy(mut self, addr: std::net::SocketAddr) -> Self {
+        self.egress_proxy = Some(addr);
+        self
     }
 
     /// The PTY sessions.
@@ -221,14 +230,17 @@ impl Agent {
         guard.clone()
     }
 
-    /// The environment for a new process: the agent's own (with its display), then the
-    /// configured one, then `extra`.
+    /// The environment for a new process: the agent's own (with its display and its egress
+    /// proxy), then the configured one, then `extra`.
     pub fn process_env(&self, extra: &protocol::secret::EnvVars) -> BTreeMap<String, String> {
         let configured = self.configured();
         let mut env: BTreeMap<String, String> = std::env::vars().collect();
         if let Some(display) = &self.display {
             env.entry("DISPLAY".into())
                 .or_insert_with(|| display.clone());
+        }
+        if let Some(proxy) = self.egress_proxy {
+            env.extend(crate::egress::proxy_env(proxy).map(|(k, v)| (k.to_owned(), v)));
         }
         env.extend(configured.env.0);
         if let Some(id) = configured.session_id {

@@ -106,12 +106,7 @@ async fn flow(browser: QemuLauncher, cli: QemuLauncher) -> Result<()> {
         browser.config().accel
     ));
     let disks = dir.path().join("cli-disks");
-    let backend = Arc::new(QemuVmBackend::with_images(
-        browser,
-        cli,
-        &disks,
-        "/root",
-    ));
+    let backend = Arc::new(QemuVmBackend::with_images(browser, cli, &disks, "/root"));
     let service = LoginService::new(
         backend.clone(),
         store.clone(),
@@ -119,7 +114,6 @@ async fn flow(browser: QemuLauncher, cli: QemuLauncher) -> Result<()> {
         EgressPorts::new(store.clone(), PortRange::default()),
         LoginConfig {
             proxy: Some(proxy()),
-            vm_subnet: "10.0.2.0/24".into(),
             hello_timeout: Duration::from_secs(60),
             ..LoginConfig::default()
         },

@@ -51,6 +51,12 @@ pub const APT_PACKAGES: &[&str] = &[
     // qemu-utils is replaced by it).
     "mmdebstrap",
     "qemu-utils",
+    // Egress (issue 14): squid is the users' real upstream proxy (basic auth, a port per user;
+    // started by the tests, the package's own service is not used), curl the client through the
+    // agent's proxy, openssl the HTTPS origin's certificate.
+    "squid",
+    "curl",
+    "openssl",
 ];
 
 /// Rust targets the project builds for.

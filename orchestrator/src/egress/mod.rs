@@ -1,18 +1,29 @@
-//! Per-user egress proxy ports.
+//! Egress: every VM of a user leaves through that user's port of the upstream HTTP proxy.
 //!
 //! Every user leaves through one port of the upstream HTTP proxy (one stable external IP per port),
-//! so providers see one stable address per user. Ports come from a configured range (default
+//! so providers see one stable address per user. The VM itself holds no proxy address or
+//! credentials: its agent's loopback proxy turns each connection into a tunnel over vsock, and the
+//! [`EgressGateway`] here opens it to the owner's port with the credentials added, after checking
+//! the VM's [`AllowList`]. The guest cannot choose the port, read the password or widen its list.
+//!
+//! Ports come from a configured range (default
 //! 10001-19999) and are recorded in the [`Store`]; the store's unique constraints (one row per user,
 //! one row per port) make assignment race-free across hosts sharing one PostgreSQL:
 //! each attempt picks a free-looking port and inserts with `ON CONFLICT DO NOTHING`; losing a race
 //! just means trying again. Searches start at a point derived from the user id, so hosts assigning
 //! different users at once rarely aim at the same port.
 
-mod env;
+mod allow;
+mod gateway;
 mod range;
+mod upstream;
 
-pub use env::{vm_environment, ProxyConfig};
+pub use allow::{AllowList, PatternError};
+pub use gateway::{
+    EgressBinding, EgressEvent, EgressGateway, EgressLimits, EgressVm, GatewayError,
+};
 pub use range::PortRange;
+pub use upstream::{ProxyConfig, UpstreamError};
 
 use crate::store::{AuditEvent, PortMove, Store, StoreError};
 
@@ -46,6 +57,11 @@ impl EgressPorts {
     /// Ports from `range`, recorded in `store`.
     pub fn new(store: Store, range: PortRange) -> Self {
         Self { store, range }
+    }
+
+    /// The store the ports are recorded in.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The configured range.

@@ -6,7 +6,6 @@ use std::time::Duration;
 use protocol::creds::{CredsScope, CredsWatchRequest};
 use protocol::messages::{ConfigureRequest, WriteFileRequest};
 use protocol::pty::{Pty, PtyEvent, PtyRequest, PtySpawn};
-use protocol::secret::EnvVars;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -15,7 +14,7 @@ use super::events::LoginEventKind;
 use super::state::SessionState;
 use super::{forget_later, Inner, LoginError, Session};
 use crate::client::{AgentClient, ClientError, StreamCall, StreamItem};
-use crate::egress::vm_environment;
+use crate::egress::{AllowList, EgressBinding, EgressVm};
 use crate::store::{AuditEvent, StoreError};
 use crate::transport::TransportError;
 use crate::vault::{CredentialPlaintext, VaultError};
@@ -44,6 +43,8 @@ pub(super) enum FlowError {
     Vault(#[from] VaultError),
     #[error("egress: {0}")]
     Egress(#[from] crate::egress::EgressError),
+    #[error("egress: {0}")]
+    Gateway(#[from] crate::egress::GatewayError),
     #[error("{0}")]
     Login(String),
 }
@@ -61,6 +62,8 @@ struct Browser {
     handle: VmHandle,
     client: Option<AgentClient>,
     login: Option<StreamCall<Pty>>,
+    /// Its way out; dropped with the VM.
+    egress: Option<EgressBinding>,
 }
 
 enum Outcome {
@@ -156,6 +159,28 @@ fn guest_path(home: &str, relative: &str) -> String {
     )
 }
 
+/// Serves the user's CLI VM's egress, unless it is served already (a VM created anew gets a new
+/// binding: its socket is new).
+fn serve_cli_egress(inner: &Inner, user: &str, cli: &VmHandle) -> Result<(), FlowError> {
+    let (Some(gateway), Some(path)) = (&inner.gateway, &cli.egress) else {
+        return Ok(());
+    };
+    let mut served = inner.cli_egress.lock().unwrap_or_else(|p| p.into_inner());
+    if served.contains_key(&cli.id) && !cli.created {
+        return Ok(());
+    }
+    let binding = gateway.serve_vm(
+        path,
+        EgressVm {
+            user: user.to_owned(),
+            vm_id: cli.id.clone(),
+            allow: inner.config.cli_egress.clone(),
+        },
+    )?;
+    served.insert(cli.id.clone(), binding);
+    Ok(())
+}
+
 /// The happy path. Every resource it makes is put into `res` before the next await, so cleanup
 /// finds it whenever this future is dropped.
 async fn run(
@@ -175,7 +200,8 @@ async fn run(
         }
     }
     progress(session, "cli_vm", cli.id.clone());
-    let port = inner.egress.assign(user).await?;
+    inner.egress.assign(user).await?;
+    serve_cli_egress(inner, user, &cli)?;
 
     let spec = VmSpec {
         user_id: user.to_owned(),
@@ -197,6 +223,7 @@ async fn run(
             handle,
             client: None,
             login: None,
+            egress: None,
         })
         .handle
         .hello
@@ -218,13 +245,23 @@ async fn run(
     let connector = res_browser(res)?.handle.connector.clone();
     let client = AgentClient::connect_with_retry(&*connector, inner.config.hello_timeout).await?;
     res_browser(res)?.client = Some(client.clone());
-    let env = match &inner.config.proxy {
-        Some(proxy) => vm_environment(proxy, port, &inner.config.vm_subnet),
-        None => EnvVars::default(),
-    };
+    // Its way out: the user's port, the provider's hosts. Bound before the login runs, so the
+    // first connection the CLI or Chromium makes finds it.
+    if let (Some(gateway), Some(path)) = (&inner.gateway, &res_browser(res)?.handle.egress) {
+        let mut allow = provider.egress_hosts.clone();
+        allow.extend(inner.config.login_egress.iter().cloned());
+        let binding = gateway.serve_vm(
+            path,
+            EgressVm {
+                user: user.to_owned(),
+                vm_id: vm_id.clone(),
+                allow: AllowList::Only(allow),
+            },
+        )?;
+        res_browser(res)?.egress = Some(binding);
+    }
     client
         .configure(&ConfigureRequest {
-            env,
             session_id: Some(session.id.clone()),
             ..Default::default()
         })
@@ -393,6 +430,7 @@ async fn cleanup(inner: &Inner, session: &Session, mut res: Resources) {
                 handle,
                 client: None,
                 login: None,
+                egress: None,
             });
         }
     }

@@ -3,8 +3,8 @@
 //! [`LoginService::start`] returns a session id at once; the flow runs in the background and its
 //! progress is a stream of [`LoginEvent`]s that any subscriber, however late, replays from the first
 //! event. The flow: make sure the user's CLI VM exists, create a browser VM through the
-//! [`VmBackend`], wait for its agent's hello, configure it (proxy environment of the user's egress
-//! port, session id), run the provider's login, report its URL, capture the credential file once it
+//! [`VmBackend`], wait for its agent's hello, serve its egress tunnels (through the user's egress
+//! port, to the provider's hosts only), configure it (session id), run the provider's login, report its URL, capture the credential file once it
 //! is complete, store it sealed, push it into the CLI VM, then wipe and destroy the browser VM.
 //!
 //! A session ends `completed`, `failed`, `timeout` (default 5 minutes from the start) or
@@ -32,7 +32,9 @@ use protocol::body::FrameSender;
 use protocol::frame::{Frame, FrameKind};
 use tokio::sync::watch;
 
-use crate::egress::{EgressPorts, ProxyConfig};
+use crate::egress::{
+    AllowList, EgressBinding, EgressEvent, EgressGateway, EgressLimits, EgressPorts, ProxyConfig,
+};
 use crate::store::{NewSession, SessionInsert, Store, StoreError};
 use crate::vault::Vault;
 use crate::vm::VmBackend;
@@ -44,10 +46,15 @@ pub struct LoginConfig {
     pub timeout: Duration,
     /// How long a new VM's agent may take to say hello.
     pub hello_timeout: Duration,
-    /// The upstream egress proxy; `None` runs logins without a proxy (development).
+    /// The upstream egress proxy; `None` runs logins without a way out (development).
     pub proxy: Option<ProxyConfig>,
-    /// The VMs' subnet, kept out of the proxy (`NO_PROXY`).
-    pub vm_subnet: String,
+    /// Destinations a login VM may reach besides its provider's `egress_hosts` (a deployment's
+    /// own: a corporate SSO page, say).
+    pub login_egress: Vec<String>,
+    /// Where the CLI VMs may go (default anywhere: a user's prompts fetch what they fetch).
+    pub cli_egress: AllowList,
+    /// What one VM may ask of the egress gateway.
+    pub egress_limits: EgressLimits,
     /// Provider recipes (default: the built-in provider rules).
     pub providers: Vec<ProviderLogin>,
     /// First delay before retrying a failed push into the CLI VM; doubles per attempt.
@@ -64,7 +71,9 @@ impl Default for LoginConfig {
             timeout: Duration::from_secs(300),
             hello_timeout: Duration::from_secs(30),
             proxy: None,
-            vm_subnet: "172.16.0.0/12".into(),
+            login_egress: Vec::new(),
+            cli_egress: AllowList::Any,
+            egress_limits: EgressLimits::default(),
             providers: ProviderLogin::builtin(),
             push_retry_delay: Duration::from_secs(2),
             push_retries: 5,
@@ -152,6 +161,10 @@ pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) vault: Arc<Vault>,
     pub(crate) egress: EgressPorts,
+    /// Carries the VMs' tunnels, when an upstream proxy is configured.
+    pub(crate) gateway: Option<EgressGateway>,
+    /// The CLI VMs' egress, served as long as the service runs (by VM id).
+    pub(crate) cli_egress: Mutex<HashMap<String, EgressBinding>>,
     pub(crate) config: LoginConfig,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
@@ -186,16 +199,28 @@ impl LoginService {
         egress: EgressPorts,
         config: LoginConfig,
     ) -> Self {
+        let gateway = config
+            .proxy
+            .clone()
+            .map(|proxy| EgressGateway::new(egress.clone(), proxy, config.egress_limits.clone()));
         Self {
             inner: Arc::new(Inner {
                 backend,
                 store,
                 vault,
                 egress,
+                gateway,
+                cli_egress: Mutex::new(HashMap::new()),
                 config,
                 sessions: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Egress tunnels that were refused or failed upstream, from now on; `None` without an
+    /// upstream proxy.
+    pub fn egress_events(&self) -> Option<tokio::sync::broadcast::Receiver<EgressEvent>> {
+        self.inner.gateway.as_ref().map(EgressGateway::subscribe)
     }
 
     /// Starts linking `provider` for `user` in the provider's default login mode and returns the

@@ -18,6 +18,8 @@ pub struct ProviderLogin {
     pub credential_file: String,
     /// Files written before the login starts.
     pub seed_files: Vec<SeedFile>,
+    /// Where a login VM of this provider may go (its egress allow-list).
+    pub egress_hosts: Vec<String>,
 }
 
 /// Why provider rules could not be read.
@@ -57,6 +59,7 @@ impl ProviderLogin {
                 };
                 Ok(ProviderLogin {
                     name: def.id,
+                    egress_hosts: def.egress_hosts,
                     modes: def.modes,
                     credential_file,
                     seed_files: def

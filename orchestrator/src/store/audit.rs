@@ -67,6 +67,17 @@ pub enum AuditEvent {
         /// Port now held (or released).
         port: u16,
     },
+    /// A VM's egress tunnel was refused (allow-list) or failed upstream.
+    EgressRefused {
+        /// VM id.
+        vm_id: String,
+        /// `host:port` it asked for.
+        target: String,
+        /// Status the VM's client got.
+        status: u16,
+        /// Why (never a credential).
+        reason: String,
+    },
 }
 
 impl AuditEvent {
@@ -116,6 +127,16 @@ impl AuditEvent {
             AuditEvent::EgressPort { action, port } => {
                 ("egress_port", port.to_string(), format!("action={action}"))
             }
+            AuditEvent::EgressRefused {
+                vm_id,
+                target,
+                status,
+                reason,
+            } => (
+                "egress_refused",
+                target.clone(),
+                format!("vm={vm_id} status={status} reason={reason}"),
+            ),
         }
     }
 }

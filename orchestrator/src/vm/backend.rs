@@ -55,6 +55,10 @@ pub struct VmHandle {
     pub hello: Option<HelloListener>,
     /// Home directory of the guest user the CLIs run as (credential paths are relative to it).
     pub guest_home: String,
+    /// Where the host accepts the VM's egress tunnels ([`crate::egress::EgressGateway::serve_vm`]):
+    /// for hybrid vsock the socket its device connects to for the egress port; `None` when the
+    /// VM has no way out.
+    pub egress: Option<std::path::PathBuf>,
     /// Whether this call created the VM (as opposed to finding it running).
     pub created: bool,
 }
@@ -65,6 +69,7 @@ impl fmt::Debug for VmHandle {
             .field("id", &self.id)
             .field("connector", &self.connector)
             .field("guest_home", &self.guest_home)
+            .field("egress", &self.egress)
             .field("created", &self.created)
             .finish()
     }

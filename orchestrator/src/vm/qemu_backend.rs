@@ -110,9 +110,11 @@ impl QemuVmBackend {
     }
 
     fn handle(&self, id: &str, vm: &QemuVm, created: bool) -> VmHandle {
+        let connector = vm.connector();
         VmHandle {
             id: id.to_owned(),
-            connector: Arc::new(vm.connector()),
+            egress: Some(connector.host_listener_path(protocol::egress::DEFAULT_EGRESS_PORT)),
+            connector: Arc::new(connector),
             hello: None,
             guest_home: self.guest_home.clone(),
             created,

@@ -21,6 +21,17 @@ pub fn agent_args(socket: &Path, hello: &HelloListener) -> [String; 4] {
     ]
 }
 
+/// Arguments that give a local agent an egress proxy on a free loopback port, tunnelling to the
+/// gateway socket `egress` (what a VM's agent does over vsock).
+pub fn egress_args(egress: &Path) -> [String; 4] {
+    [
+        "--egress".to_owned(),
+        format!("unix:{}", egress.display()),
+        "--egress-proxy".to_owned(),
+        "127.0.0.1:0".to_owned(),
+    ]
+}
+
 /// The agent's command line ([`agent_args`]), logging warnings (or what `AGENT_LOG` of the
 /// caller asks for). The caller adds HOME and the rest.
 pub fn agent_command(agent_bin: &Path, socket: &Path, hello: &HelloListener) -> Command {
@@ -93,6 +104,24 @@ impl AgentProcess {
         env: &[(&str, &str)],
         logged: bool,
     ) -> std::io::Result<Self> {
+        Self::launch_with_args(agent_bin, env, &[], logged).await
+    }
+
+    /// Same, with the workspace's agent, logged, tunnelling its egress to the gateway socket
+    /// `egress` ([`egress_args`]).
+    pub async fn start_with_egress(egress: &Path) -> Self {
+        Self::launch_with_args(&workspace_bin("vm-agent"), &[], &egress_args(egress), true)
+            .await
+            .expect("start vm-agent")
+    }
+
+    /// [`AgentProcess::launch`] with extra agent arguments.
+    pub async fn launch_with_args(
+        agent_bin: &Path,
+        env: &[(&str, &str)],
+        args: &[String],
+        logged: bool,
+    ) -> std::io::Result<Self> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("agent.sock");
         let home = dir.path().join("home");
@@ -105,6 +134,7 @@ impl AgentProcess {
             Stdio::inherit()
         };
         let mut child = agent_command(agent_bin, &socket, &hello)
+            .args(args)
             .env("HOME", &home)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

@@ -9,6 +9,7 @@
 //!   binary of this crate), writing credentials where the provider rules say;
 //! - [`desktop`]: Xvfb, headless Chromium, the signalling relay, a browserless viewer, coturn;
 //! - [`postgres`]: a throwaway loopback-only PostgreSQL cluster;
+//! - [`egress`]: squid as the users' upstream proxy and an HTTPS origin standing in for a provider;
 //! - [`provider_clis`]: the real CLIs from npm (pinned, or the newest), and [`provider_check`]:
 //!   their logins through the agent checked against an independent reading;
 //! - [`login`], [`ports`]: small shared set-ups.
@@ -21,6 +22,7 @@ pub mod agent;
 pub mod browser_vm;
 pub mod credentials;
 pub mod desktop;
+pub mod egress;
 pub mod fake_clis;
 pub mod local_backend;
 pub mod login;

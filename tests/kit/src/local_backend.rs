@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use orchestrator::transport::{HelloListener, UnixConnector};
 use orchestrator::vm::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
 
-use crate::agent::agent_command;
+use crate::agent::{agent_command, egress_args};
 
 /// Environment variable marking every process of a local VM.
 pub const VM_ID_ENV: &str = "LOCAL_VM_ID";
@@ -171,7 +171,9 @@ impl LocalAgentBackend {
             .agent_start_gate
             .as_ref()
             .filter(|_| spec.kind == VmKind::Browser);
-        let agent = agent_command(&self.options.agent_bin, &agent_sock, &hello);
+        let egress = dir.join("egress.sock");
+        let mut agent = agent_command(&self.options.agent_bin, &agent_sock, &hello);
+        agent.args(egress_args(&egress));
         let mut cmd = match gate {
             None => Command::from(agent),
             Some(gate) => {
@@ -207,6 +209,7 @@ impl LocalAgentBackend {
             connector: Arc::new(UnixConnector::new(&agent_sock)),
             hello: Some(hello),
             guest_home: home.display().to_string(),
+            egress: Some(egress),
             created: true,
         };
         self.lock().insert(
@@ -289,6 +292,7 @@ impl VmBackend for LocalAgentBackend {
                     connector: Arc::new(UnixConnector::new(dir.join("agent.sock"))),
                     hello: None,
                     guest_home: dir.join("home").display().to_string(),
+                    egress: Some(dir.join("egress.sock")),
                     created: false,
                     id,
                 }),

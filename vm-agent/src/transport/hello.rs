@@ -10,7 +10,7 @@ use tokio::net::UnixStream;
 use tokio_vsock::{VsockAddr, VsockStream};
 use tracing::{debug, info, warn};
 
-use crate::config::HelloAddr;
+use crate::config::HostAddr;
 use crate::state::Agent;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -34,7 +34,7 @@ pub enum HelloError {
 
 /// Dials `addr` and says hello until the host acknowledges, backing off between attempts. Gives up
 /// only when the host explicitly refuses this agent.
-pub async fn say_hello(addr: &HelloAddr, agent: &Agent) {
+pub async fn say_hello(addr: &HostAddr, agent: &Agent) {
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
     loop {
@@ -55,13 +55,13 @@ pub async fn say_hello(addr: &HelloAddr, agent: &Agent) {
     }
 }
 
-async fn attempt(addr: &HelloAddr, agent: &Agent) -> Result<HelloAck, HelloError> {
+async fn attempt(addr: &HostAddr, agent: &Agent) -> Result<HelloAck, HelloError> {
     match addr {
-        HelloAddr::Vsock { cid, port } => {
+        HostAddr::Vsock { cid, port } => {
             let stream = VsockStream::connect(VsockAddr::new(*cid, *port)).await?;
             exchange(stream, agent).await
         }
-        HelloAddr::Unix(path) => exchange(UnixStream::connect(path).await?, agent).await,
+        HostAddr::Unix(path) => exchange(UnixStream::connect(path).await?, agent).await,
     }
 }
 

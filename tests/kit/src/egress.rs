@@ -1,0 +1,281 @@
+//! The egress path's real peers: squid as the users' upstream proxy (basic auth, one port per
+//! user) and an HTTPS origin standing in for a provider host (the providers cannot be reached
+//! here). Squid resolves the origin's name from its own hosts file, so a name reaches the upstream
+//! unresolved, as it would in production.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Squid's binary (Debian's `squid` package; `cargo xtask setup` installs it).
+const SQUID: &str = "/usr/sbin/squid";
+const NCSA_AUTH: &str = "/usr/lib/squid/basic_ncsa_auth";
+
+fn free_tcp_port() -> u16 {
+    crate::ports::free_tcp_range(1).0
+}
+
+fn wait_listening(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not listening on {port} within 30 s; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running squid: basic auth for one user, one `http_port` per egress port, an access log that
+/// records the port each request arrived on and the authenticated user. Stopped on drop.
+#[derive(Debug)]
+pub struct Squid {
+    child: Child,
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+}
+
+impl Squid {
+    /// Starts squid on the loopback ports `first..=last` (the users' egress ports), accepting
+    /// `user`/`password`, resolving each of `hosts` to 127.0.0.1 (other names fail DNS).
+    pub fn start((first, last): (u16, u16), user: &str, password: &str, hosts: &[&str]) -> Self {
+        assert!(
+            Path::new(SQUID).exists(),
+            "{SQUID} is missing: run `cargo xtask setup` (installs squid)"
+        );
+        let dir = tempfile::tempdir().expect("squid dir");
+        // Squid drops to its own user: it must read its files and write its logs here.
+        set_mode(dir.path(), 0o777);
+        let hash = Command::new("openssl")
+            .args(["passwd", "-apr1", password])
+            .output()
+            .expect("openssl passwd");
+        assert!(hash.status.success(), "openssl passwd failed");
+        let passwd = dir.path().join("passwd");
+        std::fs::write(
+            &passwd,
+            format!("{user}:{}", String::from_utf8_lossy(&hash.stdout).trim()),
+        )
+        .expect("passwd");
+        let hosts_file = dir.path().join("hosts");
+        let hosts_text: String = hosts.iter().map(|h| format!("127.0.0.1 {h}\n")).collect();
+        std::fs::write(&hosts_file, hosts_text).expect("hosts");
+        let ports: Vec<u16> = (first..=last).collect();
+        let d = dir.path().display();
+        let mut conf = String::new();
+        for port in &ports {
+            conf.push_str(&format!("http_port 127.0.0.1:{port}\n"));
+        }
+        conf.push_str(&format!(
+            "auth_param basic program {NCSA_AUTH} {passwd}\n\
+             auth_param basic realm egress-test\n\
+             acl authed proxy_auth REQUIRED\n\
+             http_access allow authed\n\
+             http_access deny all\n\
+             logformat egress %ts %>lp %un %rm %ru %>Hs\n\
+             access_log stdio:{d}/access.log egress\n\
+             cache_log {d}/cache.log\n\
+             cache deny all\n\
+             cache_mem 8 MB\n\
+             hosts_file {hosts}\n\
+             dns_nameservers 127.0.0.1\n\
+             dns_timeout 2 seconds\n\
+             negative_dns_ttl 1 seconds\n\
+             pid_filename none\n\
+             coredump_dir {d}\n\
+             netdb_filename none\n\
+             pinger_enable off\n\
+             icp_port 0\n\
+             via off\n\
+             forwarded_for delete\n\
+             shutdown_lifetime 0 seconds\n\
+             max_filedescriptors 16384\n",
+            passwd = passwd.display(),
+            hosts = hosts_file.display(),
+        ));
+        let conf_path = dir.path().join("squid.conf");
+        std::fs::write(&conf_path, conf).expect("squid.conf");
+        for f in ["access.log", "cache.log", "passwd", "hosts", "squid.conf"] {
+            let path = dir.path().join(f);
+            if !path.exists() {
+                std::fs::File::create(&path).expect("log file");
+            }
+            set_mode(&path, 0o666);
+        }
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
+        let child = Command::new(SQUID)
+            .arg("-N")
+            .arg("-f")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start squid");
+        let squid = Self { child, dir, ports };
+        for port in &squid.ports {
+            wait_listening(*port, "squid", &squid.dir.path().join("cache.log"));
+        }
+        squid
+    }
+
+    /// Its ports, in the order asked for.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// What squid logged of the requests: `time port user method url status` per line.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    /// Its access log, waiting up to 10 s for a line containing `needle` (squid writes a
+    /// request's line when the request ends).
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.access_log();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Squid {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// The origin's Python program: `/` answers a greeting, `/bytes/N` N bytes (for downloads),
+/// `POST /echo` the body it got back.
+const ORIGIN_PY: &str = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def send(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        if self.path.startswith("/bytes/"):
+            n = int(self.path[7:])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            chunk = b"x" * 65536
+            while n > 0:
+                self.wfile.write(chunk[:min(n, 65536)])
+                n -= 65536
+        else:
+            self.send(b"hello from the origin\n")
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        self.send(self.rfile.read(n))
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
+/// An HTTPS origin on loopback with a self-signed certificate for `name`: the stand-in for a
+/// provider host. Stopped on drop.
+#[derive(Debug)]
+pub struct HttpsOrigin {
+    child: Child,
+    dir: tempfile::TempDir,
+    name: String,
+    port: u16,
+}
+
+impl HttpsOrigin {
+    /// Starts the origin for `name` on a free loopback port.
+    pub fn start(name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("origin dir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .arg("-subj")
+            .arg(format!("/CN={name}"))
+            .arg("-addext")
+            .arg(format!("subjectAltName=DNS:{name}"))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl req");
+        assert!(
+            made.success(),
+            "openssl could not make the origin's certificate"
+        );
+        let script = dir.path().join("origin.py");
+        std::fs::File::create(&script)
+            .and_then(|mut f| f.write_all(ORIGIN_PY.as_bytes()))
+            .expect("origin script");
+        let port = free_tcp_port();
+        let log = dir.path().join("origin.log");
+        let child = Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(&cert)
+            .arg(&key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("origin log"))
+            .spawn()
+            .expect("start the origin (python3)");
+        wait_listening(port, "the HTTPS origin", &log);
+        Self {
+            child,
+            dir,
+            name: name.to_owned(),
+            port,
+        }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `https://name:port` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}:{}{path}", self.name, self.port)
+    }
+
+    /// `name:port`, as an allow-list entry or a CONNECT target.
+    pub fn target(&self) -> String {
+        format!("{}:{}", self.name, self.port)
+    }
+
+    /// Its certificate (PEM), for the client's `--cacert`.
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+}
+
+impl Drop for HttpsOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
