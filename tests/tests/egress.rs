@@ -9,69 +9,13 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use orchestrator::egress::{
-    AllowList, EgressEvent, EgressGateway, EgressLimits, EgressPorts, EgressVm, PortRange,
-    ProxyConfig,
-};
+use orchestrator::egress::{AllowList, EgressEvent, EgressGateway, EgressLimits, EgressVm};
 use orchestrator::store::Store;
 use orchestrator::AgentClient;
-use protocol::secret::Secret;
-use test_kit::egress::{HttpsOrigin, Squid};
+use test_kit::egress::{EgressRig as Rig, PROXY_PASSWORD, PROXY_USER};
 use test_kit::AgentProcess;
 
-const PROXY_USER: &str = "fake-egress-user";
-const PROXY_PASSWORD: &str = "fake-egress-pass-4b1d";
-const ORIGIN: &str = "login.provider.test";
-
-/// Squid on a range of per-user ports, the origin, a store and a gateway using the range.
-struct Rig {
-    dir: tempfile::TempDir,
-    squid: Squid,
-    origin: HttpsOrigin,
-    store: Store,
-    ports: EgressPorts,
-}
-
-impl Rig {
-    async fn start(users_ports: u16) -> Self {
-        let dir = tempfile::tempdir().expect("dir");
-        let range = test_kit::ports::free_tcp_range(users_ports);
-        let squid = Squid::start(range, PROXY_USER, PROXY_PASSWORD, &[ORIGIN]);
-        let origin = HttpsOrigin::start(ORIGIN);
-        let store = test_kit::login::sqlite_store(dir.path(), "egress-test").await;
-        let ports = EgressPorts::new(
-            store.clone(),
-            PortRange::new(range.0, range.1).expect("range"),
-        );
-        Self {
-            dir,
-            squid,
-            origin,
-            store,
-            ports,
-        }
-    }
-
-    fn gateway(&self, password: &str, limits: EgressLimits) -> EgressGateway {
-        EgressGateway::new(
-            self.ports.clone(),
-            ProxyConfig {
-                host: "127.0.0.1".into(),
-                username: PROXY_USER.into(),
-                password: Secret::new(password.into()),
-            },
-            limits,
-        )
-    }
-
-    fn socket(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(format!("{name}.sock"))
-    }
-
-    fn only_origin(&self) -> AllowList {
-        AllowList::only([self.origin.target()])
-    }
-}
+const ORIGIN: &str = test_kit::egress::ORIGIN;
 
 /// A user's "VM": its gateway binding and its agent.
 struct Vm {

@@ -131,6 +131,95 @@ async fn pushed_credentials_log_the_real_clis_in_and_survive_a_restart() {
     );
 }
 
+/// Egress in a real CLI VM over real vsock: `curl` in the guest, pointed by the agent at its
+/// loopback proxy, reaches the HTTPS origin through the host's gateway and the user's squid port
+/// (squid logs the CONNECT on that port with the configured user); a destination off the VM's
+/// list is refused; and the proxy password is in no guest environment, command line or file, nor
+/// in the VM's console log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_in_the_cli_vm_leaves_through_its_users_port_and_the_vm_never_sees_the_password() {
+    use orchestrator::egress::{EgressLimits, EgressVm};
+    use test_kit::egress::{EgressRig, PROXY_PASSWORD, PROXY_USER};
+
+    let rig = EgressRig::start(2).await;
+    let port = rig.ports.assign("alice").await.expect("port");
+    let gateway = rig.gateway(PROXY_PASSWORD, EgressLimits::default());
+    let mut events = gateway.subscribe();
+    let vm = cli_launcher()
+        .create("egress")
+        .await
+        .expect("the CLI VM boots");
+    let _binding = gateway
+        .serve_vm(
+            &vm.connector()
+                .host_listener_path(protocol::egress::DEFAULT_EGRESS_PORT),
+            EgressVm {
+                user: "alice".into(),
+                vm_id: vm.name().into(),
+                allow: rig.only_origin(),
+            },
+        )
+        .expect("serve the VM's egress");
+    let client = AgentClient::connect_with_retry(&vm.connector(), Duration::from_secs(30))
+        .await
+        .expect("connect");
+    let cert = std::fs::read(rig.origin.cert_path()).expect("cert");
+    client
+        .write_file(&protocol::messages::WriteFileRequest {
+            path: "/tmp/origin.pem".into(),
+            content: cert,
+            mode: Some(0o644),
+            create_dirs: false,
+        })
+        .await
+        .expect("the origin's certificate into the VM");
+
+    let (code, out) = run(
+        &client,
+        &[
+            "curl",
+            "-sS",
+            "--cacert",
+            "/tmp/origin.pem",
+            &rig.origin.url("/"),
+        ],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "hello from the origin\n"));
+    let line = format!("{port} {PROXY_USER} CONNECT {} 200", rig.origin.target());
+    let log = rig.squid.wait_for_log(&line).await;
+    assert!(log.contains(&line), "squid did not log {line:?}:\n{log}");
+
+    let (code, out) = run(&client, &["curl", "-sS", "https://elsewhere.test/"]).await;
+    assert_ne!(code, 0);
+    assert!(out.contains("403"), "{out}");
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event")
+        .expect("event");
+    assert_eq!(
+        (event.status, event.target.as_str()),
+        (403, "elsewhere.test:443")
+    );
+
+    // The guest's every environment and command line, and its configuration and home files.
+    let (_, seen) = run(
+        &client,
+        &[
+            "sh",
+            "-c",
+            "cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline; \
+             grep -rl fake-egress /etc /root /home /tmp /run /var/log 2>/dev/null; env",
+        ],
+    )
+    .await;
+    assert!(seen.contains("HTTPS_PROXY=http://127.0.0.1:3128"), "{seen}");
+    assert!(!seen.contains(PROXY_PASSWORD), "the password is in the VM");
+    assert!(!vm.serial_log().contains(PROXY_PASSWORD));
+    drop(client);
+    vm.destroy().await.expect("destroy");
+}
+
 use test_kit::browser_vm::{browser_ready, navigated, start_login, GUEST_HOME};
 
 /// The browser VM: X, a window manager, the terminal on the left showing the agent's login

@@ -8,6 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use orchestrator::egress::{
+    AllowList, EgressGateway, EgressLimits, EgressPorts, PortRange, ProxyConfig,
+};
+use orchestrator::store::Store;
+use protocol::secret::Secret;
+
 /// Squid's binary (Debian's `squid` package; `cargo xtask setup` installs it).
 const SQUID: &str = "/usr/sbin/squid";
 const NCSA_AUTH: &str = "/usr/lib/squid/basic_ncsa_auth";
@@ -277,5 +283,73 @@ impl Drop for HttpsOrigin {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The fake upstream user every egress test uses (squid accepts it; never a real account).
+pub const PROXY_USER: &str = "fake-egress-user";
+/// Its fake password: tests grep the VM and the logs for it.
+pub const PROXY_PASSWORD: &str = "fake-egress-pass-4b1d";
+/// The origin's name: squid resolves it, the VM never does.
+pub const ORIGIN: &str = "login.provider.test";
+
+/// Squid on a range of per-user ports, the origin, a store, and the users' ports over that range:
+/// what every egress test and `cargo xtask bench egress-tunnel` start from.
+#[derive(Debug)]
+pub struct EgressRig {
+    /// Holds the store and the gateway sockets.
+    pub dir: tempfile::TempDir,
+    /// The upstream.
+    pub squid: Squid,
+    /// The provider stand-in.
+    pub origin: HttpsOrigin,
+    /// Where ports and audit events are recorded.
+    pub store: Store,
+    /// The users' ports (squid's ports).
+    pub ports: EgressPorts,
+}
+
+impl EgressRig {
+    /// Starts it with `users_ports` ports.
+    pub async fn start(users_ports: u16) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let range = crate::ports::free_tcp_range(users_ports);
+        let squid = Squid::start(range, PROXY_USER, PROXY_PASSWORD, &[ORIGIN]);
+        let origin = HttpsOrigin::start(ORIGIN);
+        let store = crate::login::sqlite_store(dir.path(), "egress-test").await;
+        let ports = EgressPorts::new(
+            store.clone(),
+            PortRange::new(range.0, range.1).expect("range"),
+        );
+        Self {
+            dir,
+            squid,
+            origin,
+            store,
+            ports,
+        }
+    }
+
+    /// A gateway to squid authenticating with `password`.
+    pub fn gateway(&self, password: &str, limits: EgressLimits) -> EgressGateway {
+        EgressGateway::new(
+            self.ports.clone(),
+            ProxyConfig {
+                host: "127.0.0.1".into(),
+                username: PROXY_USER.into(),
+                password: Secret::new(password.into()),
+            },
+            limits,
+        )
+    }
+
+    /// A socket path for a VM's tunnels.
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.sock"))
+    }
+
+    /// An allow-list of the origin alone.
+    pub fn only_origin(&self) -> AllowList {
+        AllowList::only([self.origin.target()])
     }
 }

@@ -6,6 +6,7 @@ mod creds;
 mod desktop;
 mod detect;
 mod egress;
+mod egress_tunnel;
 mod images;
 mod login;
 mod rpc;
@@ -35,6 +36,9 @@ pub enum Which {
     Login,
     /// Egress port assignment: SQLite, and two orchestrators racing on PostgreSQL.
     Egress,
+    /// The egress path (agent proxy, vsock tunnel, gateway, squid) vs squid directly: download
+    /// MB/s, CONNECT latency, tunnels held at once.
+    EgressTunnel,
     /// Sealing and opening a 4 KiB credential.
     Vault,
     /// The golden images: sizes, cold build time, boot times of the minimal, CLI and browser
@@ -60,6 +64,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Rpc => rpc::run(),
         Which::Boot => boot::run(),
         Which::Egress => egress::run(),
+        Which::EgressTunnel => egress_tunnel::run(),
         Which::Login => login::run(),
         Which::Vault => vault::run(),
         Which::Images => images::run(),
