@@ -138,9 +138,6 @@ async fn pushed_credentials_log_the_real_clis_in_and_survive_a_restart() {
 /// in the VM's console log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_in_the_cli_vm_leaves_through_its_users_port_and_the_vm_never_sees_the_password() {
-    use orchestrator::egress::{EgressLimits, EgressVm};
-    use test_kit::egress::{EgressRig, PROXY_PASSWORD, PROXY_USER};
-
     let rig = EgressRig::start(2).await;
     let port = rig.ports.assign("alice").await.expect("port");
     let gateway = rig.gateway(PROXY_PASSWORD, EgressLimits::default());
@@ -220,12 +217,16 @@ async fn curl_in_the_cli_vm_leaves_through_its_users_port_and_the_vm_never_sees_
     vm.destroy().await.expect("destroy");
 }
 
+use orchestrator::egress::{AllowList, EgressLimits, EgressVm};
 use test_kit::browser_vm::{browser_ready, navigated, start_login, GUEST_HOME};
+use test_kit::egress::{EgressRig, PROXY_PASSWORD, PROXY_USER};
 
 /// The browser VM: X, a window manager, the terminal on the left showing the agent's login
 /// session, Chromium on the right. For each real CLI, the login runs in the VM, its URL reaches
-/// the host and Chromium opens it (the tab's URL, read through the agent's browser concern; no
-/// network in the VM, so the page itself does not load); a URL that is not the provider's is not
+/// the host and Chromium opens it (the tab's URL, read through the agent's browser concern) and
+/// asks for the page through the VM's egress: the host's gateway and the user's squid port (the
+/// page itself does not load: its local stand-in's certificate is not trusted, rightly); a URL
+/// that is not the provider's is not
 /// opened; a Chromium that crashes is reported and started again; and a frame of the streamed
 /// desktop shows the terminal and Chromium's window.
 #[test]
@@ -256,6 +257,30 @@ fn the_browser_vm_opens_each_real_clis_login_url_in_chromium_beside_its_terminal
     );
     let first = rt.block_on(browser_ready(&client));
     assert_eq!(first.starts, 1, "{first:?}");
+    // Chromium's way out: the host's gateway to the user's squid port, the providers' hosts
+    // only, each resolved by squid to a local origin on port 443 (whose certificate Chromium
+    // rightly refuses: what counts is that the login page was asked for through the user's port).
+    let login_hosts = ["claude.ai", "auth.openai.com", "accounts.google.com"];
+    let rig = rt.block_on(EgressRig::start_with(2, &login_hosts, Some(443)));
+    let user_port = rt.block_on(rig.ports.assign("alice")).expect("port");
+    let gateway = rig.gateway(PROXY_PASSWORD, EgressLimits::default());
+    let allow: Vec<String> = orchestrator::login::ProviderLogin::builtin()
+        .into_iter()
+        .flat_map(|p| p.egress_hosts)
+        .collect();
+    let _egress = rt
+        .block_on(async {
+            gateway.serve_vm(
+                &vm.connector()
+                    .host_listener_path(protocol::egress::DEFAULT_EGRESS_PORT),
+                EgressVm {
+                    user: "alice".into(),
+                    vm_id: vm.name().into(),
+                    allow: AllowList::Only(allow),
+                },
+            )
+        })
+        .expect("serve the browser VM's egress");
 
     let mut logins = Vec::new();
     for provider in ["claude_code", "codex", "gemini_cli"] {
@@ -268,6 +293,14 @@ fn the_browser_vm_opens_each_real_clis_login_url_in_chromium_beside_its_terminal
             opened.navigated_ms.unwrap_or(0) - opened.requested_ms
         );
         logins.push(call);
+    }
+    for host in login_hosts {
+        let line = format!("{user_port} {PROXY_USER} CONNECT {host}:443 200");
+        let log = rt.block_on(rig.squid.wait_for_log(&line));
+        assert!(
+            log.contains(&line),
+            "Chromium did not ask for {host} through the user's port:\n{log}"
+        );
     }
 
     // A URL the provider's rules do not know is never opened, even when handed to the browser.

@@ -211,6 +211,11 @@ pub struct HttpsOrigin {
 impl HttpsOrigin {
     /// Starts the origin for `name` on a free loopback port.
     pub fn start(name: &str) -> Self {
+        Self::start_on(name, free_tcp_port())
+    }
+
+    /// Starts the origin for `name` on loopback port `port` (443 for URLs without a port).
+    pub fn start_on(name: &str, port: u16) -> Self {
         let dir = tempfile::tempdir().expect("origin dir");
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         let made = Command::new("openssl")
@@ -237,7 +242,6 @@ impl HttpsOrigin {
         std::fs::File::create(&script)
             .and_then(|mut f| f.write_all(ORIGIN_PY.as_bytes()))
             .expect("origin script");
-        let port = free_tcp_port();
         let log = dir.path().join("origin.log");
         let child = Command::new("/usr/bin/python3")
             .arg(&script)
@@ -310,12 +314,19 @@ pub struct EgressRig {
 }
 
 impl EgressRig {
-    /// Starts it with `users_ports` ports.
+    /// Starts it with `users_ports` ports, the origin named [`ORIGIN`] on a free port.
     pub async fn start(users_ports: u16) -> Self {
+        Self::start_with(users_ports, &[ORIGIN], None).await
+    }
+
+    /// Starts it with `users_ports` ports and the origin answering for every one of `names`
+    /// (squid resolves them all to it; its certificate names the first) on `origin_port`, or a
+    /// free port.
+    pub async fn start_with(users_ports: u16, names: &[&str], origin_port: Option<u16>) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let range = crate::ports::free_tcp_range(users_ports);
-        let squid = Squid::start(range, PROXY_USER, PROXY_PASSWORD, &[ORIGIN]);
-        let origin = HttpsOrigin::start(ORIGIN);
+        let squid = Squid::start(range, PROXY_USER, PROXY_PASSWORD, names);
+        let origin = HttpsOrigin::start_on(names[0], origin_port.unwrap_or_else(free_tcp_port));
         let store = crate::login::sqlite_store(dir.path(), "egress-test").await;
         let ports = EgressPorts::new(
             store.clone(),

@@ -60,8 +60,10 @@ pub struct EgressConfig {
 }
 
 /// The variables that point a program at the proxy: `HTTP_PROXY`, `HTTPS_PROXY` and their lower
-/// case twins (CLIs read either), and `NO_PROXY` keeping loopback direct (OAuth callbacks).
-pub fn proxy_env(listen: SocketAddr) -> [(&'static str, String); 6] {
+/// case twins (CLIs read either), `NO_PROXY` keeping loopback direct (OAuth callbacks), and
+/// `NODE_USE_ENV_PROXY` (Node.js ≥ 22.21 takes the others for its own `fetch` and `https` only with
+/// it; the CLIs are Node.js programs).
+pub fn proxy_env(listen: SocketAddr) -> [(&'static str, String); 7] {
     let url = format!("http://{listen}");
     let direct = "localhost,127.0.0.1,::1".to_owned();
     [
@@ -71,6 +73,7 @@ pub fn proxy_env(listen: SocketAddr) -> [(&'static str, String); 6] {
         ("https_proxy", url),
         ("NO_PROXY", direct.clone()),
         ("no_proxy", direct),
+        ("NODE_USE_ENV_PROXY", "1".to_owned()),
     ]
 }
 
