@@ -260,7 +260,12 @@ fn the_browser_vm_opens_each_real_clis_login_url_in_chromium_beside_its_terminal
     // Chromium's way out: the host's gateway to the user's squid port, the providers' hosts
     // only, each resolved by squid to a local origin on port 443 (whose certificate Chromium
     // rightly refuses: what counts is that the login page was asked for through the user's port).
-    let login_hosts = ["claude.ai", "auth.openai.com", "accounts.google.com"];
+    let login_hosts = [
+        "claude.com",
+        "claude.ai",
+        "auth.openai.com",
+        "accounts.google.com",
+    ];
     let rig = rt.block_on(EgressRig::start_with(2, &login_hosts, Some(443)));
     let user_port = rt.block_on(rig.ports.assign("alice")).expect("port");
     let gateway = rig.gateway(PROXY_PASSWORD, EgressLimits::default());
@@ -294,12 +299,20 @@ fn the_browser_vm_opens_each_real_clis_login_url_in_chromium_beside_its_terminal
         );
         logins.push(call);
     }
-    for host in login_hosts {
-        let line = format!("{user_port} {PROXY_USER} CONNECT {host}:443 200");
-        let log = rt.block_on(rig.squid.wait_for_log(&line));
+    // Each provider's login host (claude's full link is on claude.com, its short one on claude.ai).
+    for hosts in [
+        &["claude.com", "claude.ai"][..],
+        &["auth.openai.com"],
+        &["accounts.google.com"],
+    ] {
+        let lines: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("{user_port} {PROXY_USER} CONNECT {h}:443 200"))
+            .collect();
+        let log = rt.block_on(rig.squid.wait_for_log(&lines[0]));
         assert!(
-            log.contains(&line),
-            "Chromium did not ask for {host} through the user's port:\n{log}"
+            lines.iter().any(|l| log.contains(l)),
+            "Chromium did not ask for {hosts:?} through the user's port:\n{log}"
         );
     }
 

@@ -31,6 +31,9 @@ pub const MAX_TUNNELS: usize = 4096;
 /// A client gets this long to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The host gets this long to open a tunnel (its own upstream timeout is shorter).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -158,7 +161,17 @@ async fn serve_client(client: TcpStream, host: &HostAddr) {
         Err(_) => return answer(client.into_inner(), 408, "no request in time").await,
     };
     let kind = open.kind.clone();
-    match tunnel::open(host, &open).await {
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, tunnel::open(host, &open)).await;
+    let Ok(opened) = opened else {
+        warn!(target = %open.target, "the host did not open the tunnel in time");
+        return answer(
+            client.into_inner(),
+            504,
+            "the VM's way out did not answer in time",
+        )
+        .await;
+    };
+    match opened {
         Ok((mut upstream, reply)) if reply.is_open() => {
             debug!(target = %open.target, "egress tunnel open");
             if kind == protocol::egress::TunnelKind::Connect {
