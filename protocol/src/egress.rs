@@ -113,6 +113,138 @@ pub fn split_target(target: &str) -> Result<(String, u16), TargetError> {
     Ok((host.to_ascii_lowercase(), port))
 }
 
+/// Methods a plain request may use. Not `CONNECT` (a tunnel is its own kind) and not `TRACE`,
+/// which the upstream answers by echoing the request it got: the host's credentials with it.
+const PLAIN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// Most headers a request may carry.
+const MAX_HEADERS: usize = 100;
+
+/// `host:port` as a request line and an allow-list see it (`[v6]:port` for IPv6).
+pub fn join_target(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Why a plain request head is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlainRequestError {
+    /// Not one complete HTTP request head.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// Not an absolute `http://` request to a proper host.
+    #[error("not a proxy request: {0}")]
+    NotProxy(String),
+    /// A method a plain request may not use.
+    #[error("method {0} not allowed through the proxy")]
+    Method(String),
+}
+
+/// A plain request, checked and rebuilt as the upstream gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlainRequest {
+    /// Lower-case host of its absolute URL.
+    pub host: String,
+    /// Its port (80 by default).
+    pub port: u16,
+    /// The rebuilt head: request line and headers as sent, minus `Proxy-*`, `Connection`,
+    /// `Keep-Alive`, `Max-Forwards` and `Host` (set from the URL), plus `Connection: close`.
+    pub head: String,
+}
+
+/// Parses `head` as exactly one absolute-form request head ending with its blank line, and
+/// rebuilds it ([`PlainRequest::head`]). Both ends run it: the agent to answer its client early,
+/// the host because a guest may skip the agent and send any head it likes.
+pub fn plain_request(head: &[u8]) -> Result<PlainRequest, PlainRequestError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        Ok(httparse::Status::Complete(_)) => {
+            return Err(PlainRequestError::Malformed("bytes after the head".into()))
+        }
+        Ok(httparse::Status::Partial) => {
+            return Err(PlainRequestError::Malformed("incomplete head".into()))
+        }
+        Err(e) => return Err(PlainRequestError::Malformed(e.to_string())),
+    }
+    let method = req.method.unwrap_or_default();
+    if !PLAIN_METHODS.contains(&method) {
+        return Err(PlainRequestError::Method(method.chars().take(20).collect()));
+    }
+    let path = req.path.unwrap_or_default();
+    let (host, port) = absolute_target(path)?;
+    let version = if req.version == Some(0) { "1.0" } else { "1.1" };
+    let mut rebuilt = format!("{method} {path} HTTP/{version}\r\n");
+    let shown_host = if port == 80 {
+        join_target(&host, port).trim_end_matches(":80").to_owned()
+    } else {
+        join_target(&host, port)
+    };
+    rebuilt.push_str(&format!("Host: {shown_host}\r\n"));
+    for h in req.headers.iter() {
+        let name = h.name;
+        let dropped = name.len() >= 6 && name[..6].eq_ignore_ascii_case("proxy-")
+            || ["connection", "keep-alive", "max-forwards", "host"]
+                .iter()
+                .any(|d| name.eq_ignore_ascii_case(d));
+        if dropped {
+            continue;
+        }
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| PlainRequestError::Malformed(format!("header {name} is not UTF-8")))?;
+        rebuilt.push_str(&format!("{name}: {value}\r\n"));
+    }
+    rebuilt.push_str("Connection: close\r\n\r\n");
+    Ok(PlainRequest {
+        host,
+        port,
+        head: rebuilt,
+    })
+}
+
+/// `http://host[:port]/...` → its host and port. Only `http`: an `https://` request to a proxy
+/// would mean the proxy speaks TLS to the origin, which clients do by CONNECT.
+fn absolute_target(path: &str) -> Result<(String, u16), PlainRequestError> {
+    let not_proxy = || PlainRequestError::NotProxy(path.chars().take(200).collect());
+    let rest = path
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .and_then(|_| path.get(7..))
+        .ok_or_else(not_proxy)?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(not_proxy());
+    }
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_owned()
+    };
+    split_target(&with_port).map_err(|_| not_proxy())
+}
+
+/// Closes a connection that was answered with a refusal so that the answer arrives: a socket
+/// closed with unread input is reset, and the reset can overtake the answer. Reads (and drops)
+/// what the peer still sends, at most 64 KiB and 1 s.
+pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
 /// Why an opening message could not be exchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -238,6 +370,56 @@ mod tests {
             read_head(&mut long, 1024).await,
             Err(HeadError::TooLarge(1024))
         ));
+    }
+
+    #[test]
+    fn a_plain_request_is_rebuilt_without_proxy_headers_and_with_its_own_host() {
+        let req = plain_request(
+            b"GET http://Example.test/a?b HTTP/1.0\r\nHost: evil.test\r\n\
+              Proxy-Authorization: Basic Z3Vlc3Q6Z3Vlc3M=\r\nProxy-Connection: keep-alive\r\n\
+              Max-Forwards: 0\r\nAccept: */*\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((req.host.as_str(), req.port), ("example.test", 80));
+        assert_eq!(
+            req.head,
+            "GET http://Example.test/a?b HTTP/1.0\r\nHost: example.test\r\nAccept: */*\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let v6 = plain_request(b"GET http://[::1]:8080/ HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 8080));
+        assert!(v6.head.contains("Host: [::1]:8080\r\n"));
+    }
+
+    #[test]
+    fn heads_that_would_smuggle_are_refused() {
+        for (head, why) in [
+            (&b"GET /index.html HTTP/1.1\r\n\r\n"[..], "origin form"),
+            (b"GET https://a.test/ HTTP/1.1\r\n\r\n", "https"),
+            (b"GET http://user@a.test/ HTTP/1.1\r\n\r\n", "userinfo"),
+            (
+                b"TRACE http://a.test/ HTTP/1.1\r\n\r\n",
+                "trace echoes credentials",
+            ),
+            (
+                b"CONNECT a.test:443 HTTP/1.1\r\n\r\n",
+                "connect is its own kind",
+            ),
+            (
+                b"GET http://a.test/ HTTP/1.1\r\nX-Leak:\r\n",
+                "no blank line",
+            ),
+            (
+                b"GET http://a.test/ HTTP/1.1\r\n\r\nGET http://b.test/ HTTP/1.1\r\n\r\n",
+                "two requests",
+            ),
+            (
+                b"GET http://a.test/ HTTP/1.1\r\nX: a\rb\r\n\r\n",
+                "bare CR in a value",
+            ),
+        ] {
+            assert!(plain_request(head).is_err(), "{why}");
+        }
     }
 
     #[test]

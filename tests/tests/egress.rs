@@ -281,15 +281,31 @@ async fn upstream_failures_reach_the_vm_as_proxy_errors() {
 
 // Multi-threaded: the gateway runs in the test's runtime while the test blocks on sockets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_moves_the_next_connection_to_the_new_port() {
+async fn rotation_moves_the_next_connection_to_the_new_port_and_closes_the_old_ones() {
     let rig = Rig::start(4).await;
     let gateway = rig.gateway(PROXY_PASSWORD, EgressLimits::default());
     let alice = vm(&rig, &gateway, "alice", rig.only_origin()).await;
     let before = rig.ports.port_of("alice").await.unwrap().unwrap();
     let cert = rig.origin.cert_path();
     assert_eq!(curl(&alice, &cert, &rig.origin.url("/")).await.code, 0);
-    let after = rig.ports.rotate("alice").await.expect("rotate");
+    // A tunnel left open across the rotation (a long download, a websocket).
+    let mut open = TcpStream::connect(proxy_addr(&alice).await).expect("proxy");
+    let target = rig.origin.target();
+    write!(open, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
+    let mut established = [0u8; 39];
+    open.read_exact(&mut established).unwrap();
+    assert!(established.starts_with(b"HTTP/1.1 200"));
+
+    let after = gateway.rotate("alice").await.expect("rotate");
     assert_ne!(before, after);
+    open.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = open.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "the tunnel on the old port is closed by the rotation: {closed:?}"
+    );
     assert_eq!(curl(&alice, &cert, &rig.origin.url("/")).await.code, 0);
     let log = rig
         .squid
@@ -302,8 +318,70 @@ async fn rotation_moves_the_next_connection_to_the_new_port() {
         .collect();
     assert_eq!(
         ports,
-        [before.to_string(), after.to_string()],
-        "first on the old port, then on the new:\n{log}"
+        [before.to_string(), before.to_string(), after.to_string()],
+        "first on the old port (and the tunnel held across), then on the new:\n{log}"
+    );
+}
+
+/// The VM's proxy address, as the agent gives it to its programs.
+async fn proxy_addr(vm: &Vm) -> String {
+    let env = vm
+        .client
+        .exec_collect(&["sh", "-c", "echo $HTTPS_PROXY"], None)
+        .await
+        .expect("proxy address");
+    String::from_utf8_lossy(&env.stdout)
+        .trim()
+        .trim_start_matches("http://")
+        .to_owned()
+}
+
+// Multi-threaded: the gateway runs in the test's runtime while the test blocks on sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_skips_the_agent_cannot_smuggle_a_request_past_its_list() {
+    use protocol::egress::{read_message, write_message, TunnelKind, TunnelOpen, TunnelReply};
+    let rig = Rig::start(2).await;
+    let gateway = rig.gateway(PROXY_PASSWORD, EgressLimits::default());
+    let mut events = gateway.subscribe();
+    let _alice = vm(&rig, &gateway, "alice", rig.only_origin()).await;
+    let allowed = rig.origin.target();
+    for (head, why) in [
+        (
+            "GET http://elsewhere.test/ HTTP/1.1\r\nHost: elsewhere.test\r\n\r\n".to_owned(),
+            "a request line for another host than the allowed target",
+        ),
+        (
+            format!("TRACE http://{allowed}/ HTTP/1.1\r\nMax-Forwards: 0\r\n\r\n"),
+            "TRACE, which would echo the credentials",
+        ),
+        (
+            format!("GET http://{allowed}/ HTTP/1.1\r\nX-Leak:\r\n"),
+            "a head whose last header would take the credentials as its value",
+        ),
+        (
+            format!(
+                "GET http://{allowed}/ HTTP/1.1\r\n\r\nGET http://elsewhere.test/ HTTP/1.1\r\n\r\n"
+            ),
+            "a second request after the first",
+        ),
+    ] {
+        let mut tunnel = tokio::net::UnixStream::connect(rig.socket("alice"))
+            .await
+            .expect("tunnel");
+        let open = TunnelOpen {
+            target: allowed.clone(),
+            kind: TunnelKind::Http,
+            head: Some(head),
+        };
+        write_message(&mut tunnel, &open).await.expect("open");
+        let reply: TunnelReply = read_message(&mut tunnel).await.expect("reply");
+        assert_eq!(reply.status, 400, "{why}: {reply:?}");
+        assert_eq!(next_event(&mut events).await.status, 400);
+    }
+    let log = rig.squid.access_log();
+    assert!(
+        !log.contains("elsewhere") && !log.contains("TRACE") && !log.contains("GET"),
+        "nothing reached the upstream:\n{log}"
     );
 }
 
@@ -330,15 +408,7 @@ async fn garbage_and_floods_are_limited_and_both_ends_stay_up() {
     };
     let gateway = rig.gateway(PROXY_PASSWORD, limits);
     let alice = vm(&rig, &gateway, "alice", rig.only_origin()).await;
-    let env = alice
-        .client
-        .exec_collect(&["sh", "-c", "echo $HTTPS_PROXY"], None)
-        .await
-        .expect("proxy address");
-    let proxy = String::from_utf8_lossy(&env.stdout)
-        .trim()
-        .trim_start_matches("http://")
-        .to_owned();
+    let proxy = proxy_addr(&alice).await;
 
     // Garbage to the VM's proxy: a 400, and the proxy goes on.
     let mut raw = TcpStream::connect(&proxy).expect("connect to the proxy");

@@ -50,13 +50,17 @@ async fn listening_sockets(client: &AgentClient) -> Vec<String> {
             if proto.starts_with("tcp") && *state != "0A" {
                 continue;
             }
-            let port = local
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-                .unwrap_or(0);
-            found.push(format!("{proto}:{port}"));
+            let (addr, port) = local.rsplit_once(':').unwrap_or_default();
+            let port = u16::from_str_radix(port, 16).unwrap_or(0);
+            // IPv4 addresses are printed as one little-endian hex word; IPv6 ones stay hex.
+            let addr = match u32::from_str_radix(addr, 16) {
+                Ok(v4) if addr.len() == 8 => std::net::Ipv4Addr::from(v4.swap_bytes()).to_string(),
+                _ => addr.to_owned(),
+            };
+            found.push(format!("{proto}:{addr}:{port}"));
         }
     }
+    found.sort();
     found
 }
 
@@ -103,13 +107,20 @@ async fn a_real_vm_serves_the_agent_over_vsock_and_leaves_no_traces() {
         hello.boot_id
     );
 
-    // No network listener at all: vsock only.
-    assert_eq!(listening_sockets(&client).await, Vec::<String>::new());
-    // The check sees a listener when there is one (busybox httpd daemonizes).
-    sh(&client, "httpd -p 127.0.0.1:7777 -h /tmp").await;
+    // No network listener but the egress proxy, on the VM's own loopback: the host reaches the
+    // agent over vsock only.
     assert_eq!(
         listening_sockets(&client).await,
-        vec!["tcp:7777".to_string()]
+        vec!["tcp:127.0.0.1:3128".to_string()]
+    );
+    // The check sees a listener when there is one (busybox httpd daemonizes).
+    sh(&client, "httpd -p 0.0.0.0:7777 -h /tmp").await;
+    assert_eq!(
+        listening_sockets(&client).await,
+        vec![
+            "tcp:0.0.0.0:7777".to_string(),
+            "tcp:127.0.0.1:3128".to_string()
+        ]
     );
     sh(&client, "killall httpd").await;
 

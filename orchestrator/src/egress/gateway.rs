@@ -6,14 +6,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::egress::{read_message, split_target, write_message, TunnelOpen, TunnelReply};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use protocol::egress::{
+    join_target, linger, plain_request, read_message, split_target, write_message, TunnelKind,
+    TunnelOpen, TunnelReply,
+};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::allow::{Allow, AllowList, PatternError};
-use super::upstream::{self, ProxyConfig, UpstreamError};
+use super::upstream::{self, ProxyConfig, UpstreamError, UpstreamRequest};
 use super::EgressPorts;
 use crate::store::AuditEvent;
 
@@ -24,11 +30,14 @@ const COPY_BUFFER: usize = 32 * 1024;
 /// refused destinations cannot fill the audit log.
 const MAX_AUDITED_REFUSALS: u32 = 100;
 
-/// How much a VM may ask of the gateway.
+/// How much the VMs may ask of the gateway. Each open tunnel holds two of the host's descriptors
+/// (the VM's socket and the upstream's): the host service raises its `RLIMIT_NOFILE` to match.
 #[derive(Debug, Clone)]
 pub struct EgressLimits {
     /// Tunnels of one VM open at once; more are answered 503.
     pub max_tunnels_per_vm: usize,
+    /// Tunnels of all VMs open at once; more are answered 503.
+    pub max_tunnels: usize,
     /// How long a new tunnel may take to say what it wants.
     pub open_timeout: Duration,
     /// How long the upstream may take to open the way.
@@ -38,7 +47,8 @@ pub struct EgressLimits {
 impl Default for EgressLimits {
     fn default() -> Self {
         Self {
-            max_tunnels_per_vm: 4096,
+            max_tunnels_per_vm: 1024,
+            max_tunnels: 8192,
             open_timeout: Duration::from_secs(10),
             upstream_timeout: Duration::from_secs(30),
         }
@@ -100,6 +110,27 @@ struct Inner {
     proxy: ProxyConfig,
     limits: EgressLimits,
     events: broadcast::Sender<EgressEvent>,
+    /// Slots for all VMs' tunnels.
+    slots: Arc<Semaphore>,
+    /// Per user, bumped when the user's port changes: open tunnels on the old port close.
+    moves: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Inner {
+    fn moved(&self, user: &str) -> watch::Receiver<u64> {
+        let mut moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
+        moves
+            .entry(user.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn move_user(&self, user: &str) {
+        let moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = moves.get(user) {
+            tx.send_modify(|n| *n += 1);
+        }
+    }
 }
 
 impl EgressGateway {
@@ -110,10 +141,28 @@ impl EgressGateway {
             inner: Arc::new(Inner {
                 ports,
                 proxy,
+                slots: Arc::new(Semaphore::new(limits.max_tunnels)),
                 limits,
                 events,
+                moves: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Moves `user` to another port ([`EgressPorts::rotate`]) and closes the user's open tunnels
+    /// on the old one: from now on nothing of the user leaves through a port that may soon be
+    /// another user's.
+    pub async fn rotate(&self, user: &str) -> Result<u16, super::EgressError> {
+        let port = self.inner.ports.rotate(user).await?;
+        self.inner.move_user(user);
+        Ok(port)
+    }
+
+    /// Gives the user's port back ([`EgressPorts::release`]) and closes the user's open tunnels.
+    pub async fn release(&self, user: &str) -> Result<Option<u16>, super::EgressError> {
+        let port = self.inner.ports.release(user).await?;
+        self.inner.move_user(user);
+        Ok(port)
     }
 
     /// Refused and failed tunnels, from now on (a slow reader misses the oldest).
@@ -190,22 +239,26 @@ async fn accept(inner: Arc<Inner>, listener: UnixListener, vm: Arc<ServedVm>) {
                 continue;
             }
         };
+        let slots = (
+            vm.slots.clone().try_acquire_owned(),
+            inner.slots.clone().try_acquire_owned(),
+        );
+        let (Ok(vm_slot), Ok(slot)) = slots else {
+            // Over a limit: answered without a task of its own (a flood must not make the host
+            // hold more), best effort, then closed.
+            let reply = TunnelReply::refused(503, "too many tunnels");
+            if let Ok(frame) = protocol::frame::Frame::message(&reply) {
+                let _ = stream.try_write(&frame.encode());
+            }
+            let _ = inner.events.send(event(&vm, "", &reply));
+            continue;
+        };
         let inner = inner.clone();
         let vm = vm.clone();
-        match vm.slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                tokio::spawn(async move {
-                    serve_tunnel(&inner, &vm, stream).await;
-                    drop(slot);
-                });
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    let reply = TunnelReply::refused(503, "too many tunnels from this VM");
-                    refuse(&inner, &vm, stream, "", reply, false).await;
-                });
-            }
-        }
+        tokio::spawn(async move {
+            serve_tunnel(&inner, &vm, stream).await;
+            drop((vm_slot, slot));
+        });
     }
 }
 
@@ -224,27 +277,59 @@ async fn serve_tunnel(inner: &Inner, vm: &ServedVm, mut stream: UnixStream) {
         let reply = TunnelReply::refused(400, "bad target: expected host:port");
         return refuse(inner, vm, stream, &open.target, reply, false).await;
     };
+    // From here on only the normalised target is used: what was checked is what is asked for.
+    let target = join_target(&host, port);
     if !vm.allow.allows(&host, port) {
         let reply = TunnelReply::refused(403, "destination not allowed for this VM");
-        return refuse(inner, vm, stream, &open.target, reply, true).await;
+        return refuse(inner, vm, stream, &target, reply, true).await;
     }
-    // Looked up per tunnel: a rotation applies to the very next connection.
-    let user_port = match inner.ports.port_of(&vm.vm.user).await {
-        Ok(Some(port)) => port,
-        Ok(None) => {
-            let reply = TunnelReply::refused(502, "the VM's owner has no egress port");
-            return refuse(inner, vm, stream, &open.target, reply, true).await;
+    let request = match (open.kind, open.head) {
+        (TunnelKind::Connect, _) => UpstreamRequest::Connect(target.clone()),
+        // A guest may skip the agent: the head is checked and rebuilt here, and must ask for
+        // the very target the list allowed.
+        (TunnelKind::Http, Some(head)) => match plain_request(head.as_bytes()) {
+            Ok(plain) if plain.host == host && plain.port == port => {
+                UpstreamRequest::Http(plain.head)
+            }
+            Ok(_) => {
+                let reply = TunnelReply::refused(400, "request does not match its target");
+                return refuse(inner, vm, stream, &target, reply, true).await;
+            }
+            Err(e) => {
+                let reply = TunnelReply::refused(400, e.to_string());
+                return refuse(inner, vm, stream, &target, reply, true).await;
+            }
+        },
+        (TunnelKind::Http, None) => {
+            let reply = TunnelReply::refused(400, "plain request without its head");
+            return refuse(inner, vm, stream, &target, reply, false).await;
         }
-        Err(e) => {
+    };
+    // Subscribed before the lookup: a rotation from here on closes this tunnel.
+    let mut moved = inner.moved(&vm.vm.user);
+    // Looked up per tunnel: a rotation applies to the very next connection.
+    let lookup = tokio::time::timeout(inner.limits.open_timeout, inner.ports.port_of(&vm.vm.user));
+    let user_port = match lookup.await {
+        Ok(Ok(Some(port))) => port,
+        Ok(Ok(None)) => {
+            let reply = TunnelReply::refused(502, "the VM's owner has no egress port");
+            return refuse(inner, vm, stream, &target, reply, true).await;
+        }
+        Ok(Err(e)) => {
             warn!(vm = %vm.vm.vm_id, error = %e, "egress port lookup failed");
             let reply = TunnelReply::refused(502, "egress port lookup failed");
-            return refuse(inner, vm, stream, &open.target, reply, false).await;
+            return refuse(inner, vm, stream, &target, reply, false).await;
+        }
+        Err(_) => {
+            warn!(vm = %vm.vm.vm_id, "egress port lookup timed out");
+            let reply = TunnelReply::refused(504, "egress port lookup timed out");
+            return refuse(inner, vm, stream, &target, reply, false).await;
         }
     };
     let mut upstream = match upstream::connect(
         &inner.proxy,
         user_port,
-        &open,
+        &request,
         inner.limits.upstream_timeout,
     )
     .await
@@ -252,8 +337,8 @@ async fn serve_tunnel(inner: &Inner, vm: &ServedVm, mut stream: UnixStream) {
         Ok(upstream) => upstream,
         Err(e) => {
             let reply = TunnelReply::refused(e.status(), reason_for_vm(&e));
-            warn!(vm = %vm.vm.vm_id, target = %open.target, port = user_port, error = %e, "egress upstream failed");
-            return refuse(inner, vm, stream, &open.target, reply, true).await;
+            warn!(vm = %vm.vm.vm_id, %target, port = user_port, error = %e, "egress upstream failed");
+            return refuse(inner, vm, stream, &target, reply, true).await;
         }
     };
     if write_message(&mut stream, &TunnelReply::open())
@@ -262,17 +347,21 @@ async fn serve_tunnel(inner: &Inner, vm: &ServedVm, mut stream: UnixStream) {
     {
         return;
     }
-    debug!(vm = %vm.vm.vm_id, target = %open.target, port = user_port, "egress tunnel open");
-    match tokio::io::copy_bidirectional_with_sizes(
+    debug!(vm = %vm.vm.vm_id, %target, port = user_port, "egress tunnel open");
+    let carried = tokio::io::copy_bidirectional_with_sizes(
         &mut stream,
         &mut upstream,
         COPY_BUFFER,
         COPY_BUFFER,
-    )
-    .await
-    {
-        Ok((up, down)) => debug!(vm = %vm.vm.vm_id, up, down, "egress tunnel closed"),
-        Err(e) => debug!(vm = %vm.vm.vm_id, error = %e, "egress tunnel ended"),
+    );
+    tokio::select! {
+        result = carried => match result {
+            Ok((up, down)) => debug!(vm = %vm.vm.vm_id, up, down, "egress tunnel closed"),
+            Err(e) => debug!(vm = %vm.vm.vm_id, error = %e, "egress tunnel ended"),
+        },
+        _ = moved.changed() => {
+            debug!(vm = %vm.vm.vm_id, port = user_port, "egress port moved: tunnel closed");
+        }
     }
 }
 
@@ -287,6 +376,16 @@ fn reason_for_vm(e: &UpstreamError) -> String {
     }
 }
 
+fn event(vm: &ServedVm, target: &str, reply: &TunnelReply) -> EgressEvent {
+    EgressEvent {
+        user: vm.vm.user.clone(),
+        vm_id: vm.vm.vm_id.clone(),
+        target: target.chars().take(300).collect(),
+        status: reply.status,
+        reason: reply.reason.clone(),
+    }
+}
+
 /// Answers a tunnel with a refusal, tells subscribers, and audits it when `audit` (bounded per VM).
 async fn refuse(
     inner: &Inner,
@@ -296,44 +395,22 @@ async fn refuse(
     reply: TunnelReply,
     audit: bool,
 ) {
-    let target: String = target.chars().take(300).collect();
-    let event = EgressEvent {
-        user: vm.vm.user.clone(),
-        vm_id: vm.vm.vm_id.clone(),
-        target: target.clone(),
-        status: reply.status,
-        reason: reply.reason.clone(),
-    };
-    let _ = inner.events.send(event);
+    let event = event(vm, target, &reply);
     if audit && vm.audited.fetch_add(1, Ordering::Relaxed) < MAX_AUDITED_REFUSALS {
         let entry = AuditEvent::EgressRefused {
-            vm_id: vm.vm.vm_id.clone(),
-            target,
+            vm_id: event.vm_id.clone(),
+            target: event.target.clone(),
             status: reply.status,
             reason: reply.reason.clone(),
         };
-        if let Err(e) = inner.ports.store().audit(Some(&vm.vm.user), &entry).await {
-            warn!(error = %e, "egress refusal not audited");
+        let audited = inner.ports.store().audit(Some(&vm.vm.user), &entry);
+        match tokio::time::timeout(inner.limits.open_timeout, audited).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "egress refusal not audited"),
+            Err(_) => warn!("egress refusal not audited: the store timed out"),
         }
     }
+    let _ = inner.events.send(event);
     let _ = write_message(&mut stream, &reply).await;
-    linger(stream).await;
-}
-
-/// Closes a refused tunnel so its refusal arrives: a socket closed with unread input is reset,
-/// and a reset can overtake the reply. Reads (and drops) what the guest still sends, briefly.
-async fn linger(mut stream: UnixStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 4096];
-    let drain = async {
-        let mut left: usize = 64 * 1024;
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    linger(&mut stream).await;
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use base64::Engine as _;
-use protocol::egress::{read_head, TunnelKind, TunnelOpen};
+use protocol::egress::read_head;
 use protocol::secret::Secret;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -84,16 +84,25 @@ impl UpstreamError {
     }
 }
 
-/// Opens the way to `open.target` through the upstream's `port`: a `CONNECT` answered 200, or a
-/// plain request's head sent on. Returns the upstream stream, buffered (a byte the upstream sent
-/// after its head must not be lost).
+/// What the upstream is asked for, already checked against the VM's list.
+#[derive(Debug, Clone)]
+pub(crate) enum UpstreamRequest {
+    /// A tunnel to this normalised `host:port`.
+    Connect(String),
+    /// One plain request: its head as [`protocol::egress::plain_request`] rebuilt it.
+    Http(String),
+}
+
+/// Opens the way at the upstream's `port`: a `CONNECT` answered 200, or a plain request's head
+/// sent on. Returns the upstream stream, buffered (a byte the upstream sent after its head must
+/// not be lost).
 pub(crate) async fn connect(
     proxy: &ProxyConfig,
     port: u16,
-    open: &TunnelOpen,
+    request: &UpstreamRequest,
     timeout: Duration,
 ) -> Result<BufReader<TcpStream>, UpstreamError> {
-    tokio::time::timeout(timeout, connect_now(proxy, port, open))
+    tokio::time::timeout(timeout, connect_now(proxy, port, request))
         .await
         .map_err(|_| UpstreamError::Timeout(timeout))?
 }
@@ -101,7 +110,7 @@ pub(crate) async fn connect(
 async fn connect_now(
     proxy: &ProxyConfig,
     port: u16,
-    open: &TunnelOpen,
+    request: &UpstreamRequest,
 ) -> Result<BufReader<TcpStream>, UpstreamError> {
     let addr = format!("{}:{port}", proxy.host);
     let unreachable = |source| UpstreamError::Unreachable {
@@ -111,42 +120,27 @@ async fn connect_now(
     let stream = TcpStream::connect(&addr).await.map_err(unreachable)?;
     let _ = stream.set_nodelay(true);
     let mut stream = BufReader::new(stream);
-    match (&open.kind, &open.head) {
-        (TunnelKind::Connect, _) => {
-            let request = format!(
-                "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{}\r\n",
-                proxy.authorization(),
-                target = open.target
-            );
-            stream
-                .get_mut()
-                .write_all(request.as_bytes())
-                .await
-                .map_err(unreachable)?;
-            let head = read_head(&mut stream, MAX_RESPONSE_HEAD)
-                .await
-                .map_err(|e| UpstreamError::Garbage(e.to_string()))?;
-            check_response(&head)?;
+    let auth = proxy.authorization();
+    let bytes = match request {
+        UpstreamRequest::Connect(target) => {
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n")
         }
-        (TunnelKind::Http, Some(head)) => {
-            // The agent's head ends with its blank line: the credentials go just before it.
-            let Some(without_end) = head.strip_suffix("\r\n") else {
-                return Err(UpstreamError::Garbage(
-                    "request head without its end".into(),
-                ));
-            };
-            let request = format!("{without_end}{}\r\n", proxy.authorization());
-            stream
-                .get_mut()
-                .write_all(request.as_bytes())
-                .await
-                .map_err(unreachable)?;
+        // The rebuilt head ends with its blank line: the credentials go just before it.
+        UpstreamRequest::Http(head) => {
+            let without_end = head.strip_suffix("\r\n").unwrap_or(head);
+            format!("{without_end}{auth}\r\n")
         }
-        (TunnelKind::Http, None) => {
-            return Err(UpstreamError::Garbage(
-                "plain request without a head".into(),
-            ))
-        }
+    };
+    stream
+        .get_mut()
+        .write_all(bytes.as_bytes())
+        .await
+        .map_err(unreachable)?;
+    if let UpstreamRequest::Connect(_) = request {
+        let head = read_head(&mut stream, MAX_RESPONSE_HEAD)
+            .await
+            .map_err(|e| UpstreamError::Garbage(e.to_string()))?;
+        check_response(&head)?;
     }
     Ok(stream)
 }

@@ -159,14 +159,14 @@ fn guest_path(home: &str, relative: &str) -> String {
     )
 }
 
-/// Serves the user's CLI VM's egress, unless it is served already (a VM created anew gets a new
-/// binding: its socket is new).
+/// Serves the user's CLI VM's egress, unless that VM is served already. Kept by user: a CLI VM
+/// created anew (new id, new socket) replaces the binding of the one before it.
 fn serve_cli_egress(inner: &Inner, user: &str, cli: &VmHandle) -> Result<(), FlowError> {
     let (Some(gateway), Some(path)) = (&inner.gateway, &cli.egress) else {
         return Ok(());
     };
     let mut served = inner.cli_egress.lock().unwrap_or_else(|p| p.into_inner());
-    if served.contains_key(&cli.id) && !cli.created {
+    if !cli.created && served.get(user).is_some_and(|(id, _)| *id == cli.id) {
         return Ok(());
     }
     let binding = gateway.serve_vm(
@@ -177,7 +177,7 @@ fn serve_cli_egress(inner: &Inner, user: &str, cli: &VmHandle) -> Result<(), Flo
             allow: inner.config.cli_egress.clone(),
         },
     )?;
-    served.insert(cli.id.clone(), binding);
+    served.insert(user.to_owned(), (cli.id.clone(), binding));
     Ok(())
 }
 

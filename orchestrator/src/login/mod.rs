@@ -163,8 +163,8 @@ pub(crate) struct Inner {
     pub(crate) egress: EgressPorts,
     /// Carries the VMs' tunnels, when an upstream proxy is configured.
     pub(crate) gateway: Option<EgressGateway>,
-    /// The CLI VMs' egress, served as long as the service runs (by VM id).
-    pub(crate) cli_egress: Mutex<HashMap<String, EgressBinding>>,
+    /// The CLI VMs' egress, served as long as the service runs: by user, the VM id and its binding.
+    pub(crate) cli_egress: Mutex<HashMap<String, (String, EgressBinding)>>,
     pub(crate) config: LoginConfig,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
@@ -215,6 +215,12 @@ impl LoginService {
                 sessions: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The gateway carrying the VMs' egress (`None` without an upstream proxy): rotate a user's
+    /// port through it ([`EgressGateway::rotate`]) so that open tunnels on the old port close.
+    pub fn egress_gateway(&self) -> Option<&EgressGateway> {
+        self.inner.gateway.as_ref()
     }
 
     /// Egress tunnels that were refused or failed upstream, from now on; `None` without an

@@ -195,6 +195,7 @@ async fn answer(mut client: TcpStream, status: u16, reason: &str) {
     let phrase = match status {
         400 => "Bad Request",
         403 => "Forbidden",
+        405 => "Method Not Allowed",
         407 => "Proxy Authentication Required",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
@@ -216,7 +217,7 @@ async fn answer(mut client: TcpStream, status: u16, reason: &str) {
         body.len()
     );
     let _ = client.write_all(response.as_bytes()).await;
-    let _ = client.shutdown().await;
+    protocol::egress::linger(&mut client).await;
 }
 
 /// Raises the soft descriptor limit to what tunnels need (the kernel's default of 1024 would

@@ -1,12 +1,10 @@
 //! A proxy client's request head: `CONNECT host:port`, or a plain HTTP request in absolute form.
 
 use protocol::egress::{
-    read_head, split_target, HeadError, TunnelKind, TunnelOpen, MAX_OPEN_BYTES,
+    join_target, plain_request, read_head, split_target, HeadError, PlainRequestError, TunnelKind,
+    TunnelOpen, MAX_OPEN_BYTES,
 };
 use tokio::io::AsyncBufRead;
-
-/// Most headers a request may carry.
-const MAX_HEADERS: usize = 100;
 
 /// Why a client's request was refused before anything left the VM. Each maps to the HTTP
 /// status the client is answered with.
@@ -24,6 +22,9 @@ pub enum RequestError {
     /// The request is not for a proxy (origin form) or names a bad target.
     #[error("not a proxy request: {0}")]
     NotProxy(String),
+    /// A plain request the proxy does not carry (its method, its shape).
+    #[error(transparent)]
+    Plain(#[from] PlainRequestError),
 }
 
 impl RequestError {
@@ -31,6 +32,7 @@ impl RequestError {
     pub fn status(&self) -> u16 {
         match self {
             RequestError::TooLarge => 431,
+            RequestError::Plain(PlainRequestError::Method(_)) => 405,
             _ => 400,
         }
     }
@@ -50,88 +52,29 @@ pub async fn read<R: AsyncBufRead + Unpin>(client: &mut R) -> Result<TunnelOpen,
 }
 
 fn parse(head: &[u8]) -> Result<TunnelOpen, RequestError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; 100];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => {
-            return Err(RequestError::Malformed("incomplete head".into()))
-        }
-        Err(e) => return Err(RequestError::Malformed(e.to_string())),
-    }
-    let method = req.method.unwrap_or_default();
-    let path = req.path.unwrap_or_default();
-    if method.eq_ignore_ascii_case("CONNECT") {
-        let (host, port) = split_target(path).map_err(|e| RequestError::NotProxy(e.to_string()))?;
+    let complete = matches!(req.parse(head), Ok(httparse::Status::Complete(_)));
+    if complete
+        && req
+            .method
+            .is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"))
+    {
+        let target = req.path.unwrap_or_default();
+        let (host, port) =
+            split_target(target).map_err(|e| RequestError::NotProxy(e.to_string()))?;
         return Ok(TunnelOpen {
-            target: join(&host, port),
+            target: join_target(&host, port),
             kind: TunnelKind::Connect,
             head: None,
         });
     }
-    let (host, port) = absolute_target(path)?;
+    let plain = plain_request(head)?;
     Ok(TunnelOpen {
-        target: join(&host, port),
+        target: join_target(&plain.host, plain.port),
         kind: TunnelKind::Http,
-        head: Some(forwarded_head(method, path, req.headers)?),
+        head: Some(plain.head),
     })
-}
-
-/// `http://host[:port]/...` → its host and port (80 by default). Only `http`: an `https://`
-/// request to a proxy would mean the proxy speaks TLS to the origin, which clients do by CONNECT.
-fn absolute_target(path: &str) -> Result<(String, u16), RequestError> {
-    let not_proxy = || RequestError::NotProxy(path.chars().take(200).collect());
-    let rest = path
-        .get(..7)
-        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
-        .and_then(|_| path.get(7..))
-        .ok_or_else(not_proxy)?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.contains('@') {
-        return Err(not_proxy());
-    }
-    let with_port = if authority.ends_with(']') || !authority.contains(':') {
-        format!("{authority}:80")
-    } else {
-        authority.to_owned()
-    };
-    split_target(&with_port).map_err(|_| not_proxy())
-}
-
-/// The head as the upstream proxy gets it: the same request line and headers, minus the
-/// client's `Proxy-*` headers (credentials are the host's to add) and hop-by-hop connection
-/// handling, plus `Connection: close` (one request per tunnel).
-fn forwarded_head(
-    method: &str,
-    path: &str,
-    headers: &[httparse::Header<'_>],
-) -> Result<String, RequestError> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\n");
-    for h in headers {
-        let name = h.name;
-        if name.len() >= 6 && name[..6].eq_ignore_ascii_case("proxy-")
-            || name.eq_ignore_ascii_case("connection")
-            || name.eq_ignore_ascii_case("keep-alive")
-        {
-            continue;
-        }
-        let value = std::str::from_utf8(h.value)
-            .map_err(|_| RequestError::Malformed(format!("header {name} is not UTF-8")))?;
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
-        head.push_str("\r\n");
-    }
-    head.push_str("Connection: close\r\n\r\n");
-    Ok(head)
-}
-
-fn join(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
 }
 
 #[cfg(test)]
@@ -186,6 +129,7 @@ mod tests {
             (b"CONNECT example.test HTTP/1.1\r\n\r\n", 400),
             (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),
             (b"CONNECT a.test:443 HTTP/1.1\r\n", 400),
+            (b"TRACE http://a.test/ HTTP/1.1\r\n\r\n", 405),
         ] {
             let err = parse_all(bytes).await.unwrap_err();
             assert_eq!(err.status(), status, "{err}");
