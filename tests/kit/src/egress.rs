@@ -111,7 +111,11 @@ impl Squid {
             set_mode(&path, 0o666);
         }
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
+        // A service name of its own: squid names its shared memory after it, and squids of
+        // parallel tests would otherwise collide on it ("shm_open ... File exists").
         let child = Command::new(SQUID)
+            .arg("-n")
+            .arg(format!("egress{first}"))
             .arg("-N")
             .arg("-f")
             .arg(&conf_path)

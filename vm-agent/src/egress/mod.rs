@@ -137,12 +137,11 @@ impl Proxy {
                     });
                 }
                 Err(_) => {
+                    // Answered without a task of its own: a flood must not make the agent hold
+                    // more (a fresh connection's send buffer takes the few bytes at once).
                     debug!("egress tunnel limit reached");
-                    tokio::spawn(answer(
-                        client,
-                        503,
-                        "too many connections through the VM's proxy",
-                    ));
+                    let busy = response(503, "too many connections through the VM's proxy");
+                    let _ = client.try_write(busy.as_bytes());
                 }
             }
         }
@@ -192,6 +191,12 @@ async fn serve_client(client: TcpStream, host: &HostAddr) {
 
 /// Answers the client with an error status and a one-line text, then closes.
 async fn answer(mut client: TcpStream, status: u16, reason: &str) {
+    let _ = client.write_all(response(status, reason).as_bytes()).await;
+    protocol::egress::linger(&mut client).await;
+}
+
+/// An error response with a one-line text.
+fn response(status: u16, reason: &str) -> String {
     let phrase = match status {
         400 => "Bad Request",
         403 => "Forbidden",
@@ -211,13 +216,11 @@ async fn answer(mut client: TcpStream, status: u16, reason: &str) {
         .take(500)
         .collect();
     let body = format!("{text}\n");
-    let response = format!(
+    format!(
         "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{body}",
         body.len()
-    );
-    let _ = client.write_all(response.as_bytes()).await;
-    protocol::egress::linger(&mut client).await;
+    )
 }
 
 /// Raises the soft descriptor limit to what tunnels need (the kernel's default of 1024 would
