@@ -57,10 +57,22 @@ async fn drive(call: &mut StreamCall<Pty>, keys_after_url: Option<(usize, &[u8])
     let mut sent = false;
     let deadline = Duration::from_secs(60);
     loop {
-        let item = tokio::time::timeout(deadline, call.next())
-            .await
-            .expect("pty stream stalled")
-            .expect("pty stream");
+        let Ok(item) = tokio::time::timeout(deadline, call.next()).await else {
+            let tail = String::from_utf8_lossy(&seen.output);
+            let tail: String = tail
+                .chars()
+                .rev()
+                .take(1500)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            panic!(
+                "pty stream stalled; URLs so far {:?}, keys sent: {sent}; the output ends with:\n{tail}",
+                seen.urls
+            );
+        };
+        let item = item.expect("pty stream");
         match item {
             None => break,
             Some(StreamItem::Data(FrameKind::Stdout, b)) => seen.output.extend_from_slice(&b),

@@ -363,10 +363,17 @@ impl PtySession {
             shared.detector.set_answer_queries(false);
         }
         let (a, b) = shared.scrollback.buf.as_slices();
+        let scrollback = [a, b].concat();
         let attachment = Attachment {
-            // Its queries were answered when they were live; a terminal shown them again would
-            // answer them again, as keys typed into the program.
-            scrollback: crate::detect::without_queries(&[a, b].concat()),
+            // Its queries were answered when they were live; a terminal (an interactive client)
+            // shown them again would answer them again, as keys typed into the program. Any other
+            // client gets the bytes as the program wrote them (the spawning call itself can attach
+            // after the first output).
+            scrollback: if interactive {
+                crate::detect::without_queries(&scrollback)
+            } else {
+                scrollback
+            },
             urls: shared.urls.clone(),
             device_code: shared.device_code.clone(),
             exit: shared.exit,
