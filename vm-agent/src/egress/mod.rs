@@ -63,10 +63,10 @@ pub struct EgressConfig {
 }
 
 /// The variables that point a program at the proxy: `HTTP_PROXY`, `HTTPS_PROXY` and their lower
-/// case twins (CLIs read either), and `NO_PROXY` keeping loopback direct (OAuth callbacks). Not
-/// `NODE_USE_ENV_PROXY`: the CLIs set up their own proxy agents from these, and with it Node.js
-/// prints an "experimental" warning into the user's terminal at every start.
-pub fn proxy_env(listen: SocketAddr) -> [(&'static str, String); 6] {
+/// case twins (CLIs read either), `NO_PROXY` keeping loopback direct (OAuth callbacks), and
+/// `NODE_USE_ENV_PROXY` (Node.js ≥ 22.21 takes the others for its own `fetch` and `https` only with
+/// it; gemini's login through the browser VM failed without it).
+pub fn proxy_env(listen: SocketAddr) -> [(&'static str, String); 7] {
     let url = format!("http://{listen}");
     let direct = "localhost,127.0.0.1,::1".to_owned();
     [
@@ -76,6 +76,7 @@ pub fn proxy_env(listen: SocketAddr) -> [(&'static str, String); 6] {
         ("https_proxy", url),
         ("NO_PROXY", direct.clone()),
         ("no_proxy", direct),
+        ("NODE_USE_ENV_PROXY", "1".to_owned()),
     ]
 }
 
