@@ -106,6 +106,10 @@ pub struct ProviderDef {
     pub egress_hosts: Vec<String>,
     /// How the login can run; the first mode is the default.
     pub modes: Vec<LoginMode>,
+    /// How the CLI answers one prompt without a terminal (`claude -p`, `codex exec`, `gemini -p`):
+    /// the prompt is appended as the last argument. Empty: the host cannot run prompts.
+    #[serde(default)]
+    pub prompt_argv: Vec<String>,
     /// Files to create before the login starts.
     #[serde(default)]
     pub seed_files: Vec<SeedFile>,
@@ -214,6 +218,12 @@ pub struct CredentialFile {
     /// in it names a non-empty string or another non-null value (a partial write fails this).
     #[serde(default)]
     pub required_any_of: Vec<Vec<String>>,
+    /// JSON pointer to the token's expiry, Unix milliseconds, where the CLI writes one.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// JSON pointer to the granted scopes (an array of strings, or one space-separated string).
+    #[serde(default)]
+    pub scopes: Option<String>,
 }
 
 impl CredentialFile {
@@ -227,6 +237,27 @@ impl CredentialFile {
             .map(PathBuf::from)
             .unwrap_or_else(|| home.to_path_buf());
         expand_home(&self.dir, &home).join(&self.file)
+    }
+
+    /// The token's expiry (Unix ms) as the file states it, if the provider writes one.
+    pub fn expiry_ms(&self, json: &serde_json::Value) -> Option<i64> {
+        let v = json.pointer(self.expires_at.as_deref()?)?;
+        v.as_i64().or_else(|| v.as_f64().map(|f| f as i64))
+    }
+
+    /// The scopes the file says were granted (empty when it says nothing).
+    pub fn granted_scopes(&self, json: &serde_json::Value) -> Vec<String> {
+        let Some(v) = self.scopes.as_deref().and_then(|p| json.pointer(p)) else {
+            return Vec::new();
+        };
+        match v {
+            serde_json::Value::Array(items) => items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect(),
+            serde_json::Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Whether `json` is a complete login, not a partial write: one alternative of

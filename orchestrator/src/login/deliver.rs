@@ -8,7 +8,7 @@ use std::time::Duration;
 use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope};
 use tracing::warn;
 
-use super::flow::{record_created, FlowError};
+use super::flow::{record_created, serve_cli_egress, FlowError};
 use super::provider::ProviderLogin;
 use super::{Inner, LoginError};
 use crate::client::AgentClient;
@@ -69,15 +69,8 @@ pub(super) async fn push(
     version: i64,
     plaintext: &CredentialPlaintext,
 ) -> Result<(), FlowError> {
-    let cli = inner.backend.ensure_cli_vm(user).await?;
-    if cli.created {
-        record_created(inner, user, &cli, VmKind::Cli, None).await?;
-        if let Some(hello) = &cli.hello {
-            hello.wait(inner.config.hello_timeout).await?;
-        }
-    }
-    let client =
-        AgentClient::connect_with_retry(&*cli.connector, inner.config.hello_timeout).await?;
+    let cli = connect_cli(inner, user).await?;
+    let client = &cli.client;
     let scope = CredsScope {
         provider: provider.name.clone(),
         home: Some(cli.guest_home.clone()),
@@ -107,6 +100,34 @@ pub(super) async fn push(
         )
         .await?;
     Ok(())
+}
+
+/// The user's CLI VM, reached: its agent, its id and the guest home.
+pub(super) struct CliVm {
+    pub(super) client: AgentClient,
+    pub(super) id: String,
+    pub(super) guest_home: String,
+}
+
+/// Makes sure the user's CLI VM runs (recorded and served by the egress gateway when this call
+/// created it or the service has not served it yet) and connects to its agent.
+pub(super) async fn connect_cli(inner: &Inner, user: &str) -> Result<CliVm, FlowError> {
+    let cli = inner.backend.ensure_cli_vm(user).await?;
+    if cli.created {
+        record_created(inner, user, &cli, VmKind::Cli, None).await?;
+        if let Some(hello) = &cli.hello {
+            hello.wait(inner.config.hello_timeout).await?;
+        }
+    }
+    inner.egress.assign(user).await?;
+    serve_cli_egress(inner, user, &cli)?;
+    let client =
+        AgentClient::connect_with_retry(&*cli.connector, inner.config.hello_timeout).await?;
+    Ok(CliVm {
+        client,
+        id: cli.id,
+        guest_home: cli.guest_home,
+    })
 }
 
 /// Opens the stored record and pushes it.

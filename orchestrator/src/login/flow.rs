@@ -30,7 +30,7 @@ const EXIT_GRACE: Duration = Duration::from_secs(3);
 
 /// How a flow step failed; the text becomes the session's reason (never holds a secret).
 #[derive(Debug, thiserror::Error)]
-pub(super) enum FlowError {
+pub(crate) enum FlowError {
     #[error("VM backend: {0}")]
     Backend(#[from] BackendError),
     #[error("agent unreachable: {0}")]
@@ -161,7 +161,7 @@ fn guest_path(home: &str, relative: &str) -> String {
 
 /// Serves the user's CLI VM's egress, unless that VM is served already. Kept by user: a CLI VM
 /// created anew (new id, new socket) replaces the binding of the one before it.
-fn serve_cli_egress(inner: &Inner, user: &str, cli: &VmHandle) -> Result<(), FlowError> {
+pub(super) fn serve_cli_egress(inner: &Inner, user: &str, cli: &VmHandle) -> Result<(), FlowError> {
     let (Some(gateway), Some(path)) = (&inner.gateway, &cli.egress) else {
         return Ok(());
     };
@@ -245,6 +245,7 @@ async fn run(
     let connector = res_browser(res)?.handle.connector.clone();
     let client = AgentClient::connect_with_retry(&*connector, inner.config.hello_timeout).await?;
     res_browser(res)?.client = Some(client.clone());
+    session.set_agent(Some(client.clone()));
     // Its way out: the user's port, the provider's hosts. Bound before the login runs, so the
     // first connection the CLI or Chromium makes finds it.
     if let (Some(gateway), Some(path)) = (&inner.gateway, &res_browser(res)?.handle.egress) {
@@ -418,6 +419,7 @@ pub(super) async fn record_created(
 async fn cleanup(inner: &Inner, session: &Session, mut res: Resources) {
     let user = session.user.as_str();
     session.set_input(None);
+    session.set_agent(None);
     if let Some(task) = res.creating.take() {
         // A creation was in flight: let it finish, then destroy what it made.
         if let Ok(Ok(handle)) = task.await {

@@ -13,12 +13,14 @@
 //! One session per (user, provider) is active at a time, across hosts sharing the store: a second
 //! start returns the first session's id.
 
+mod account;
 mod deliver;
 mod events;
 mod flow;
 mod provider;
 mod state;
 
+pub use account::{CliAgent, LinkedAccount, Recovered, Revoked, SessionInfo, RESTART_REASON};
 pub use events::{EventStream, LoginEvent, LoginEventKind};
 pub use provider::{LoginMode, ProviderLogin, ProviderRulesError, SeedFile, UrlKind};
 pub use state::{SessionState, UnknownState};
@@ -127,6 +129,43 @@ pub enum LoginError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A call to a VM's agent failed.
+    #[error("agent call failed: {0}")]
+    Agent(#[from] crate::client::ClientError),
+    /// A VM's agent could not be reached.
+    #[error("agent unreachable: {0}")]
+    Transport(#[from] crate::transport::TransportError),
+    /// The user's egress port could not be given or moved.
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
+    /// The gateway could not serve a VM's egress.
+    #[error(transparent)]
+    Gateway(#[from] crate::egress::GatewayError),
+    /// The vault could not seal or open a record.
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
+    /// The session has no desktop to watch (its browser VM is not up, or is gone).
+    #[error("session {0} has no desktop now")]
+    NoDesktop(String),
+    /// A step failed for a reason of its own.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<flow::FlowError> for LoginError {
+    fn from(e: flow::FlowError) -> Self {
+        use flow::FlowError as F;
+        match e {
+            F::Backend(e) => e.into(),
+            F::Transport(e) => e.into(),
+            F::Client(e) => e.into(),
+            F::Store(e) => e.into(),
+            F::Vault(e) => e.into(),
+            F::Egress(e) => e.into(),
+            F::Gateway(e) => e.into(),
+            F::Login(reason) => LoginError::Failed(reason),
+        }
+    }
 }
 
 pub(crate) struct Session {
@@ -140,6 +179,8 @@ pub(crate) struct Session {
     pub(crate) state: Mutex<SessionState>,
     /// Keys for the login program's terminal, while it runs.
     input: Mutex<Option<FrameSender>>,
+    /// The browser VM's agent, while the VM is up (its desktop is watched through it).
+    agent: Mutex<Option<crate::client::AgentClient>>,
 }
 
 impl Session {
@@ -153,6 +194,14 @@ impl Session {
 
     fn input(&self) -> Option<FrameSender> {
         self.input.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_agent(&self, agent: Option<crate::client::AgentClient>) {
+        *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = agent;
+    }
+
+    fn agent(&self) -> Option<crate::client::AgentClient> {
+        self.agent.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -271,6 +320,7 @@ impl LoginService {
             cancel: watch::channel(None).0,
             state: Mutex::new(SessionState::Pending),
             input: Mutex::new(None),
+            agent: Mutex::new(None),
         });
         // Visible before the row exists, so a concurrent start that finds the row finds the session.
         self.inner.sessions().insert(id.clone(), session.clone());

@@ -5,7 +5,7 @@
 
 use protocol::providers::ProviderFile;
 
-pub use protocol::providers::{LoginMode, SeedFile, UrlKind};
+pub use protocol::providers::{CredentialFile, LoginMode, SeedFile, UrlKind};
 
 /// One provider's login recipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,10 @@ pub struct ProviderLogin {
     pub seed_files: Vec<SeedFile>,
     /// Where a login VM of this provider may go (its egress allow-list).
     pub egress_hosts: Vec<String>,
+    /// How the CLI runs one prompt (the prompt is appended); empty: no prompts.
+    pub prompt_argv: Vec<String>,
+    /// The rules of the main credential file (its expiry and scopes fields).
+    pub credential: CredentialFile,
 }
 
 /// Why provider rules could not be read.
@@ -57,8 +61,11 @@ impl ProviderLogin {
                 } else {
                     format!("{dir}/{}", cred.file)
                 };
+                let credential = cred.clone();
                 Ok(ProviderLogin {
                     name: def.id,
+                    prompt_argv: def.prompt_argv,
+                    credential,
                     egress_hosts: def.egress_hosts,
                     modes: def.modes,
                     credential_file,

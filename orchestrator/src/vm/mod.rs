@@ -4,10 +4,12 @@
 //!   over its VMM, or uses one of ours.
 //! - [`qemu`]: boots a microVM with QEMU and reaches its agent through `vhost-device-vsock`'s hybrid
 //!   vsock socket; [`QemuVmBackend`] is the [`VmBackend`] over it.
+//! - [`WarmPool`]: browser VMs of any backend booted ahead of the logins that take them.
 //!
 //! Agents as local processes (no hypervisor) are the test kit's `local_backend` (tests/kit).
 
 mod backend;
+mod pool;
 pub mod qemu;
 mod qemu_backend;
 mod watch;
@@ -16,4 +18,5 @@ pub use backend::{BackendCause, BackendError, CleanupReport, VmBackend, VmHandle
 pub use qemu::{
     Accel, DestroyReport, QemuConfig, QemuLauncher, QemuVm, UdpForward, UserNetwork, VmError,
 };
+pub use pool::WarmPool;
 pub use qemu_backend::QemuVmBackend;

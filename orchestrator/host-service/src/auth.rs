@@ -1,0 +1,188 @@
+//! Sign-up, sign-in and the bearer token every other route needs.
+//!
+//! Passwords are hashed with Argon2id (default parameters, on a blocking thread: a hash takes tens
+//! of milliseconds by design). Tokens are 256 random bits, handed out once and stored as digests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::Json;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::app::{ApiJson, AppState};
+use crate::error::ApiError;
+use crate::users::User;
+
+/// Longest accepted password (hashing cost grows with it).
+const MAX_PASSWORD: usize = 1024;
+const MIN_PASSWORD: usize = 8;
+
+/// Body of register and login.
+#[derive(Debug, Deserialize)]
+pub struct Credentials {
+    email: String,
+    password: String,
+}
+
+/// Answer of register and login.
+#[derive(Debug, Serialize)]
+pub struct SignedIn {
+    user: User,
+    /// The bearer token; shown once.
+    token: String,
+}
+
+/// The signed-in user of a request (from `Authorization: Bearer <token>`).
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub User);
+
+impl FromRequestParts<Arc<AppState>> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or_else(ApiError::unauthorized)?;
+        match state.users.by_token(&digest(token)).await? {
+            Some(user) => Ok(AuthUser(user)),
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+fn digest(token: &str) -> String {
+    let d = Sha256::digest(token.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn new_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::internal(&e))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn check(c: &Credentials) -> Result<String, ApiError> {
+    let email = c.email.trim().to_ascii_lowercase();
+    let valid = email.len() <= 254
+        && email
+            .split_once('@')
+            .is_some_and(|(a, b)| !a.is_empty() && b.contains('.') && !b.starts_with('.'))
+        && !email.chars().any(char::is_whitespace);
+    if !valid {
+        return Err(ApiError::bad_request("email: not an email address"));
+    }
+    if c.password.chars().count() < MIN_PASSWORD || c.password.len() > MAX_PASSWORD {
+        return Err(ApiError::bad_request(format!(
+            "password: {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+        )));
+    }
+    Ok(email)
+}
+
+fn limited(state: &AppState, addr: &SocketAddr) -> Result<(), ApiError> {
+    state.auth_limit.hit(&addr.ip().to_string()).map_err(|wait| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many attempts; try again in {} s", wait.as_secs().max(1)),
+        )
+    })
+}
+
+async fn sign_in(state: &AppState, user: User) -> Result<SignedIn, ApiError> {
+    let token = new_token()?;
+    state
+        .users
+        .add_token(&user.id, &digest(&token), state.config.token_lifetime)
+        .await?;
+    Ok(SignedIn { user, token })
+}
+
+/// `POST /v1/auth/register`.
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<(StatusCode, Json<SignedIn>), ApiError> {
+    limited(&state, &addr)?;
+    let email = check(&body)?;
+    let password = body.password;
+    let hash = tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .map_err(|e| ApiError::internal(&e))?;
+    let Some(user) = state.users.create(&email, &hash).await? else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "email_taken",
+            "an account with this email exists; sign in instead",
+        ));
+    };
+    tracing::info!(user = %user.id, "user registered");
+    Ok((StatusCode::CREATED, Json(sign_in(&state, user).await?)))
+}
+
+/// `POST /v1/auth/login`.
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<Json<SignedIn>, ApiError> {
+    limited(&state, &addr)?;
+    let email = body.email.trim().to_ascii_lowercase();
+    let found = state.users.by_email(&email).await?;
+    // An unknown email costs a hash too, so timing does not tell which emails exist.
+    let stored = found
+        .as_ref()
+        .map(|(_, h)| h.clone())
+        .unwrap_or_else(|| state.dummy_hash.clone());
+    let password = body.password;
+    let ok = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&stored)
+            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .unwrap_or(false)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
+    match found {
+        Some((user, _)) if ok => Ok(Json(sign_in(&state, user).await?)),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_credentials",
+            "wrong email or password",
+        )),
+    }
+}
+
+/// `GET /v1/auth/me`.
+pub async fn me(AuthUser(user): AuthUser) -> Json<User> {
+    Json(user)
+}
+
+/// A hash of a random password, verified against when the email is unknown.
+pub fn dummy_hash() -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Argon2::default()
+        .hash_password(uuid::Uuid::new_v4().as_bytes(), &salt)
+        .map(|h| h.to_string())
+}

@@ -1,0 +1,45 @@
+//! The example host service: the orchestrator library embedded as a deployment would embed it.
+//!
+//! - [`app`]: shared state, the route table (one table drives the router and the OpenAPI
+//!   document), JSON bodies whose errors are `{code, message}`.
+//! - [`auth`]: sign-up, sign-in (Argon2id), bearer tokens; [`users`]: the service's own tables.
+//! - [`accounts`]: providers, linked accounts, login sessions and their events (SSE), revoke,
+//!   egress rotation; [`desktop`]: the login VM's desktop (WHEP-style signalling relay).
+//! - [`jobs`]: prompts in the user's CLI VM with streamed output.
+//! - [`config`]: the TOML file and environment; [`page`]: the web page.
+//!
+//! Every route but sign-up, sign-in, the document and the ticketed desktop signalling needs the
+//! user's token, and no route shows or drives another user's sessions, desktops, accounts or jobs.
+
+pub mod accounts;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod desktop;
+pub mod error;
+pub mod jobs;
+pub mod openapi;
+pub mod page;
+pub mod ratelimit;
+pub mod users;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use app::{router, AppState, ServiceConfig, API};
+pub use config::FileConfig;
+
+/// Serves the service on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

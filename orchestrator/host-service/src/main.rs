@@ -1,0 +1,61 @@
+//! `host-service --config FILE`: the example host service over QEMU microVMs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use host_service::config::{build, vault_from_env};
+use host_service::{FileConfig, ServiceConfig};
+use orchestrator::vm::{QemuConfig, QemuLauncher, QemuVmBackend, VmBackend, WarmPool};
+
+/// The example host service (see the crate docs and `config` for the file).
+#[derive(Debug, Parser)]
+struct Args {
+    /// The TOML configuration.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+fn qemu(vm: &host_service::config::VmSection, initramfs: &PathBuf, image: &Option<PathBuf>, mib: u32) -> QemuConfig {
+    let mut c = QemuConfig::new(&vm.vhost_device_vsock, &vm.kernel, initramfs);
+    c.root_image = image.clone();
+    c.memory_mib = mib;
+    c.vcpus = 2;
+    c
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let file = FileConfig::load(&args.config)?;
+    let vm = file
+        .vm
+        .clone()
+        .context("[vm] is required: the binary runs QEMU microVMs")?;
+    let backend: Arc<dyn VmBackend> = Arc::new(QemuVmBackend::with_images(
+        QemuLauncher::new(qemu(&vm, &vm.browser_initramfs, &vm.browser_image, vm.browser_memory_mib)),
+        QemuLauncher::new(qemu(&vm, &vm.cli_initramfs, &vm.cli_image, vm.cli_memory_mib)),
+        &vm.disks,
+        "/root",
+    ));
+    let pool = WarmPool::new(backend, file.pool_size, Duration::from_secs(file.hello_timeout_s));
+    let state = build(&file, Arc::new(pool.clone()), vault_from_env()?, ServiceConfig::default()).await?;
+    let listener = tokio::net::TcpListener::bind(&file.listen)
+        .await
+        .with_context(|| format!("binding {}", file.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "host service listening");
+    host_service::serve(listener, state, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    pool.shutdown().await;
+    Ok(())
+}
