@@ -135,7 +135,10 @@ pub async fn link_start(
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            format!("too many logins started; try again in {} s", wait.as_secs().max(1)),
+            format!(
+                "too many logins started; try again in {} s",
+                wait.as_secs().max(1)
+            ),
         )
     })?;
     let id = state

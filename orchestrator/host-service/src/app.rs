@@ -101,8 +101,9 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            // Malformed, mistyped or of the wrong shape: all one thing to a client.
             Err(rejection) => Err(ApiError::new(
-                rejection.status(),
+                axum::http::StatusCode::BAD_REQUEST,
                 "bad_json",
                 rejection.body_text(),
             )),
@@ -151,7 +152,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(page::index))
         .route("/viewer", get(page::viewer))
         .route("/hello", get(|| async { "hello" }))
-        .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "no_route", "no such route") })
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "no_route",
+                "no such route",
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(state)
 }

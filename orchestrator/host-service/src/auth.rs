@@ -95,13 +95,19 @@ fn check(c: &Credentials) -> Result<String, ApiError> {
 }
 
 fn limited(state: &AppState, addr: &SocketAddr) -> Result<(), ApiError> {
-    state.auth_limit.hit(&addr.ip().to_string()).map_err(|wait| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many attempts; try again in {} s", wait.as_secs().max(1)),
-        )
-    })
+    state
+        .auth_limit
+        .hit(&addr.ip().to_string())
+        .map_err(|wait| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many attempts; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            )
+        })
 }
 
 async fn sign_in(state: &AppState, user: User) -> Result<SignedIn, ApiError> {
@@ -159,7 +165,11 @@ pub async fn login(
     let password = body.password;
     let ok = tokio::task::spawn_blocking(move || {
         PasswordHash::new(&stored)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await

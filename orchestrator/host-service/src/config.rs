@@ -169,10 +169,9 @@ impl FileConfig {
         match (&self.store.sqlite, self.store.postgres) {
             (Some(path), false) => Ok(StoreConfig::Sqlite { path: path.clone() }),
             (None, true) => Ok(StoreConfig::Postgres {
-                url: Secret::new(
-                    std::env::var(DATABASE_URL_ENV)
-                        .with_context(|| format!("[store] postgres = true needs {DATABASE_URL_ENV}"))?,
-                ),
+                url: Secret::new(std::env::var(DATABASE_URL_ENV).with_context(|| {
+                    format!("[store] postgres = true needs {DATABASE_URL_ENV}")
+                })?),
                 max_connections: 16,
             }),
             _ => bail!("[store]: set exactly one of sqlite = \"path\" or postgres = true"),
@@ -181,16 +180,17 @@ impl FileConfig {
 
     /// The library's login settings.
     pub fn login_config(&self) -> Result<LoginConfig> {
-        let proxy = match &self.egress.proxy_host {
-            Some(host) => Some(ProxyConfig {
-                host: host.clone(),
-                username: self.egress.proxy_user.clone().unwrap_or_default(),
-                password: Secret::new(std::env::var(PROXY_PASSWORD_ENV).with_context(|| {
-                    format!("[egress] proxy_host needs {PROXY_PASSWORD_ENV}")
-                })?),
-            }),
-            None => None,
-        };
+        let proxy =
+            match &self.egress.proxy_host {
+                Some(host) => Some(ProxyConfig {
+                    host: host.clone(),
+                    username: self.egress.proxy_user.clone().unwrap_or_default(),
+                    password: Secret::new(std::env::var(PROXY_PASSWORD_ENV).with_context(
+                        || format!("[egress] proxy_host needs {PROXY_PASSWORD_ENV}"),
+                    )?),
+                }),
+                None => None,
+            };
         Ok(LoginConfig {
             timeout: Duration::from_secs(self.login_minutes * 60),
             hello_timeout: Duration::from_secs(self.hello_timeout_s),
@@ -203,14 +203,16 @@ impl FileConfig {
         let default = PortRange::default();
         let first = self.egress.first_port.unwrap_or(default.first());
         let last = self.egress.last_port.unwrap_or(default.last());
-        PortRange::new(first, last).with_context(|| format!("[egress] bad port range {first}..{last}"))
+        PortRange::new(first, last)
+            .with_context(|| format!("[egress] bad port range {first}..{last}"))
     }
 }
 
 /// The vault from `HOST_SERVICE_VAULT_KEY`.
 pub fn vault_from_env() -> Result<Arc<Vault>> {
-    let spec = std::env::var(VAULT_KEY_ENV)
-        .with_context(|| format!("{VAULT_KEY_ENV} must hold the vault key (id:base64 of 32 bytes)"))?;
+    let spec = std::env::var(VAULT_KEY_ENV).with_context(|| {
+        format!("{VAULT_KEY_ENV} must hold the vault key (id:base64 of 32 bytes)")
+    })?;
     let id = spec.split(':').next().unwrap_or_default().to_owned();
     let keyring = Keyring::from_spec(&spec, &id).context("the vault key")?;
     Ok(Arc::new(Vault::new(keyring)))
@@ -228,7 +230,9 @@ pub async fn build(
     let store = Store::open(&store_config, &file.host_id)
         .await
         .context("opening the store")?;
-    let users = Users::open(&store_config).await.context("opening the users' tables")?;
+    let users = Users::open(&store_config)
+        .await
+        .context("opening the users' tables")?;
     let login = LoginService::new(
         backend,
         store.clone(),
@@ -236,7 +240,10 @@ pub async fn build(
         EgressPorts::new(store, file.port_range()?),
         file.login_config()?,
     );
-    let recovered = login.recover().await.context("closing what the previous run left")?;
+    let recovered = login
+        .recover()
+        .await
+        .context("closing what the previous run left")?;
     if !recovered.sessions.is_empty() {
         tracing::warn!(sessions = ?recovered.sessions, "logins interrupted by the restart ended as failed");
     }

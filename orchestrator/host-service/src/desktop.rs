@@ -82,10 +82,9 @@ pub async fn offer(
     Path(ticket): Path<String>,
     body: bytes::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let session = state
-        .desktops
-        .redeem(&ticket)
-        .ok_or_else(|| ApiError::not_found("desktop ticket (they are single-use and last a minute)"))?;
+    let session = state.desktops.redeem(&ticket).ok_or_else(|| {
+        ApiError::not_found("desktop ticket (they are single-use and last a minute)")
+    })?;
     if body.len() > MAX_OFFER {
         return Err(ApiError::bad_request("offer too large"));
     }

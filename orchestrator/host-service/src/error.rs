@@ -33,7 +33,11 @@ impl ApiError {
 
     /// 404: no such thing for this user (also what another user's things look like).
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
     }
 
     /// 401: no valid session token.

@@ -294,6 +294,8 @@ async fn run(state: Arc<AppState>, job: Arc<Job>, argv: Vec<String>, timeout: Du
                 stdin: false,
             })
             .await?;
+        // No input: the agent finishes the call only once the request side is closed too.
+        call.close_input();
         loop {
             match call.next().await? {
                 Some(StreamItem::Event(ExecEvent::Started { .. })) => {

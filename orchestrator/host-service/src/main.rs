@@ -18,7 +18,12 @@ struct Args {
     config: PathBuf,
 }
 
-fn qemu(vm: &host_service::config::VmSection, initramfs: &PathBuf, image: &Option<PathBuf>, mib: u32) -> QemuConfig {
+fn qemu(
+    vm: &host_service::config::VmSection,
+    initramfs: &PathBuf,
+    image: &Option<PathBuf>,
+    mib: u32,
+) -> QemuConfig {
     let mut c = QemuConfig::new(&vm.vhost_device_vsock, &vm.kernel, initramfs);
     c.root_image = image.clone();
     c.memory_mib = mib;
@@ -30,8 +35,7 @@ fn qemu(vm: &host_service::config::VmSection, initramfs: &PathBuf, image: &Optio
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
@@ -41,13 +45,33 @@ async fn main() -> Result<()> {
         .clone()
         .context("[vm] is required: the binary runs QEMU microVMs")?;
     let backend: Arc<dyn VmBackend> = Arc::new(QemuVmBackend::with_images(
-        QemuLauncher::new(qemu(&vm, &vm.browser_initramfs, &vm.browser_image, vm.browser_memory_mib)),
-        QemuLauncher::new(qemu(&vm, &vm.cli_initramfs, &vm.cli_image, vm.cli_memory_mib)),
+        QemuLauncher::new(qemu(
+            &vm,
+            &vm.browser_initramfs,
+            &vm.browser_image,
+            vm.browser_memory_mib,
+        )),
+        QemuLauncher::new(qemu(
+            &vm,
+            &vm.cli_initramfs,
+            &vm.cli_image,
+            vm.cli_memory_mib,
+        )),
         &vm.disks,
         "/root",
     ));
-    let pool = WarmPool::new(backend, file.pool_size, Duration::from_secs(file.hello_timeout_s));
-    let state = build(&file, Arc::new(pool.clone()), vault_from_env()?, ServiceConfig::default()).await?;
+    let pool = WarmPool::new(
+        backend,
+        file.pool_size,
+        Duration::from_secs(file.hello_timeout_s),
+    );
+    let state = build(
+        &file,
+        Arc::new(pool.clone()),
+        vault_from_env()?,
+        ServiceConfig::default(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(&file.listen)
         .await
         .with_context(|| format!("binding {}", file.listen))?;

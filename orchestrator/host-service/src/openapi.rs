@@ -14,8 +14,10 @@ pub fn spec() -> Value {
             .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
-        let public = matches!(*path, "/v1/auth/register" | "/v1/auth/login" | "/v1/openapi.json")
-            || path.starts_with("/v1/desktop/");
+        let public = matches!(
+            *path,
+            "/v1/auth/register" | "/v1/auth/login" | "/v1/openapi.json"
+        ) || path.starts_with("/v1/desktop/");
         let mut op = json!({
             "summary": summary,
             "parameters": params,

@@ -105,7 +105,11 @@ impl Users {
     }
 
     /// Creates a user; `None` when the email is taken.
-    pub async fn create(&self, email: &str, password_hash: &str) -> Result<Option<User>, UsersError> {
+    pub async fn create(
+        &self,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<Option<User>, UsersError> {
         let id = uuid::Uuid::new_v4().to_string();
         let row: Option<(String,)> = with_pool!(self, |pool| {
             sqlx::query_as(
@@ -143,14 +147,17 @@ impl Users {
         token_sha256: &str,
         lifetime: Duration,
     ) -> Result<(), UsersError> {
-        let expires = now_ms().saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX / 2));
+        let expires =
+            now_ms().saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX / 2));
         with_pool!(self, |pool| {
-            sqlx::query("INSERT INTO svc_tokens (token_sha256, user_id, expires_at_ms) VALUES ($1, $2, $3)")
-                .bind(token_sha256)
-                .bind(user_id)
-                .bind(expires)
-                .execute(pool)
-                .await?;
+            sqlx::query(
+                "INSERT INTO svc_tokens (token_sha256, user_id, expires_at_ms) VALUES ($1, $2, $3)",
+            )
+            .bind(token_sha256)
+            .bind(user_id)
+            .bind(expires)
+            .execute(pool)
+            .await?;
         });
         Ok(())
     }
@@ -187,7 +194,11 @@ impl Users {
     }
 
     /// When `user` last used `provider`, Unix ms.
-    pub async fn last_used(&self, user_id: &str, provider: &str) -> Result<Option<i64>, UsersError> {
+    pub async fn last_used(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<Option<i64>, UsersError> {
         let row: Option<(i64,)> = with_pool!(self, |pool| {
             sqlx::query_as(
                 "SELECT last_used_ms FROM svc_account_usage WHERE user_id = $1 AND provider = $2",

@@ -127,7 +127,11 @@ impl LoginService {
             out.vms.push(vm.id);
         }
         if !out.sessions.is_empty() || !out.vms.is_empty() {
-            tracing::info!(sessions = out.sessions.len(), vms = out.vms.len(), "closed what the previous run left");
+            tracing::info!(
+                sessions = out.sessions.len(),
+                vms = out.vms.len(),
+                "closed what the previous run left"
+            );
         }
         Ok(out)
     }
@@ -175,7 +179,13 @@ impl LoginService {
     /// Unlinks `provider` for `user`: deletes the stored credential and wipes the provider's
     /// credential files in the user's CLI VM (both audited).
     pub async fn revoke(&self, user: &str, provider: &str) -> Result<Revoked, LoginError> {
-        if !self.inner.config.providers.iter().any(|p| p.name == provider) {
+        if !self
+            .inner
+            .config
+            .providers
+            .iter()
+            .any(|p| p.name == provider)
+        {
             return Err(LoginError::UnknownProvider(provider.to_owned()));
         }
         let stored = self.inner.store.delete_credential(user, provider).await?;
@@ -198,7 +208,12 @@ impl LoginService {
                 },
             )
             .await?;
-        tracing::info!(provider, stored, files = wiped.removed.len(), "account revoked");
+        tracing::info!(
+            provider,
+            stored,
+            files = wiped.removed.len(),
+            "account revoked"
+        );
         Ok(Revoked {
             stored,
             wiped: wiped.removed,

@@ -15,8 +15,8 @@ mod qemu_backend;
 mod watch;
 
 pub use backend::{BackendCause, BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
+pub use pool::WarmPool;
 pub use qemu::{
     Accel, DestroyReport, QemuConfig, QemuLauncher, QemuVm, UdpForward, UserNetwork, VmError,
 };
-pub use pool::WarmPool;
 pub use qemu_backend::QemuVmBackend;

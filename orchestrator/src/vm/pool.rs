@@ -114,9 +114,7 @@ fn refill(inner: &Arc<PoolInner>) {
         if state.closed {
             return;
         }
-        let missing = inner
-            .size
-            .saturating_sub(state.ready.len() + state.booting);
+        let missing = inner.size.saturating_sub(state.ready.len() + state.booting);
         state.booting += missing;
         missing
     };

@@ -2,6 +2,9 @@
 //! `gemini` commands that replay a recorded real login (`fake-cli` with a fixture of
 //! `tests/fixtures/cli/`) and write the provider's credential file once the login is completed.
 //!
+//! Called as for one prompt (`claude -p TEXT`, `codex exec TEXT`, `gemini -p TEXT`), a wrapper
+//! runs `fake-cli --prompt` instead: the login's token to a stand-in API (`$FAKE_API_URL`).
+//!
 //! Each wrapper also leaves what the CLI saw for the tests: its environment in `$HOME/.fake-login-env`.
 //! With `FAKE_LOGIN_HOLD=1` in its environment it waits for `$HOME/.fake-release` before starting
 //! (holds a login in `ready`, before any URL). Like the real CLIs, the login completes when the user
@@ -96,6 +99,10 @@ pub fn install(dir: &Path, fake_cli: &Path, fixtures: &Path) -> std::io::Result<
         let (var, variant) = variant.unwrap_or(("FAKE_CLI_NO_VARIANT", fixture));
         let script = format!(
             r#"#!/bin/sh
+# One prompt (`claude -p TEXT`, `codex exec ... TEXT`, `gemini -p TEXT`): the last argument.
+case "${{1:-}}" in
+  -p|exec) for arg; do prompt=$arg; done; exec '{fake_cli}' --prompt {provider} "$prompt" ;;
+esac
 env > "$HOME/.fake-login-env"
 if [ -n "${{FAKE_LOGIN_HOLD:-}}" ]; then
   while [ ! -e "$HOME/.fake-release" ]; do sleep 0.02; done

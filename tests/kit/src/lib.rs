@@ -30,6 +30,7 @@ pub mod ports;
 pub mod postgres;
 pub mod provider_check;
 pub mod provider_clis;
+pub mod service;
 pub mod vm;
 
 pub use agent::{process_alive, stop_agent, workspace_bin, AgentProcess};

@@ -27,11 +27,14 @@
 //!                                     file is a complete login by the same rules, else exit 1
 //!   fake-cli --visit URL              one HTTP GET on a loopback URL; prints the status code,
 //!                                     exits 0 on 2xx, 1 otherwise
+//!   fake-cli --prompt ID TEXT         one prompt, as `claude -p` does: the token of the
+//!                                     provider's credential file to `$FAKE_API_URL` (see `prompt`)
 //!   fake-cli --complete URL [--state S]
 //!                                     what the provider's login page does: visits URL's loopback
 //!                                     redirect_uri with a fake code and URL's state (or S)
 
 mod callback;
+mod prompt;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -66,9 +69,10 @@ enum Mode {
     Status(String),
     Visit(String),
     Complete { url: String, state: Option<String> },
+    Prompt { provider: String, text: String },
 }
 
-const USAGE: &str = "usage: fake-cli FIXTURE_DIR [--chunks SPEC] [--provider ID | --cred PATH] [--no-wait] [--callback-port N] [--pause-at OFFSET:MS] [--deaf-ms MS] | --status ID | --visit URL | --complete URL [--state S]";
+const USAGE: &str = "usage: fake-cli FIXTURE_DIR [--chunks SPEC] [--provider ID | --cred PATH] [--no-wait] [--callback-port N] [--pause-at OFFSET:MS] [--deaf-ms MS] | --status ID | --prompt ID TEXT | --visit URL | --complete URL [--state S]";
 
 fn parse_args() -> Result<Mode, String> {
     let mut it = std::env::args().skip(1);
@@ -76,6 +80,11 @@ fn parse_args() -> Result<Mode, String> {
     match fixture.as_str() {
         "--visit" => return Ok(Mode::Visit(it.next().ok_or("--visit needs a URL")?)),
         "--status" => return Ok(Mode::Status(it.next().ok_or("--status needs a provider")?)),
+        "--prompt" => {
+            let provider = it.next().ok_or("--prompt needs a provider")?;
+            let text = it.next().ok_or("--prompt needs the prompt")?;
+            return Ok(Mode::Prompt { provider, text });
+        }
         "--complete" => {
             let url = it.next().ok_or("--complete needs a URL")?;
             let state = match (it.next().as_deref(), it.next()) {
@@ -305,7 +314,19 @@ fn write_out(
     }
 }
 
+/// The login's credential file: obviously fake tokens, unique to this login (a stand-in API can
+/// tell the captured credential from any other).
 fn fake_credentials(cli: &str) -> String {
+    let mut nonce = [0u8; 6];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut nonce));
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    fixed_credentials(cli).replace(
+        "fake-access-token-0001",
+        &format!("fake-access-token-0001-{nonce}"),
+    )
+}
+
+fn fixed_credentials(cli: &str) -> String {
     match cli {
         "claude" => r#"{"claudeAiOauth":{"accessToken":"fake-access-token-0001","refreshToken":"fake-refresh-token-0001","expiresAt":4102444800000,"scopes":["user:inference","user:profile"],"subscriptionType":"max"}}"#.into(),
         "codex" => {
@@ -573,6 +594,7 @@ fn main() -> ExitCode {
         Mode::Replay(args) => run(args),
         Mode::Status(provider) => status(&provider),
         Mode::Visit(url) => Ok(visit(&url)),
+        Mode::Prompt { provider, text } => prompt::run(&provider, &text),
         Mode::Complete { url, state } => {
             callback::callback_for(&url, state.as_deref()).map(|callback| visit(&callback))
         }
