@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use host_service::ServiceConfig;
 use serde_json::{json, Value};
-use test_kit::local_backend::{LocalAgentBackend, LocalOptions};
+use test_kit::local_backend::LocalAgentBackend;
 use test_kit::service::{file_config, Client, ServiceRig, SseEvent, StandinApi, STANDIN_ANSWER};
-use test_kit::{fake_clis, workspace_bin};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -23,19 +22,7 @@ struct Rig {
 }
 
 fn local_backend(dir: &std::path::Path) -> Arc<LocalAgentBackend> {
-    let bin = fake_clis::install(
-        &dir.join("bin"),
-        &workspace_bin("fake-cli"),
-        &fake_clis::fixtures_root(),
-    )
-    .expect("fake CLIs");
-    Arc::new(LocalAgentBackend::new(LocalOptions {
-        agent_bin: workspace_bin("vm-agent"),
-        root: dir.join("vms"),
-        path_prepend: vec![bin],
-        env: Vec::new(),
-        agent_start_gate: None,
-    }))
+    test_kit::service::fake_cli_backend(dir).expect("fake CLIs")
 }
 
 async fn rig_with(config: ServiceConfig) -> Rig {

@@ -1,51 +1,72 @@
-//! `cargo xtask demo`: the product's main flow in real microVMs, with readable progress.
+//! `cargo xtask demo`: the host service with its web page over real microVMs.
 //!
-//! Builds the images (cached), then drives one login session with the orchestrator's `LoginService`
-//! over the QEMU backend (TCG where there is no real KVM): the user's CLI VM (the golden CLI image,
-//! with the real CLIs, on a disk of the user's own) and a browser VM (the test image) boot,
-//! the browser VM's agent is configured with the user's egress proxy environment over vsock, the
-//! provider's login (a fake CLI replaying a real recorded login) runs on a PTY there, its URL reaches
-//! the host, the "user" pastes the code, the credential file is captured, sealed, stored, pushed into
-//! the running CLI VM, and the browser VM is wiped and destroyed. The real `claude` in the CLI VM
-//! then says it is logged in; the CLI VM is destroyed too (its disk with it), and the demo checks
-//! that nothing is left behind.
+//! Builds the images (cached), then serves the example host service (`orchestrator/host-service`)
+//! on loopback with the QEMU backend (TCG where there is no usable KVM), an SQLite store in a
+//! directory of this run, a vault key made for this run, and a warm pool of browser VMs booted
+//! ahead. It prints the address to open and stays up until Ctrl-C, then destroys every VM it made.
 //!
-//! The login itself runs a fake CLI: a real one would need the provider's servers, which cannot
-//! be reached here (`cargo xtask bench images` and the VM tests run the real CLIs' logins in the
-//! browser image as far as their URL in Chromium).
+//! - `cargo xtask demo`: the browser VMs boot the golden browser image (X, a terminal, Chromium,
+//!   the real CLIs), the CLI VMs the golden CLI image. Logins reach the providers only through an
+//!   upstream proxy: set `DEMO_PROXY_HOST` (`host:port`), `DEMO_PROXY_USER` and
+//!   `DEMO_PROXY_PASSWORD`; without one the VMs have no way out.
+//! - `cargo xtask demo --check`: the whole walk headless over the service's HTTP API, then exits
+//!   with its verdict (CI runs it): sign up, link Claude Code (in a browser VM of the test image,
+//!   whose fake CLI replays a recorded real login: the providers cannot be reached here), paste
+//!   the code, see the account linked, run the real `claude auth status` as a job in the user's
+//!   CLI VM (golden CLI image), rotate the egress port, revoke (the same job then says logged
+//!   out), and check that nothing is left: no VM process, no disk, no active store row.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use base64::Engine;
-use orchestrator::egress::{EgressPorts, PortRange, ProxyConfig};
-use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, SessionState};
-use orchestrator::store::{Store, StoreConfig};
+use host_service::config::{EgressSection, FileConfig, StoreSection};
+use host_service::ServiceConfig;
 use orchestrator::vault::{Keyring, Vault};
-use orchestrator::vm::{QemuLauncher, QemuVmBackend, VmBackend};
-use orchestrator::AgentClient;
-use protocol::Secret;
+use orchestrator::vm::{QemuLauncher, QemuVmBackend, WarmPool};
+use serde_json::json;
+use test_kit::service::Client;
 
 use crate::shell::step;
 
-/// The demo user and the provider whose login the demo walks.
-const USER: &str = "demo-user";
+/// What `cargo xtask demo` was asked for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Run the whole walk headless and exit with its verdict.
+    #[arg(long)]
+    pub check: bool,
+    /// Loopback port to serve on.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Browser VMs booted ahead.
+    #[arg(long, default_value_t = 1)]
+    pub pool: usize,
+}
+
 const PROVIDER: &str = "claude_code";
 /// What the "user" pastes after logging in at the provider (obviously fake).
 const FAKE_CODE: &str = "fake-auth-code-0001";
 
 /// Runs the demo.
-pub fn run() -> Result<()> {
+pub fn run(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
-    let browser = crate::image::prepare(crate::image::Which::Minimal)?;
+    let browser = if args.check {
+        crate::image::prepare(crate::image::Which::Minimal)?
+    } else {
+        crate::image::prepare(crate::image::Which::Browser)?
+    };
     let cli = crate::image::prepare(crate::image::Which::Cli)?;
     step(&format!(
         "images ready in {:.1}s",
         started.elapsed().as_secs_f64()
     ));
+    let mut browser_config = browser.qemu_config();
+    if !args.check {
+        browser_config.memory_mib = 1024;
+        browser_config.vcpus = 2;
+    }
     let mut cli_config = cli.qemu_config();
     // Node.js CLIs: 512 MB.
     cli_config.memory_mib = 512;
@@ -53,19 +74,15 @@ pub fn run() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(flow(
-        QemuLauncher::new(browser.qemu_config()),
+    rt.block_on(serve(
+        args,
+        QemuLauncher::new(browser_config),
         QemuLauncher::new(cli_config),
-    ))?;
-    step(&format!(
-        "demo done in {:.1}s",
-        started.elapsed().as_secs_f64()
-    ));
-    Ok(())
+    ))
 }
 
 /// A fresh random vault key for this run only: real keys come from the host's configuration.
-fn ephemeral_keyring() -> Result<Keyring> {
+fn ephemeral_vault() -> Result<Arc<Vault>> {
     let mut key = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut key))
@@ -74,174 +91,274 @@ fn ephemeral_keyring() -> Result<Keyring> {
         "demo:{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     );
-    Ok(Keyring::from_spec(&spec, "demo")?)
+    Ok(Arc::new(Vault::new(Keyring::from_spec(&spec, "demo")?)))
 }
 
-/// The egress proxy of the demo: from `DEMO_PROXY_HOST` / `_USER` / `_PASSWORD` when set, else a
-/// placeholder on a reserved name (nothing in the demo goes out through it).
-fn proxy() -> ProxyConfig {
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
-    ProxyConfig {
-        host: var("DEMO_PROXY_HOST", "proxy.invalid"),
-        username: var("DEMO_PROXY_USER", "demo"),
-        password: Secret::new(var("DEMO_PROXY_PASSWORD", "placeholder")),
-    }
-}
-
-async fn flow(browser: QemuLauncher, cli: QemuLauncher) -> Result<()> {
+async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(
-        &StoreConfig::Sqlite {
-            path: dir.path().join("demo.db"),
+    let proxy_host = std::env::var("DEMO_PROXY_HOST").ok();
+    if let Ok(password) = std::env::var("DEMO_PROXY_PASSWORD") {
+        std::env::set_var(host_service::config::PROXY_PASSWORD_ENV, password);
+    }
+    let file = FileConfig {
+        listen: format!("127.0.0.1:{}", args.port),
+        host_id: "demo-host".into(),
+        pool_size: args.pool,
+        login_minutes: 10,
+        hello_timeout_s: 180,
+        job_env: Default::default(),
+        store: StoreSection {
+            sqlite: Some(dir.path().join("state.db")),
+            postgres: false,
+        },
+        egress: EgressSection {
+            proxy_user: std::env::var("DEMO_PROXY_USER").ok(),
+            proxy_host: proxy_host.clone(),
+            ..EgressSection::default()
+        },
+        vm: None,
+    };
+    step(&format!(
+        "VMs: QEMU ({}), the agent as PID 1, reached over virtio-vsock; store: SQLite in {}; vault key made for this run",
+        browser.config().accel,
+        dir.path().display()
+    ));
+    match &proxy_host {
+        Some(h) => step(&format!("egress: through the upstream proxy {h}")),
+        None => step("egress: no upstream proxy (DEMO_PROXY_HOST unset): the VMs have no way out"),
+    }
+    let disks = dir.path().join("cli-disks");
+    let qemu = Arc::new(QemuVmBackend::with_images(browser, cli, &disks, "/root"));
+    let pool = WarmPool::new(qemu.clone(), args.pool, Duration::from_secs(180));
+    step(&format!(
+        "warm pool: booting {} browser VM(s) ahead",
+        args.pool
+    ));
+    let state = host_service::config::build(
+        &file,
+        Arc::new(pool.clone()),
+        ephemeral_vault()?,
+        ServiceConfig::default(),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(&file.listen)
+        .await
+        .with_context(|| format!("binding {}", file.listen))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(host_service::serve(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let t = Instant::now();
+    let ready = pool.wait_ready(args.pool, Duration::from_secs(300)).await;
+    step(&format!(
+        "{ready} browser VM(s) ready in the pool after {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
+
+    let verdict = if args.check {
+        walk(&base).await
+    } else {
+        step(&format!(
+            "open {base} (Ctrl-C stops the service and removes every VM)"
+        ));
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    };
+
+    step("stopping: the pool's VMs and every user's CLI VM are destroyed");
+    let _ = stop.send(());
+    let _ = server.await;
+    pool.shutdown().await;
+    let store = orchestrator::store::Store::open(
+        &orchestrator::store::StoreConfig::Sqlite {
+            path: dir.path().join("state.db"),
         },
         "demo-host",
     )
     .await?;
-    step(&format!(
-        "store: SQLite at {}; vault: AES-256-GCM with a key made for this run",
-        dir.path().join("demo.db").display()
-    ));
-    step(&format!(
-        "VMs: QEMU ({}), the agent as PID 1, reached over virtio-vsock",
-        browser.config().accel
-    ));
-    let disks = dir.path().join("cli-disks");
-    let backend = Arc::new(QemuVmBackend::with_images(browser, cli, &disks, "/root"));
-    let service = LoginService::new(
-        backend.clone(),
-        store.clone(),
-        Arc::new(Vault::new(ephemeral_keyring()?)),
-        EgressPorts::new(store.clone(), PortRange::default()),
-        LoginConfig {
-            proxy: Some(proxy()),
-            hello_timeout: Duration::from_secs(60),
-            ..LoginConfig::default()
-        },
-    );
-
-    let started = Instant::now();
-    let id = service.start(USER, PROVIDER).await?;
-    step(&format!("login session {id}: {USER} links {PROVIDER}"));
-    let mut events = service.subscribe(&id).await?;
-    let mut last = Instant::now();
-    let mut steps: Vec<(String, Duration)> = Vec::new();
-    let mut end = None;
-    let mut pasted = false;
-    while let Some(ev) = events.next().await {
-        let took = last.elapsed();
-        match ev.kind {
-            LoginEventKind::State { state, reason } => {
-                last = Instant::now();
-                steps.push((state.to_string(), took));
-                step(&format!(
-                    "  state {state:<20} (+{} ms){}",
-                    took.as_millis(),
-                    reason
-                        .as_deref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                ));
-                if state.is_terminal() {
-                    end = Some(state);
-                }
-            }
-            LoginEventKind::AuthUrl { url, source } => {
-                let shown: String = url.chars().take(90).collect();
-                let source = format!("{source:?}").to_lowercase();
-                step(&format!(
-                    "  login URL reached the host (from the {source}): {shown}..."
-                ));
-                // The browser shim and the screen may each report the URL; a person pastes once.
-                if !pasted {
-                    pasted = true;
-                    step("  the user logs in at the provider and pastes the code into the CLI");
-                    service.submit_code(&id, FAKE_CODE).await?;
-                }
-            }
-            LoginEventKind::DeviceCode { url, code } => {
-                step(&format!(
-                    "  device code reached the host: open {url}, enter {code}"
-                ));
-            }
-            LoginEventKind::Progress { step: what, detail } => {
-                step(&format!("  {what}: {detail}"));
-            }
+    let owners: std::collections::HashMap<String, String> = store
+        .active_vms(None)
+        .await?
+        .into_iter()
+        .map(|v| (v.id, v.user_id))
+        .collect();
+    for vm in qemu.vm_ids() {
+        let user = owners.get(&vm).map_or("unknown", String::as_str);
+        if let Err(e) = state.login.destroy_vm(user, &vm).await {
+            step(&format!("destroying {vm} failed: {e}"));
         }
     }
-    if end != Some(SessionState::Completed) {
-        bail!("the login ended {end:?}");
+    let left = qemu.vm_ids();
+    let disks_left = std::fs::read_dir(&disks).map_or(0, |d| d.count());
+    let active_vms = store.active_vms(None).await?.len();
+    let active_sessions = store.active_sessions().await?.len();
+    if args.check {
+        step("audit log:");
+        for entry in store.audit_log(None).await? {
+            step(&format!(
+                "  {:<22} {} {}",
+                entry.event,
+                entry.subject,
+                entry.detail.chars().take(80).collect::<String>()
+            ));
+        }
     }
-    step(&format!(
-        "login completed in {:.1}s",
-        started.elapsed().as_secs_f64()
-    ));
+    verdict?;
+    ensure!(
+        left.is_empty() && disks_left == 0 && active_vms == 0 && active_sessions == 0,
+        "something was left behind: VMs {left:?}, {disks_left} disks, {active_vms} active VM rows, {active_sessions} active sessions"
+    );
+    step("zero traces: no VM process, no CLI disk, no active store row");
+    Ok(())
+}
 
-    let record = store
-        .credential(USER, PROVIDER)
-        .await?
-        .context("no stored credential")?;
-    step(&format!(
-        "stored sealed: version {}, key {}, {} bytes of ciphertext",
-        record.version,
-        record.envelope.key_id,
-        record.envelope.ciphertext.len()
-    ));
-
-    let cli = backend.ensure_cli_vm(USER).await?;
-    let client = AgentClient::connect(&*cli.connector).await?;
-    let out = client
-        .exec_collect(&["sh", "-c", "claude auth status"], None)
-        .await?;
-    let said = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    if out.status.shell_code() != 0 {
-        bail!("the CLI VM's CLI is not logged in: {said}");
-    }
-    step(&format!(
-        "CLI VM {}: `claude auth status` says: {said}",
-        cli.id
-    ));
-    drop(client);
+/// The walk a person does on the page, over the same API.
+async fn walk(base: &str) -> Result<()> {
+    let mut c = Client::new(base);
+    let r = c.register("demo@example.test", "demo password 1").await?;
+    ensure!(r.status == 201, "sign-up failed: {r:?}");
+    step("signed up demo@example.test");
 
     let t = Instant::now();
-    let pids = backend.pids(&cli.id);
-    let vm_dir: Option<PathBuf> = backend.dir(&cli.id);
-    let report = service.destroy_vm(USER, &cli.id).await?;
+    let r = c
+        .post(&format!("/v1/accounts/{PROVIDER}/link/start"), json!({}))
+        .await?;
+    ensure!(r.status == 201, "link start failed: {r:?}");
+    let id = r.json["login_session_id"]
+        .as_str()
+        .context("no session id")?
+        .to_owned();
+    step(&format!("link {PROVIDER}: login session {id}"));
+    let events_path = format!("/v1/accounts/{PROVIDER}/link/{id}/events");
+    let mut pasted = false;
+    let mut last = Instant::now();
+    let mut end = String::new();
+    let client = c.clone();
+    let events = c
+        .sse_until(&events_path, Duration::from_secs(600), |ev| {
+            let d = &ev.data;
+            match d["type"].as_str() {
+                Some("state") => {
+                    let s = d["state"].as_str().unwrap_or("");
+                    step(&format!(
+                        "  state {s:<20} (+{} ms){}",
+                        last.elapsed().as_millis(),
+                        d["reason"]
+                            .as_str()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    ));
+                    last = Instant::now();
+                    if ["completed", "failed", "timeout", "cancelled"].contains(&s) {
+                        end = s.to_owned();
+                        return true;
+                    }
+                }
+                Some("auth_url") if !pasted => {
+                    pasted = true;
+                    let url: String = d["url"].as_str().unwrap_or("").chars().take(90).collect();
+                    step(&format!(
+                        "  login URL on the event stream after {} ms: {url}...",
+                        t.elapsed().as_millis()
+                    ));
+                    step("  the user logs in at the provider and pastes the code");
+                    let client = client.clone();
+                    let path = format!("/v1/accounts/{PROVIDER}/link/{id}/code");
+                    tokio::spawn(async move {
+                        let _ = client.post(&path, json!({"code": FAKE_CODE})).await;
+                    });
+                }
+                Some("progress") => step(&format!(
+                    "  {}: {}",
+                    d["step"].as_str().unwrap_or(""),
+                    d["detail"].as_str().unwrap_or("")
+                )),
+                _ => {}
+            }
+            false
+        })
+        .await?;
+    ensure!(end == "completed", "the login ended {end:?}: {events:?}");
+    step(&format!("linked in {:.1}s", t.elapsed().as_secs_f64()));
+
+    let accounts = c.get("/v1/accounts").await?;
+    let a = &accounts.json[0];
+    ensure!(a["status"] == "linked", "account not linked: {accounts:?}");
     step(&format!(
-        "CLI VM destroyed in {} ms: removed {} items (processes, sockets, files, its directory)",
-        t.elapsed().as_millis(),
-        report.removed.len()
+        "account: {} {} (egress port {}, scopes {})",
+        a["provider"], a["status"], a["egress_port"], a["scopes"]
     ));
-    let left: Vec<u32> = pids
-        .into_iter()
-        .filter(|p| PathBuf::from(format!("/proc/{p}")).exists())
-        .collect();
-    let disks_left = std::fs::read_dir(&disks).map_or(0, |d| d.count());
-    if !left.is_empty()
-        || vm_dir.is_some_and(|d| d.exists())
-        || !backend.vm_ids().is_empty()
-        || disks_left > 0
-    {
-        bail!("something was left behind: processes {left:?}, {disks_left} CLI disks");
-    }
-    if !store.active_vms(None).await?.is_empty() || !store.active_sessions().await?.is_empty() {
-        bail!("active rows left in the store");
-    }
-    step("zero traces: no VM process, no VM file, no CLI disk, no active store row");
-    step("audit log:");
-    for entry in store.audit_log(Some(USER)).await? {
-        step(&format!(
-            "  {:<22} {} {}",
-            entry.event,
-            entry.subject,
-            entry.detail.chars().take(80).collect::<String>()
-        ));
-    }
-    step("summary (time spent reaching each state):");
-    for (state, took) in steps {
-        step(&format!("  {state:<20} {:>7} ms", took.as_millis()));
-    }
+
+    let (code, out) = job(
+        &c,
+        json!({"provider": PROVIDER, "argv": ["claude", "auth", "status"]}),
+    )
+    .await?;
+    ensure!(
+        code == Some(0),
+        "the CLI VM's real claude is not logged in: {out}"
+    );
+    step(&format!(
+        "job in the CLI VM, real `claude auth status`: {}",
+        one_line(&out)
+    ));
+
+    let r = c
+        .post(&format!("/v1/accounts/{PROVIDER}/rotate-egress"), json!({}))
+        .await?;
+    ensure!(r.status == 200, "rotate failed: {r:?}");
+    step(&format!("egress port rotated to {}", r.json["new_port"]));
+
+    let r = c
+        .post(&format!("/v1/accounts/{PROVIDER}/revoke"), json!({}))
+        .await?;
+    ensure!(r.json["stored"] == true, "revoke failed: {r:?}");
+    step(&format!(
+        "revoked: stored credential deleted, wiped in the CLI VM: {}",
+        r.json["wiped"]
+    ));
+    let (code, out) = job(
+        &c,
+        json!({"provider": PROVIDER, "argv": ["claude", "auth", "status"]}),
+    )
+    .await?;
+    ensure!(code != Some(0), "still logged in after revoke: {out}");
+    step(&format!(
+        "`claude auth status` after revoke: {}",
+        one_line(&out)
+    ));
     Ok(())
+}
+
+/// Runs a job to its end; its exit code and output.
+async fn job(c: &Client, body: serde_json::Value) -> Result<(Option<i64>, String)> {
+    let r = c.post("/v1/jobs", body).await?;
+    if r.status != 201 {
+        bail!("job refused: {r:?}");
+    }
+    let id = r.json["id"].as_str().context("no job id")?.to_owned();
+    let events = c
+        .sse_until(
+            &format!("/v1/jobs/{id}/stream"),
+            Duration::from_secs(600),
+            |e| e.event == "end",
+        )
+        .await?;
+    let out: String = events
+        .iter()
+        .filter(|e| e.event == "output")
+        .filter_map(|e| e.data["text"].as_str())
+        .collect();
+    let end = events.last().map(|e| e.data.clone()).unwrap_or_default();
+    Ok((end["exit_code"].as_i64(), out))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(160)
+        .collect()
 }

@@ -48,8 +48,8 @@ enum Command {
         #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
         seconds: u64,
     },
-    /// Walk the product's main flow with readable progress.
-    Demo,
+    /// Serve the host service and its page over real microVMs (`--check`: walk it headless).
+    Demo(demo::DemoArgs),
     /// Run every login mode of the newest published CLIs (and the pinned ones) through the
     /// agent and check what the provider rules report against an independent reading.
     ProviderCheck,
@@ -64,7 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Test => test::run(),
         Command::Bench { which } => bench::run(which),
         Command::Fuzz { seconds } => fuzz::run(seconds),
-        Command::Demo => demo::run(),
+        Command::Demo(args) => demo::run(args),
         Command::ProviderCheck => provider_check::run(),
     };
     match result {

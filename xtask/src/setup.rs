@@ -98,7 +98,11 @@ pub fn run() -> Result<()> {
             sh(Command::new("rustup").args(["target", "add", t]))?;
         }
     }
-    crate::clis::install()
+    crate::clis::install()?;
+    // The page's tests: Playwright drives Debian's Chromium (no browser download).
+    let playwright = test_kit::playwright::playwright_core()?;
+    step(&format!("playwright-core: {}", playwright.display()));
+    Ok(())
 }
 
 fn installed(package: &str) -> bool {

@@ -152,6 +152,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(page::index))
         .route("/viewer", get(page::viewer))
         .route("/hello", get(|| async { "hello" }))
+        // The page has no icon; answering keeps browsers' consoles free of a 404.
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

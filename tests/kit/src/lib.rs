@@ -26,6 +26,7 @@ pub mod egress;
 pub mod fake_clis;
 pub mod local_backend;
 pub mod login;
+pub mod playwright;
 pub mod ports;
 pub mod postgres;
 pub mod provider_check;

@@ -35,6 +35,51 @@ impl std::fmt::Debug for ServiceRig {
     }
 }
 
+/// A local backend (agents as processes, see [`crate::local_backend`]) whose CLIs are the fake
+/// ones, under `dir`.
+pub fn fake_cli_backend(
+    dir: &Path,
+) -> std::io::Result<Arc<crate::local_backend::LocalAgentBackend>> {
+    fake_cli_backend_with(
+        dir,
+        &crate::workspace_bin("vm-agent"),
+        &crate::workspace_bin("fake-cli"),
+    )
+}
+
+/// [`fake_cli_backend`] with these `vm-agent` and `fake-cli` binaries (a benchmark's release
+/// builds).
+pub fn fake_cli_backend_with(
+    dir: &Path,
+    agent_bin: &Path,
+    fake_cli: &Path,
+) -> std::io::Result<Arc<crate::local_backend::LocalAgentBackend>> {
+    let bin = crate::fake_clis::install(
+        &dir.join("bin"),
+        fake_cli,
+        &crate::fake_clis::fixtures_root(),
+    )?;
+    Ok(Arc::new(crate::local_backend::LocalAgentBackend::new(
+        crate::local_backend::LocalOptions {
+            agent_bin: agent_bin.to_path_buf(),
+            root: dir.join("vms"),
+            path_prepend: vec![bin],
+            env: Vec::new(),
+            agent_start_gate: None,
+        },
+    )))
+}
+
+/// The Claude Code access token in a local VM's credential file, if there is one.
+pub fn claude_token(backend: &crate::local_backend::LocalAgentBackend, vm: &str) -> Option<String> {
+    let home = backend.home_of(vm)?;
+    let bytes = std::fs::read(home.join(".claude/.credentials.json")).ok()?;
+    let json: Value = serde_json::from_slice(&bytes).ok()?;
+    json["claudeAiOauth"]["accessToken"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// A file configuration with an SQLite store at `db`, no upstream proxy and `job_env`.
 pub fn file_config(db: &Path, job_env: &[(&str, &str)]) -> FileConfig {
     FileConfig {
@@ -252,10 +297,14 @@ impl Client {
     }
 }
 
+/// Decides whether a bearer token is a captured credential's.
+pub type Verifier = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// A stand-in of a provider's API (the real ones cannot be reached from here): `POST` with
-/// `Authorization: Bearer <token>`; a token it was told to accept gets `200` and a canned answer
-/// streamed in pieces, any other gets `401`. It records every request's token and prompt.
-#[derive(Debug, Clone)]
+/// `Authorization: Bearer <token>`; a token it was told to accept (or its verifier accepts) gets
+/// `200` and a canned answer streamed in pieces, any other gets `401`. It records every request's
+/// token and prompt.
+#[derive(Clone)]
 pub struct StandinApi {
     /// `http://127.0.0.1:PORT/v1/prompt`.
     pub url: String,
@@ -264,12 +313,25 @@ pub struct StandinApi {
     pub seen: Arc<Mutex<Vec<(String, String)>>>,
 }
 
+impl std::fmt::Debug for StandinApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandinApi")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
 /// The canned answer's pieces (the stream sends them with a pause between).
 pub const STANDIN_ANSWER: [&str; 4] = ["The answer ", "to your prompt ", "is 42", ".\n"];
 
 impl StandinApi {
     /// Starts it on a free loopback port.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_verifying(Arc::new(|_| false)).await
+    }
+
+    /// [`StandinApi::start`], also accepting every token `verify` accepts when it arrives.
+    pub async fn start_verifying(verify: Verifier) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr: SocketAddr = listener.local_addr()?;
         let api = Self {
@@ -280,7 +342,12 @@ impl StandinApi {
         let (accepted, seen) = (api.accepted.clone(), api.seen.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve_one(stream, accepted.clone(), seen.clone()));
+                tokio::spawn(serve_one(
+                    stream,
+                    accepted.clone(),
+                    verify.clone(),
+                    seen.clone(),
+                ));
             }
         });
         Ok(api)
@@ -298,6 +365,7 @@ impl StandinApi {
 async fn serve_one(
     mut stream: tokio::net::TcpStream,
     accepted: Arc<Mutex<HashSet<String>>>,
+    verify: Verifier,
     seen: Arc<Mutex<Vec<(String, String)>>>,
 ) {
     let mut buf = Vec::new();
@@ -343,7 +411,8 @@ async fn serve_one(
     let ok = accepted
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .contains(&token);
+        .contains(&token)
+        || verify(&token);
     if !ok {
         let _ = stream
             .write_all(

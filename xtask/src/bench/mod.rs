@@ -10,6 +10,7 @@ mod egress_tunnel;
 mod images;
 mod login;
 mod rpc;
+mod service;
 pub mod stats;
 mod vault;
 
@@ -41,6 +42,9 @@ pub enum Which {
     EgressTunnel,
     /// Sealing and opening a 4 KiB credential.
     Vault,
+    /// The host service over HTTP (local agents): link start to URL, API requests per second vs
+    /// a hello route, a prompt's first byte, SSE event latency.
+    Service,
     /// The golden images: sizes, cold build time, boot times of the minimal, CLI and browser
     /// VMs, a real CLI's URL to Chromium's tab.
     Images,
@@ -67,6 +71,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::EgressTunnel => egress_tunnel::run(),
         Which::Login => login::run(),
         Which::Vault => vault::run(),
+        Which::Service => service::run(),
         Which::Images => images::run(),
     }
 }

@@ -1,0 +1,199 @@
+//! `bench service`: the host service over HTTP on loopback, VMs as local agents (release
+//! builds), fake CLIs and the stand-in API.
+//!
+//! - `link_start_to_url_ms_p50`: `POST .../link/start` → the URL event on the session's SSE stream
+//!   (a new user each time: the CLI VM and the browser VM start in it);
+//! - `api_requests_per_s`: authenticated `GET /v1/accounts` from 64 connections, against the same
+//!   server's `GET /hello` (`hello_requests_per_s`): `api_vs_hello_ratio`;
+//! - `job_first_byte_ms_p50`: `POST /v1/jobs` → the first output byte on the job's stream;
+//! - `sse_event_latency_ms_p99`: an event's server timestamp → its arrival at the client.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use host_service::ServiceConfig;
+use serde_json::json;
+use test_kit::service::{
+    claude_token, fake_cli_backend_with, file_config, Client, ServiceRig, StandinApi,
+};
+
+use super::{figure, stats::percentile};
+use crate::shell::{cargo, root, sh, step};
+
+const LINKS: usize = 10;
+const JOBS: usize = 20;
+const CONNECTIONS: usize = 64;
+const LOAD_FOR: Duration = Duration::from_secs(4);
+
+/// Runs the benchmark.
+pub fn run() -> Result<()> {
+    let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Cli)?;
+    step("building fake-cli (replays recorded CLI logins, answers prompts)");
+    sh(cargo().args(["build", "--release", "-p", "tests", "--bin", "fake-cli"]))?;
+    let fake_cli = root().join("target/release/fake-cli");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(measure(agent_bin, fake_cli))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn measure(agent_bin: std::path::PathBuf, fake_cli: std::path::PathBuf) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let backend = fake_cli_backend_with(dir.path(), &agent_bin, &fake_cli)?;
+    let verify = backend.clone();
+    let api = StandinApi::start_verifying(Arc::new(move |token| {
+        verify
+            .vm_ids()
+            .iter()
+            .any(|vm| claude_token(&verify, vm).as_deref() == Some(token))
+    }))
+    .await?;
+    let file = file_config(&dir.path().join("state.db"), &[("FAKE_API_URL", &api.url)]);
+    let config = ServiceConfig {
+        auth_per_minute: 10_000,
+        link_per_minute: 10_000,
+        ..ServiceConfig::default()
+    };
+    let rig = ServiceRig::start(&file, backend.clone(), config).await?;
+
+    step(&format!("{LINKS} links, each by a new user"));
+    let mut to_url = Vec::new();
+    let mut sse_latency = Vec::new();
+    let mut last_user = None;
+    for i in 0..LINKS {
+        let mut c = rig.client();
+        let r = c
+            .register(&format!("bench{i}@example.test"), "bench password")
+            .await?;
+        ensure!(r.status == 201, "{r:?}");
+        let t = Instant::now();
+        let r = c
+            .post("/v1/accounts/claude_code/link/start", json!({}))
+            .await?;
+        let id = r.json["login_session_id"]
+            .as_str()
+            .context("no session")?
+            .to_owned();
+        let path = format!("/v1/accounts/claude_code/link/{id}/events");
+        let mut url_at = None;
+        let code_client = c.clone();
+        let code_path = format!("/v1/accounts/claude_code/link/{id}/code");
+        c.sse_until(&path, Duration::from_secs(120), |ev| {
+            let arrived = now_ms();
+            if let Some(at) = ev.data["at_ms"].as_i64() {
+                sse_latency.push(Duration::from_millis((arrived - at).max(0) as u64));
+            }
+            if ev.data["type"] == "auth_url" && url_at.is_none() {
+                url_at = Some(t.elapsed());
+                let (c, p) = (code_client.clone(), code_path.clone());
+                tokio::spawn(async move {
+                    let _ = c.post(&p, json!({"code": "fake-code"})).await;
+                });
+            }
+            ev.data["type"] == "state"
+                && ["completed", "failed", "timeout", "cancelled"]
+                    .contains(&ev.data["state"].as_str().unwrap_or(""))
+        })
+        .await?;
+        to_url.push(url_at.context("no URL event")?);
+        last_user = Some(c);
+    }
+    let user = last_user.context("no user")?;
+
+    step(&format!("{JOBS} prompts in the last user's CLI VM"));
+    let mut first_byte = Vec::new();
+    for _ in 0..JOBS {
+        let t = Instant::now();
+        let r = user
+            .post(
+                "/v1/jobs",
+                json!({"provider": "claude_code", "prompt": "bench"}),
+            )
+            .await?;
+        ensure!(r.status == 201, "{r:?}");
+        let id = r.json["id"].as_str().context("no job id")?.to_owned();
+        let mut first = None;
+        let events = user
+            .sse_until(
+                &format!("/v1/jobs/{id}/stream"),
+                Duration::from_secs(60),
+                |e| {
+                    if e.event == "output" && first.is_none() {
+                        first = Some(t.elapsed());
+                    }
+                    e.event == "end"
+                },
+            )
+            .await?;
+        ensure!(
+            events.last().is_some_and(|e| e.data["exit_code"] == 0),
+            "{events:?}"
+        );
+        first_byte.push(first.context("no output")?);
+    }
+
+    step(&format!(
+        "{CONNECTIONS} connections for {LOAD_FOR:?} each on /hello and /v1/accounts"
+    ));
+    let hello = load(&rig.base, "/hello", None).await?;
+    let accounts = load(&rig.base, "/v1/accounts", user.token.clone()).await?;
+
+    figure(
+        "link_start_to_url_ms_p50",
+        percentile(&mut to_url, 50.0).as_millis(),
+    );
+    figure(
+        "job_first_byte_ms_p50",
+        percentile(&mut first_byte, 50.0).as_millis(),
+    );
+    figure(
+        "sse_event_latency_ms_p99",
+        percentile(&mut sse_latency, 99.0).as_millis(),
+    );
+    figure("api_requests_per_s", accounts as u64);
+    figure("hello_requests_per_s", hello as u64);
+    figure("api_vs_hello_ratio", format!("{:.2}", accounts / hello));
+    rig.stop().await;
+    for vm in backend.vm_ids() {
+        use orchestrator::vm::VmBackend;
+        let _ = backend.destroy_vm(&vm).await;
+    }
+    Ok(())
+}
+
+/// Requests per second on `path` from [`CONNECTIONS`] clients of one connection each.
+async fn load(base: &str, path: &str, token: Option<String>) -> Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + LOAD_FOR;
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut c = Client::new(base);
+        c.token = token.clone();
+        let (done, path) = (done.clone(), path.to_owned());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                match c.get(&path).await {
+                    Ok(r) if r.status == 200 || path == "/hello" => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => return Err(anyhow::anyhow!("{path} failed")),
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / LOAD_FOR.as_secs_f64())
+}
