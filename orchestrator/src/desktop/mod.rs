@@ -6,6 +6,7 @@
 //! answer SDP comes back), so any host endpoint that relays it through [`DesktopSession::open`] works.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 
 use protocol::desktop::{Desktop, DesktopEvent, DesktopOffer, DesktopSignal};
 use protocol::frame::Frame;
@@ -24,6 +25,8 @@ pub struct DesktopSession {
     answer: String,
     /// Events read ahead by [`Self::answer_with_candidates`], handed out by `next_event` first.
     early: VecDeque<DesktopEvent>,
+    /// Candidates on these addresses are kept out of the answer.
+    hidden: Vec<IpAddr>,
 }
 
 impl DesktopSession {
@@ -37,6 +40,7 @@ impl DesktopSession {
                         call,
                         answer: sdp,
                         early: VecDeque::new(),
+                        hidden: Vec::new(),
                     })
                 }
                 Some(StreamItem::Event(DesktopEvent::Closed { reason })) => {
@@ -69,7 +73,9 @@ impl DesktopSession {
         loop {
             match self.call.next().await? {
                 Some(StreamItem::Event(DesktopEvent::Candidate { candidate })) => {
-                    self.answer = with_candidate(&self.answer, &candidate);
+                    if !on_hidden(&candidate, &self.hidden) {
+                        self.answer = with_candidate(&self.answer, &candidate);
+                    }
                 }
                 Some(StreamItem::Event(DesktopEvent::EndOfCandidates)) => return Ok(&self.answer),
                 Some(StreamItem::Event(DesktopEvent::Closed { reason })) => {
@@ -89,6 +95,17 @@ impl DesktopSession {
                 }
             }
         }
+    }
+
+    /// Keeps candidates on `addresses` out of the answer, now and from later trickles (a VM's
+    /// private address behind its forward, which a viewer elsewhere cannot reach).
+    pub fn hide_addresses(&mut self, addresses: Vec<IpAddr>) {
+        self.hidden = addresses;
+        self.answer = self
+            .answer
+            .split_inclusive('\n')
+            .filter(|l| !(l.starts_with("a=candidate:") && on_hidden(l, &self.hidden)))
+            .collect();
     }
 
     /// Relays a candidate the browser trickled (`RTCIceCandidate.candidate`).
@@ -125,6 +142,16 @@ impl DesktopSession {
     }
 }
 
+/// Whether a candidate line's connection address (its fifth field) is one of `hidden`.
+fn on_hidden(candidate: &str, hidden: &[IpAddr]) -> bool {
+    candidate
+        .trim_start_matches("a=")
+        .split_whitespace()
+        .nth(4)
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .is_some_and(|a| hidden.contains(&a))
+}
+
 /// `sdp` with `a=<candidate>` added to every media section (they share one transport under
 /// BUNDLE, and a browser reads candidates from any of them).
 fn with_candidate(sdp: &str, candidate: &str) -> String {
@@ -157,6 +184,19 @@ impl AgentClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hidden_addresses_leave_the_answer() {
+        let hidden: Vec<IpAddr> = vec!["10.0.2.15".parse().unwrap()];
+        assert!(on_hidden(
+            "a=candidate:1 1 udp 2130706431 10.0.2.15 40000 typ host",
+            &hidden
+        ));
+        assert!(!on_hidden(
+            "candidate:2 1 udp 1694498815 127.0.0.1 40000 typ srflx raddr 10.0.2.15 rport 40000",
+            &hidden
+        ));
+    }
 
     #[test]
     fn a_trickled_candidate_goes_into_every_media_section() {

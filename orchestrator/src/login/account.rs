@@ -263,6 +263,10 @@ impl LoginService {
 
     /// Opens a viewer on the desktop of the session's browser VM (the WebRTC offer in, the
     /// agent's answer in the returned session). Only while the browser VM is up.
+    ///
+    /// When the backend gave the VM a media forward of its own ([`crate::vm::VmHandle::desktop`]),
+    /// its addresses and port replace the offer's (the offer's STUN/TURN servers stay), and the
+    /// VM's private addresses are kept out of the answer: they mean nothing to a viewer.
     pub async fn desktop(
         &self,
         session_id: &str,
@@ -272,9 +276,22 @@ impl LoginService {
         let Some(session) = session else {
             return Err(self.not_here(session_id).await);
         };
-        let client = session
+        let agent = session
             .agent()
             .ok_or_else(|| LoginError::NoDesktop(session_id.to_owned()))?;
-        Ok(DesktopSession::open(&client, offer).await?)
+        let Some(own) = agent.desktop else {
+            return Ok(DesktopSession::open(&agent.client, offer).await?);
+        };
+        let hidden = own.bind.clone();
+        let offer = DesktopOffer {
+            ice: protocol::desktop::IceSettings {
+                servers: offer.ice.servers.clone(),
+                ..own
+            },
+            ..offer.clone()
+        };
+        let mut viewer = DesktopSession::open(&agent.client, &offer).await?;
+        viewer.hide_addresses(hidden);
+        Ok(viewer)
     }
 }

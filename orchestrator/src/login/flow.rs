@@ -245,7 +245,10 @@ async fn run(
     let connector = res_browser(res)?.handle.connector.clone();
     let client = AgentClient::connect_with_retry(&*connector, inner.config.hello_timeout).await?;
     res_browser(res)?.client = Some(client.clone());
-    session.set_agent(Some(client.clone()));
+    session.set_agent(Some(super::BrowserAgent {
+        client: client.clone(),
+        desktop: res_browser(res)?.handle.desktop.clone(),
+    }));
     // Its way out: the user's port, the provider's hosts. Bound before the login runs, so the
     // first connection the CLI or Chromium makes finds it.
     if let (Some(gateway), Some(path)) = (&inner.gateway, &res_browser(res)?.handle.egress) {

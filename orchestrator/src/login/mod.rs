@@ -179,8 +179,16 @@ pub(crate) struct Session {
     pub(crate) state: Mutex<SessionState>,
     /// Keys for the login program's terminal, while it runs.
     input: Mutex<Option<FrameSender>>,
-    /// The browser VM's agent, while the VM is up (its desktop is watched through it).
-    agent: Mutex<Option<crate::client::AgentClient>>,
+    /// The browser VM's agent, while the VM is up (its desktop is watched through it), and the
+    /// VM's own desktop ICE settings when its backend gave it some.
+    agent: Mutex<Option<BrowserAgent>>,
+}
+
+/// What a viewer of the login's desktop needs from its browser VM.
+#[derive(Clone)]
+pub(crate) struct BrowserAgent {
+    pub(crate) client: crate::client::AgentClient,
+    pub(crate) desktop: Option<protocol::desktop::IceSettings>,
 }
 
 impl Session {
@@ -196,11 +204,11 @@ impl Session {
         self.input.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub(crate) fn set_agent(&self, agent: Option<crate::client::AgentClient>) {
+    pub(crate) fn set_agent(&self, agent: Option<BrowserAgent>) {
         *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = agent;
     }
 
-    fn agent(&self) -> Option<crate::client::AgentClient> {
+    fn agent(&self) -> Option<BrowserAgent> {
         self.agent.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -59,6 +59,10 @@ pub struct VmHandle {
     /// for hybrid vsock the socket its device connects to for the egress port; `None` when the
     /// VM has no way out.
     pub egress: Option<std::path::PathBuf>,
+    /// How a viewer reaches this VM's desktop (its agent's ICE settings: the addresses and port
+    /// of the VM's own media forward), when the backend gives it one; `None`: the host's
+    /// settings apply.
+    pub desktop: Option<protocol::desktop::IceSettings>,
     /// Whether this call created the VM (as opposed to finding it running).
     pub created: bool,
 }
@@ -70,6 +74,7 @@ impl fmt::Debug for VmHandle {
             .field("connector", &self.connector)
             .field("guest_home", &self.guest_home)
             .field("egress", &self.egress)
+            .field("desktop", &self.desktop)
             .field("created", &self.created)
             .finish()
     }

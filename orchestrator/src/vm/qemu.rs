@@ -275,18 +275,43 @@ impl QemuLauncher {
     /// image, the VM's overlay lives in its directory and goes when it is destroyed. On any failure
     /// everything started so far is stopped and removed.
     pub async fn create(&self, name: &str) -> Result<QemuVm, VmError> {
-        self.create_with(name, None).await
+        self.create_with(name, None, None).await
+    }
+
+    /// [`QemuLauncher::create`] with a network card of its own (a VM's own UDP forward, say)
+    /// instead of the configuration's.
+    pub async fn create_with_network(
+        &self,
+        name: &str,
+        network: UserNetwork,
+    ) -> Result<QemuVm, VmError> {
+        self.create_with(name, None, Some(network)).await
     }
 
     /// [`QemuLauncher::create`] booting from the overlay at `overlay`, made from the root image if
     /// it does not exist yet and kept when the VM is destroyed: the disk of a VM that is stopped
     /// and started again with its files (a user's CLI VM).
     pub async fn create_with_overlay(&self, name: &str, overlay: &Path) -> Result<QemuVm, VmError> {
-        self.create_with(name, Some(overlay)).await
+        self.create_with(name, Some(overlay), None).await
     }
 
-    async fn create_with(&self, name: &str, overlay: Option<&Path>) -> Result<QemuVm, VmError> {
-        let cfg = &self.config;
+    async fn create_with(
+        &self,
+        name: &str,
+        overlay: Option<&Path>,
+        network: Option<UserNetwork>,
+    ) -> Result<QemuVm, VmError> {
+        let own;
+        let cfg = match network {
+            Some(network) => {
+                own = QemuConfig {
+                    network: Some(network),
+                    ..self.config.clone()
+                };
+                &own
+            }
+            None => &self.config,
+        };
         let dir = tempfile::Builder::new()
             .prefix("vm")
             .rand_bytes(6)

@@ -2,6 +2,7 @@
 //! that stays until the host destroys it.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -10,12 +11,25 @@ use futures_util::FutureExt;
 use tracing::info;
 
 use super::backend::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
-use super::qemu::{QemuLauncher, QemuVm};
+use super::qemu::{QemuLauncher, QemuVm, UdpForward, UserNetwork};
+use crate::client::AgentClient;
+use protocol::desktop::IceSettings;
 
 struct Running {
     user: String,
     kind: VmKind,
     vm: QemuVm,
+    /// The host port of its desktop's UDP forward.
+    desktop_port: Option<u16>,
+}
+
+/// Where browser VMs' desktops are forwarded: each VM gets one UDP port of the range, the same
+/// number on the host address and in the guest.
+#[derive(Debug, Clone, Copy)]
+struct DesktopForwards {
+    host: IpAddr,
+    first: u16,
+    last: u16,
 }
 
 /// QEMU microVMs as a [`VmBackend`] (see the module docs).
@@ -31,6 +45,8 @@ pub struct QemuVmBackend {
     vms: Mutex<HashMap<String, Running>>,
     /// Serialises `ensure_cli_vm`, so two logins of one user never boot two CLI VMs.
     cli_lock: tokio::sync::Mutex<()>,
+    /// Browser VMs' desktop forwards, when set.
+    desktop: Option<DesktopForwards>,
 }
 
 impl std::fmt::Debug for QemuVmBackend {
@@ -52,6 +68,7 @@ impl QemuVmBackend {
             guest_home: guest_home.into(),
             vms: Mutex::new(HashMap::new()),
             cli_lock: tokio::sync::Mutex::new(()),
+            desktop: None,
         }
     }
 
@@ -72,7 +89,30 @@ impl QemuVmBackend {
             guest_home: guest_home.into(),
             vms: Mutex::new(HashMap::new()),
             cli_lock: tokio::sync::Mutex::new(()),
+            desktop: None,
         }
+    }
+
+    /// Gives every browser VM a network card whose UDP port `p` (one of `first..=last`, free on
+    /// `host`) is forwarded from `host:p` to the guest's `p`, brings the guest's side up through
+    /// its agent, and tells viewers to reach its desktop there ([`VmHandle::desktop`]): the shape
+    /// of a gateway's per-VM media forward. `host` is the address viewers reach (loopback on a
+    /// developer's machine).
+    pub fn with_desktop_forwards(mut self, host: IpAddr, first: u16, last: u16) -> Self {
+        self.desktop = Some(DesktopForwards { host, first, last });
+        self
+    }
+
+    /// A free forward port: not held by a running VM, and bindable on the host address now.
+    fn free_desktop_port(&self, fwd: DesktopForwards) -> Option<u16> {
+        let taken: Vec<u16> = self
+            .lock()
+            .values()
+            .filter_map(|r| r.desktop_port)
+            .collect();
+        (fwd.first..=fwd.last).find(|p| {
+            !taken.contains(p) && std::net::UdpSocket::bind(SocketAddr::new(fwd.host, *p)).is_ok()
+        })
     }
 
     /// The disk of `user`'s CLI VM (named by a hash: user ids are not file names).
@@ -109,9 +149,18 @@ impl QemuVmBackend {
         self.lock().get(vm_id).map(|r| r.vm.dir().to_path_buf())
     }
 
-    fn handle(&self, id: &str, vm: &QemuVm, created: bool) -> VmHandle {
+    fn handle(&self, id: &str, vm: &QemuVm, created: bool, desktop_port: Option<u16>) -> VmHandle {
         let connector = vm.connector();
+        let desktop = desktop_port
+            .zip(self.desktop)
+            .map(|(port, fwd)| IceSettings {
+                bind: vec![IpAddr::V4(UserNetwork::GUEST_ADDR)],
+                nat_1to1_ip: Some(fwd.host),
+                udp_ports: Some((port, port)),
+                ..IceSettings::default()
+            });
         VmHandle {
+            desktop,
             id: id.to_owned(),
             egress: Some(connector.host_listener_path(protocol::egress::DEFAULT_EGRESS_PORT)),
             connector: Arc::new(connector),
@@ -124,20 +173,49 @@ impl QemuVmBackend {
     async fn boot(&self, user: &str, kind: VmKind) -> Result<VmHandle, BackendError> {
         let uuid = uuid::Uuid::new_v4().simple().to_string();
         let id = format!("qemu-{}-{}", kind.as_str(), &uuid[..12]);
-        let created = match (kind, self.cli_disk(user)) {
-            (VmKind::Cli, Some(disk)) => self.cli.create_with_overlay(&id, &disk).await,
-            (VmKind::Cli, None) => self.cli.create(&id).await,
-            (VmKind::Browser, _) => self.browser.create(&id).await,
+        let forward = match (kind, self.desktop) {
+            (VmKind::Browser, Some(fwd)) => Some(self.free_desktop_port(fwd).ok_or_else(|| {
+                BackendError::Create(
+                    format!("no free desktop port in {}..={}", fwd.first, fwd.last).into(),
+                )
+            })?),
+            _ => None,
+        };
+        let created = match (kind, self.cli_disk(user), forward) {
+            (VmKind::Cli, Some(disk), _) => self.cli.create_with_overlay(&id, &disk).await,
+            (VmKind::Cli, None, _) => self.cli.create(&id).await,
+            (VmKind::Browser, _, None) => self.browser.create(&id).await,
+            (VmKind::Browser, _, Some(port)) => {
+                let host = self
+                    .desktop
+                    .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |f| f.host);
+                let network = UserNetwork {
+                    udp_forwards: vec![UdpForward {
+                        host: SocketAddr::new(host, port),
+                        guest_port: port,
+                    }],
+                };
+                self.browser.create_with_network(&id, network).await
+            }
         };
         let vm = created.map_err(|e| BackendError::Create(e.into()))?;
+        if forward.is_some() {
+            // The guest's side of the forward: its card up at the address user-mode networking
+            // gives it (the images configure no network: the agent needs only vsock).
+            if let Err(e) = guest_network_up(&vm).await {
+                let _ = vm.destroy().await;
+                return Err(BackendError::Create(e.into()));
+            }
+        }
         info!(vm = %id, %user, kind = kind.as_str(), boot_ms = vm.boot_to_hello().as_millis() as u64, "VM up");
-        let handle = self.handle(&id, &vm, true);
+        let handle = self.handle(&id, &vm, true, forward);
         self.lock().insert(
             id,
             Running {
                 user: user.to_owned(),
                 kind,
                 vm,
+                desktop_port: forward,
             },
         );
         Ok(handle)
@@ -193,6 +271,29 @@ impl QemuVmBackend {
     }
 }
 
+/// Brings the guest's network card up at [`UserNetwork::GUEST_ADDR`] through its agent.
+async fn guest_network_up(vm: &QemuVm) -> Result<(), String> {
+    let client = AgentClient::connect(&vm.connector())
+        .await
+        .map_err(|e| format!("reaching the agent to bring its network up: {e}"))?;
+    let script = format!(
+        "ip link set eth0 up && ip addr add {}/{} dev eth0",
+        UserNetwork::GUEST_ADDR,
+        UserNetwork::PREFIX_LEN
+    );
+    let out = client
+        .exec_collect(&["sh", "-c", &script], None)
+        .await
+        .map_err(|e| format!("bringing the guest's network up: {e}"))?;
+    if out.status.shell_code() != 0 {
+        return Err(format!(
+            "bringing the guest's network up failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 impl VmBackend for QemuVmBackend {
     fn create_vm(&self, spec: VmSpec) -> BoxFuture<'_, Result<VmHandle, BackendError>> {
         async move { self.boot(&spec.user_id, spec.kind).await }.boxed()
@@ -208,7 +309,7 @@ impl VmBackend for QemuVmBackend {
                 .lock()
                 .iter()
                 .find(|(_, r)| r.kind == VmKind::Cli && r.user == user_id)
-                .map(|(id, r)| self.handle(id, &r.vm, false));
+                .map(|(id, r)| self.handle(id, &r.vm, false, r.desktop_port));
             match existing {
                 Some(handle) => Ok(handle),
                 None => self.boot(user_id, VmKind::Cli).await,

@@ -210,6 +210,7 @@ impl LocalAgentBackend {
             hello: Some(hello),
             guest_home: home.display().to_string(),
             egress: Some(egress),
+            desktop: None,
             created: true,
         };
         self.lock().insert(
@@ -293,6 +294,7 @@ impl VmBackend for LocalAgentBackend {
                     hello: None,
                     guest_home: dir.join("home").display().to_string(),
                     egress: Some(dir.join("egress.sock")),
+                    desktop: None,
                     created: false,
                     id,
                 }),
