@@ -511,3 +511,46 @@ async fn unknown_provider_and_session_are_clear_errors() {
     assert!(h.service.subscribe("no-such-session").await.is_err());
     assert!(h.service.cancel("no-such-session").await.is_err());
 }
+
+/// A tunnel the login VM asks for and the gateway refuses (a destination off the provider's list)
+/// shows in the session's own events, so the person linking sees why a page does not load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_tunnel_of_the_login_vm_shows_in_the_sessions_events() {
+    use protocol::egress::{read_message, write_message, TunnelKind, TunnelOpen, TunnelReply};
+    let h = harness_with(Duration::from_secs(60), &[("FAKE_LOGIN_HOLD", "1")], None).await;
+    let id = h.service.start("dana", "claude_code").await.expect("start");
+    h.wait_state(&id, SessionState::Ready).await;
+    let cli = h.backend.cli_vm_of("dana").expect("CLI VM");
+    let browser = h
+        .backend
+        .vm_ids()
+        .into_iter()
+        .find(|v| *v != cli)
+        .expect("browser VM");
+    // What the VM's agent sends for a CONNECT (a guest may send it without the agent, too).
+    let socket = h.dir.path().join("vms").join(&browser).join("egress.sock");
+    let mut tunnel = tokio::net::UnixStream::connect(&socket)
+        .await
+        .expect("gateway socket");
+    let open = TunnelOpen {
+        target: "exfiltrate.example:443".into(),
+        kind: TunnelKind::Connect,
+        head: None,
+    };
+    write_message(&mut tunnel, &open).await.expect("open");
+    let reply: TunnelReply = read_message(&mut tunnel).await.expect("reply");
+    assert_eq!(reply.status, 403, "{reply:?}");
+    let detail = h
+        .wait_event(
+            &id,
+            |k| matches!(k, LoginEventKind::Progress { step, .. } if step == "egress_refused"),
+        )
+        .await;
+    let text = format!("{detail:?}");
+    assert!(
+        text.contains("exfiltrate.example:443") && text.contains("403"),
+        "{text}"
+    );
+    assert!(h.service.cancel(&id).await.expect("cancel"));
+    h.service.wait(&id).await.expect("wait");
+}

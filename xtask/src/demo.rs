@@ -37,7 +37,7 @@ pub struct DemoArgs {
     /// Run the whole walk headless and exit with its verdict.
     #[arg(long)]
     pub check: bool,
-    /// Loopback port to serve on.
+    /// Loopback port to serve on (0: any free one).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Browser VMs booted ahead.
@@ -46,6 +46,8 @@ pub struct DemoArgs {
 }
 
 const PROVIDER: &str = "claude_code";
+/// UDP ports of the browser VMs' desktop forwards (on loopback).
+const DESKTOP_PORTS: (u16, u16) = (40000, 40063);
 /// What the "user" pastes after logging in at the provider (obviously fake).
 const FAKE_CODE: &str = "fake-auth-code-0001";
 
@@ -128,7 +130,16 @@ async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Resu
         None => step("egress: no upstream proxy (DEMO_PROXY_HOST unset): the VMs have no way out"),
     }
     let disks = dir.path().join("cli-disks");
-    let qemu = Arc::new(QemuVmBackend::with_images(browser, cli, &disks, "/root"));
+    let mut backend = QemuVmBackend::with_images(browser, cli, &disks, "/root");
+    if !args.check {
+        // The golden browser VM's desktop reaches the page through a UDP forward of its own.
+        backend = backend.with_desktop_forwards(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            DESKTOP_PORTS.0,
+            DESKTOP_PORTS.1,
+        );
+    }
+    let qemu = Arc::new(backend);
     let pool = WarmPool::new(qemu.clone(), args.pool, Duration::from_secs(180));
     step(&format!(
         "warm pool: booting {} browser VM(s) ahead",

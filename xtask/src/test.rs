@@ -39,6 +39,12 @@ pub fn run() -> Result<()> {
         .env(test_kit::postgres::URL_ENV, postgres.url()))?;
     drop(postgres);
     crate::fuzz::run(crate::fuzz::DEFAULT_SECONDS)?;
+    step("the demo's walk, headless (cargo xtask demo --check)");
+    crate::demo::run(crate::demo::DemoArgs {
+        check: true,
+        port: 0,
+        pool: 1,
+    })?;
     step("static agent");
     crate::agent::build()?;
     Ok(())

@@ -181,6 +181,45 @@ pub(super) fn serve_cli_egress(inner: &Inner, user: &str, cli: &VmHandle) -> Res
     Ok(())
 }
 
+/// Shows the session's user the login VM's tunnels that were refused or failed upstream (an
+/// `egress_refused` progress event: target, status, reason), until the session ends.
+fn forward_refusals(
+    gateway: &crate::egress::EgressGateway,
+    session: &Arc<Session>,
+    vm_id: &str,
+    lifetime: Duration,
+) {
+    let mut events = gateway.subscribe();
+    let weak = Arc::downgrade(session);
+    let vm_id = vm_id.to_owned();
+    // No session outlives its timeout: the task ends then even if no event comes.
+    let deadline = tokio::time::Instant::now() + lifetime;
+    tokio::spawn(async move {
+        loop {
+            let received = tokio::time::timeout_at(deadline, events.recv()).await;
+            let event = match received {
+                Err(_) => return,
+                Ok(Ok(e)) => e,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
+            };
+            let Some(session) = weak.upgrade() else {
+                return;
+            };
+            if session.state().is_terminal() {
+                return;
+            }
+            if event.vm_id == vm_id {
+                progress(
+                    &session,
+                    "egress_refused",
+                    format!("{}: {} {}", event.target, event.status, event.reason),
+                );
+            }
+        }
+    });
+}
+
 /// The happy path. Every resource it makes is put into `res` before the next await, so cleanup
 /// finds it whenever this future is dropped.
 async fn run(
@@ -263,6 +302,7 @@ async fn run(
             },
         )?;
         res_browser(res)?.egress = Some(binding);
+        forward_refusals(gateway, session, &vm_id, inner.config.timeout);
     }
     client
         .configure(&ConfigureRequest {

@@ -29,7 +29,7 @@ const KEY: &str = "bench:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 pub fn run() -> Result<()> {
     let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Cli)?;
     step("building fake-cli (replays recorded CLI logins)");
-    sh(cargo().args(["build", "--release", "-p", "tests", "--bin", "fake-cli"]))?;
+    sh(cargo().args(["build", "--release", "-p", "test-kit", "--bin", "fake-cli"]))?;
     let fake_cli = root().join("target/release/fake-cli");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -6,7 +6,11 @@
 //! - `api_requests_per_s`: authenticated `GET /v1/accounts` from 64 connections, against the same
 //!   server's `GET /hello` (`hello_requests_per_s`): `api_vs_hello_ratio`;
 //! - `job_first_byte_ms_p50`: `POST /v1/jobs` → the first output byte on the job's stream;
-//! - `sse_event_latency_ms_p99`: an event's server timestamp → its arrival at the client.
+//! - `sse_event_latency_ms_p99`: an event's server timestamp → its arrival at the client;
+//! - with real microVMs (QEMU; emulated here) and a warm pool of one golden browser VM:
+//!   `vm_link_start_to_desktop_frame_ms_p50`, `POST .../link/start` → the first decoded frame of
+//!   the login VM's desktop in a viewer page (headless Chromium) that asked for it as soon as the
+//!   session said `ready`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,13 +35,108 @@ const LOAD_FOR: Duration = Duration::from_secs(4);
 pub fn run() -> Result<()> {
     let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Cli)?;
     step("building fake-cli (replays recorded CLI logins, answers prompts)");
-    sh(cargo().args(["build", "--release", "-p", "tests", "--bin", "fake-cli"]))?;
+    sh(cargo().args(["build", "--release", "-p", "test-kit", "--bin", "fake-cli"]))?;
     let fake_cli = root().join("target/release/fake-cli");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(measure(agent_bin, fake_cli))
+    rt.block_on(measure(agent_bin, fake_cli))?;
+    vm_desktop()
+}
+
+const VM_LINKS: usize = 3;
+
+/// `vm_link_start_to_desktop_frame_ms_p50` (see the module docs).
+fn vm_desktop() -> Result<()> {
+    use orchestrator::vm::{QemuLauncher, QemuVmBackend, WarmPool};
+    let browser_assets = crate::image::prepare(crate::image::Which::Browser)?;
+    let cli_assets = crate::image::prepare(crate::image::Which::Minimal)?;
+    let mut browser = browser_assets.qemu_config();
+    browser.memory_mib = 1024;
+    browser.vcpus = 2;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let _guard = rt.enter();
+    let dir = tempfile::tempdir()?;
+    let (first, last) = test_kit::ports::free_udp_range(8);
+    let qemu = Arc::new(
+        QemuVmBackend::with_images(
+            QemuLauncher::new(browser),
+            QemuLauncher::new(cli_assets.qemu_config()),
+            dir.path().join("disks"),
+            "/root",
+        )
+        .with_desktop_forwards(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            first,
+            last,
+        ),
+    );
+    let pool = WarmPool::new(qemu.clone(), 1, Duration::from_secs(300));
+    let file = file_config(&dir.path().join("state.db"), &[]);
+    let rig = rt.block_on(ServiceRig::start(
+        &file,
+        Arc::new(pool.clone()),
+        ServiceConfig::default(),
+    ))?;
+    let mut c = rig.client();
+    rt.block_on(c.register("vm-bench@example.test", "bench password"))?;
+    let mut page = test_kit::desktop::chromium::Chromium::launch();
+    let mut samples = Vec::new();
+    for i in 0..VM_LINKS {
+        step(&format!(
+            "VM link {}/{VM_LINKS}: waiting for the pool",
+            i + 1
+        ));
+        ensure!(
+            rt.block_on(pool.wait_ready(1, Duration::from_secs(300))) == 1,
+            "the pool did not fill"
+        );
+        let t = Instant::now();
+        let r = rt.block_on(c.post("/v1/accounts/claude_code/link/start", json!({})))?;
+        let id = r.json["login_session_id"]
+            .as_str()
+            .context("no session")?
+            .to_owned();
+        let events = format!("/v1/accounts/claude_code/link/{id}/events");
+        rt.block_on(c.sse_until(&events, Duration::from_secs(300), |e| {
+            e.data["state"] == "ready" || e.data["state"] == "failed"
+        }))?;
+        let ticket = rt.block_on(c.post(
+            &format!("/v1/accounts/claude_code/link/{id}/desktop"),
+            json!({}),
+        ))?;
+        let viewer = format!(
+            "{}{}",
+            rig.base,
+            ticket.json["viewer_url"].as_str().context("no viewer")?
+        );
+        page.watch(&viewer, Duration::from_secs(180));
+        samples.push(t.elapsed());
+        page.navigate("about:blank");
+        rt.block_on(c.post(
+            &format!("/v1/accounts/claude_code/link/{id}/cancel"),
+            json!({}),
+        ))?;
+        rt.block_on(c.sse_until(&events, Duration::from_secs(120), |e| {
+            e.data["state"] == "cancelled"
+        }))?;
+    }
+    drop(page);
+    rt.block_on(rig.stop());
+    rt.block_on(pool.shutdown());
+    for vm in qemu.vm_ids() {
+        use orchestrator::vm::VmBackend;
+        let _ = rt.block_on(qemu.destroy_vm(&vm));
+    }
+    figure(
+        "vm_link_start_to_desktop_frame_ms_p50",
+        percentile(&mut samples, 50.0).as_millis(),
+    );
+    Ok(())
 }
 
 fn now_ms() -> i64 {
