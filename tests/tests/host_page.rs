@@ -17,7 +17,7 @@ use protocol::desktop::IceSettings;
 use serde_json::Value;
 use test_kit::desktop::xserver::{Canvas, Xvfb};
 use test_kit::service::{
-    claude_token, fake_cli_backend, file_config, ServiceRig, StandinApi, STANDIN_ANSWER,
+    fake_cli_backend, file_config, tokens_in_vms, ServiceRig, StandinApi, STANDIN_ANSWER,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,15 +40,9 @@ async fn a_person_walks_the_page_in_a_real_browser() {
 
     let dir = tempfile::tempdir().unwrap();
     let backend = fake_cli_backend(dir.path()).unwrap();
-    let verify_backend = backend.clone();
-    let api = StandinApi::start_verifying(Arc::new(move |token| {
-        verify_backend
-            .vm_ids()
-            .iter()
-            .any(|vm| claude_token(&verify_backend, vm).as_deref() == Some(token))
-    }))
-    .await
-    .unwrap();
+    let api = StandinApi::start_verifying(tokens_in_vms(backend.clone()))
+        .await
+        .unwrap();
     let file = file_config(&dir.path().join("state.db"), &[("FAKE_API_URL", &api.url)]);
     let service = ServiceConfig {
         desktop_display: Some(x.display.clone()),

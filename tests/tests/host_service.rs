@@ -85,13 +85,8 @@ async fn link_to_url(c: &Client, provider: &str) -> (String, Vec<SseEvent>) {
     (id, events)
 }
 
-/// Links `provider` for the client's user to completion.
-async fn link(c: &Client, provider: &str) -> String {
-    let (id, events) = link_to_url(c, provider).await;
-    assert!(
-        events.iter().any(|e| e.data["type"] == "auth_url"),
-        "{events:?}"
-    );
+/// Pastes the code into a login at its URL and follows it to its end; returns every event.
+async fn paste_code(c: &Client, provider: &str, id: &str) -> Vec<SseEvent> {
     let r = c
         .post(
             &format!("/v1/accounts/{provider}/link/{id}/code"),
@@ -100,14 +95,23 @@ async fn link(c: &Client, provider: &str) -> String {
         .await
         .unwrap();
     assert_eq!(r.status, 204, "{r:?}");
-    let events = c
-        .sse_until(
-            &format!("/v1/accounts/{provider}/link/{id}/events"),
-            Duration::from_secs(120),
-            is_end,
-        )
-        .await
-        .unwrap();
+    c.sse_until(
+        &format!("/v1/accounts/{provider}/link/{id}/events"),
+        Duration::from_secs(120),
+        is_end,
+    )
+    .await
+    .unwrap()
+}
+
+/// Links `provider` for the client's user to completion.
+async fn link(c: &Client, provider: &str) -> String {
+    let (id, events) = link_to_url(c, provider).await;
+    assert!(
+        events.iter().any(|e| e.data["type"] == "auth_url"),
+        "{events:?}"
+    );
+    let events = paste_code(c, provider, &id).await;
     assert!(
         events.iter().any(|e| is_state(e, "completed")),
         "{events:?}"
@@ -197,22 +201,7 @@ async fn a_person_links_a_cli_runs_a_prompt_and_revokes() {
             .starts_with("/viewer?signal=/v1/desktop/"),
         "{ticket:?}"
     );
-    let r = c
-        .post(
-            &format!("/v1/accounts/claude_code/link/{id}/code"),
-            json!({"code": "fake-auth-code-0001"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 204, "{r:?}");
-    let events = c
-        .sse_until(
-            &format!("/v1/accounts/claude_code/link/{id}/events"),
-            Duration::from_secs(120),
-            is_end,
-        )
-        .await
-        .unwrap();
+    let events = paste_code(&c, "claude_code", &id).await;
     let states: Vec<&str> = events
         .iter()
         .filter(|e| e.data["type"] == "state")
@@ -708,6 +697,63 @@ async fn a_restart_mid_login_ends_the_login_as_failed_and_leaves_nothing() {
     .await
     .unwrap();
     second.stop().await;
+    for vm in backend.vm_ids() {
+        let _ = backend.destroy_vm(&vm).await;
+    }
+}
+
+/// The service with its state in PostgreSQL (a throwaway cluster): users, tokens and a linked
+/// account survive a restart of the service, as on a host that shares its database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgresql_users_and_accounts_outlive_a_restart() {
+    let url = test_kit::postgres::shared_url().expect("PostgreSQL");
+    // A database of this test's own, so other tests' rows do not mix in.
+    let db = format!("svc_{}", std::process::id());
+    let status = std::process::Command::new("psql")
+        .arg(&url)
+        .args(["-q", "-c", &format!("CREATE DATABASE {db}")])
+        .status()
+        .expect("psql");
+    assert!(status.success());
+    let db_url = match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => panic!("URL without a database: {url}"),
+    };
+    std::env::set_var(host_service::config::DATABASE_URL_ENV, &db_url);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = local_backend(dir.path());
+    let mut file = file_config(&dir.path().join("unused.db"), &[]);
+    file.store = host_service::config::StoreSection {
+        sqlite: None,
+        postgres: true,
+    };
+    let first = ServiceRig::start(&file, backend.clone(), ServiceConfig::default())
+        .await
+        .expect("service on PostgreSQL");
+    let mut c = first.client();
+    assert_eq!(
+        c.register("pg@example.test", PASSWORD)
+            .await
+            .unwrap()
+            .status,
+        201
+    );
+    link(&c, "codex").await;
+    first.stop().await;
+
+    let second = ServiceRig::start(&file, backend.clone(), ServiceConfig::default())
+        .await
+        .unwrap();
+    let mut again = second.client();
+    again.token = c.token.take();
+    let accounts = again.get("/v1/accounts").await.unwrap();
+    assert_eq!(
+        accounts.status, 200,
+        "the token still signs in: {accounts:?}"
+    );
+    assert_eq!(accounts.json[0]["provider"], "codex", "{accounts:?}");
+    second.stop().await;
+    use orchestrator::vm::VmBackend;
     for vm in backend.vm_ids() {
         let _ = backend.destroy_vm(&vm).await;
     }

@@ -67,6 +67,8 @@ pub struct AppState {
     pub link_limit: RateLimiter,
     /// Verified against when an email is unknown.
     pub dummy_hash: String,
+    /// Tokens looked up lately.
+    pub tokens: auth::TokenCache,
     /// Settings.
     pub config: ServiceConfig,
 }
@@ -82,6 +84,7 @@ impl AppState {
             auth_limit: RateLimiter::new(config.auth_per_minute, Duration::from_secs(60)),
             link_limit: RateLimiter::new(config.link_per_minute, Duration::from_secs(60)),
             dummy_hash: auth::dummy_hash().map_err(|e| anyhow::anyhow!("argon2: {e}"))?,
+            tokens: auth::TokenCache::default(),
             config,
         })
     }

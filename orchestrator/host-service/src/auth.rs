@@ -58,10 +58,48 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or_else(ApiError::unauthorized)?;
-        match state.users.by_token(&digest(token)).await? {
-            Some(user) => Ok(AuthUser(user)),
+        let digest = digest(token);
+        if let Some(user) = state.tokens.get(&digest) {
+            return Ok(AuthUser(user));
+        }
+        match state.users.by_token(&digest).await? {
+            Some(user) => {
+                state.tokens.put(digest, user.clone());
+                Ok(AuthUser(user))
+            }
             None => Err(ApiError::unauthorized()),
         }
+    }
+}
+
+/// Tokens seen valid lately, so most requests skip the database: an entry lives
+/// [`TokenCache::TTL`] (tokens live for days; none is revoked before it expires).
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (User, std::time::Instant)>>,
+}
+
+impl TokenCache {
+    /// How long a lookup is trusted.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+    /// Entries kept at most (all are dropped when it is full: a flood of tokens costs lookups,
+    /// not memory).
+    const MAX: usize = 10_000;
+
+    fn get(&self, digest: &str) -> Option<User> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(digest)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(u, _)| u.clone())
+    }
+
+    fn put(&self, digest: String, user: User) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::MAX {
+            entries.clear();
+        }
+        entries.insert(digest, (user, std::time::Instant::now()));
     }
 }
 

@@ -253,3 +253,52 @@ pub async fn build(
     };
     Ok(Arc::new(AppState::new(login, users, service)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+listen = "127.0.0.1:9090"
+pool_size = 2
+[store]
+sqlite = "/var/lib/host-service/state.db"
+[egress]
+first_port = 20000
+last_port = 20099
+[vm]
+kernel = "/k"
+browser_initramfs = "/b"
+cli_initramfs = "/c"
+vhost_device_vsock = "/v"
+disks = "/d"
+"#;
+
+    #[test]
+    fn the_documented_shape_parses_and_defaults_fill_the_rest() {
+        let c: FileConfig = toml::from_str(EXAMPLE).expect("parses");
+        assert_eq!(c.listen, "127.0.0.1:9090");
+        assert_eq!(c.pool_size, 2);
+        assert_eq!(c.host_id, "host-1");
+        assert!(matches!(c.store_config(), Ok(StoreConfig::Sqlite { .. })));
+        let range = c.port_range().expect("range");
+        assert_eq!((range.first(), range.last()), (20000, 20099));
+        let vm = c.vm.expect("vm section");
+        assert_eq!((vm.browser_memory_mib, vm.cli_memory_mib), (1024, 512));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_what_is_wrong() {
+        let unknown = toml::from_str::<FileConfig>("[store]\nsqlite = \"x\"\npasword = \"oops\"\n");
+        assert!(unknown.is_err(), "unknown keys are refused");
+        let both: FileConfig =
+            toml::from_str("[store]\nsqlite = \"x\"\npostgres = true\n").expect("parses");
+        let err = both.store_config().expect_err("one store only").to_string();
+        assert!(err.contains("exactly one"), "{err}");
+        let backwards: FileConfig = toml::from_str(
+            "[store]\nsqlite = \"x\"\n[egress]\nfirst_port = 30000\nlast_port = 20000\n",
+        )
+        .expect("parses");
+        assert!(backwards.port_range().is_err());
+    }
+}

@@ -1,7 +1,8 @@
 //! [`WarmPool`]: browser VMs booted ahead, so a login never waits on a cold boot.
 //!
 //! A [`VmBackend`] around another one. It keeps `size` fresh browser VMs whose agents have said
-//! hello; `create_vm` for a browser VM hands one out (each serves exactly one login and is
+//! hello and whose browser is up (where the image has one: the agent's `browser` call says
+//! `ready`, so a login's desktop shows Chromium at once); `create_vm` for a browser VM hands one out (each serves exactly one login and is
 //! destroyed after it, like any browser VM) and boots a replacement in the background. CLI VMs,
 //! destruction and an empty pool go straight to the inner backend. A VM that failed to boot is
 //! logged and retried after a pause, so a broken image does not spin.
@@ -14,7 +15,11 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tracing::{debug, info, warn};
 
+use protocol::browser::Browser;
+use protocol::messages::Empty;
+
 use super::backend::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
+use crate::client::AgentClient;
 
 /// The owner recorded for a pooled VM before a login takes it.
 const POOL_USER: &str = "warm-pool";
@@ -133,11 +138,18 @@ async fn boot_one(weak: Weak<PoolInner>) {
     };
     let booted = async {
         let mut vm = inner.backend.create_vm(spec).await?;
-        if let Some(hello) = vm.hello.take() {
-            if let Err(e) = hello.wait(inner.hello_timeout).await {
-                let _ = inner.backend.destroy_vm(&vm.id).await;
-                return Err(BackendError::Create(e.into()));
+        let up = async {
+            if let Some(hello) = vm.hello.take() {
+                hello
+                    .wait(inner.hello_timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
+            browser_ready(&vm, inner.hello_timeout).await
+        };
+        if let Err(e) = up.await {
+            let _ = inner.backend.destroy_vm(&vm.id).await;
+            return Err(BackendError::Create(e.into()));
         }
         Ok::<_, BackendError>(vm)
     }
@@ -165,6 +177,26 @@ async fn boot_one(weak: Weak<PoolInner>) {
     };
     if let Some(vm) = unwanted {
         let _ = inner.backend.destroy_vm(&vm.id).await;
+    }
+}
+
+/// Waits until the VM's browser answers, if its agent drives one (an image without a browser
+/// answers the call with an error: nothing to wait for).
+async fn browser_ready(vm: &VmHandle, timeout: Duration) -> Result<(), String> {
+    let client = AgentClient::connect_with_retry(&*vm.connector, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match client.call::<Browser>(&Empty {}).await {
+            Ok(state) if state.ready => return Ok(()),
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("the browser did not come up within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -80,6 +80,17 @@ pub fn claude_token(backend: &crate::local_backend::LocalAgentBackend, vm: &str)
         .map(str::to_owned)
 }
 
+/// A [`Verifier`] accepting exactly the Claude Code tokens now in the backend's VMs' credential
+/// files: what was captured and pushed into a CLI VM.
+pub fn tokens_in_vms(backend: Arc<crate::local_backend::LocalAgentBackend>) -> Verifier {
+    Arc::new(move |token| {
+        backend
+            .vm_ids()
+            .iter()
+            .any(|vm| claude_token(&backend, vm).as_deref() == Some(token))
+    })
+}
+
 /// A file configuration with an SQLite store at `db`, no upstream proxy and `job_env`.
 pub fn file_config(db: &Path, job_env: &[(&str, &str)]) -> FileConfig {
     FileConfig {

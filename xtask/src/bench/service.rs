@@ -20,7 +20,7 @@ use anyhow::{ensure, Context, Result};
 use host_service::ServiceConfig;
 use serde_json::json;
 use test_kit::service::{
-    claude_token, fake_cli_backend_with, file_config, Client, ServiceRig, StandinApi,
+    fake_cli_backend_with, file_config, tokens_in_vms, Client, ServiceRig, StandinApi,
 };
 
 use super::{figure, stats::percentile};
@@ -149,14 +149,7 @@ fn now_ms() -> i64 {
 async fn measure(agent_bin: std::path::PathBuf, fake_cli: std::path::PathBuf) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let backend = fake_cli_backend_with(dir.path(), &agent_bin, &fake_cli)?;
-    let verify = backend.clone();
-    let api = StandinApi::start_verifying(Arc::new(move |token| {
-        verify
-            .vm_ids()
-            .iter()
-            .any(|vm| claude_token(&verify, vm).as_deref() == Some(token))
-    }))
-    .await?;
+    let api = StandinApi::start_verifying(tokens_in_vms(backend.clone())).await?;
     let file = file_config(&dir.path().join("state.db"), &[("FAKE_API_URL", &api.url)]);
     let config = ServiceConfig {
         auth_per_minute: 10_000,
