@@ -13,6 +13,17 @@ const code = process.env.CODE || "fake-auth-code-0001";
 const prompt = process.env.PROMPT || "what is the answer?";
 const seen = { steps: [] };
 
+// Polls `fn(arg)` in `frame` until it is true. (Playwright's waitForFunction evaluates a string,
+// which the page's Content-Security-Policy rightly forbids; evaluate does not.)
+async function until(frame, fn, arg, timeout) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    if (await frame.evaluate(fn, arg)) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${fn}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 (async () => {
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -24,6 +35,13 @@ const seen = { steps: [] };
   let n = 0;
   const shot = async (name) => { await page.screenshot({ path: path.join(out, `${String(++n).padStart(2, "0")}-${name}.png`) }); seen.steps.push(name); };
   try {
+    // A link to the viewer with another origin's signalling URL is refused, and nothing is sent.
+    const elsewhere = [];
+    page.on("request", (r) => { if (!r.url().startsWith(base) && !r.url().startsWith("data:") && !r.url().startsWith("about:")) elsewhere.push(r.url()); });
+    await page.goto(`${base}/viewer?signal=http://attacker.invalid/offer`);
+    await until(page, () => window.viewer && String(window.viewer.error || "").includes("origin"), null, 10000);
+    seen.foreignSignalRefused = elsewhere.length === 0;
+
     await page.goto(base);
     await shot("sign-in");
 
@@ -47,9 +65,9 @@ const seen = { steps: [] };
       }
       throw new Error("no desktop viewer in the page");
     })();
-    await viewer.waitForFunction(() => window.viewer && window.viewer.frames > 3, null, { timeout: 60000 });
+    await until(viewer, () => window.viewer && window.viewer.frames > 3, null, 60000);
     const first = await viewer.evaluate(() => window.viewer.sample(20, 20));
-    await viewer.waitForFunction((f) => { const s = window.viewer.sample(20, 20); return s && f && s.some((v, i) => Math.abs(v - f[i]) > 40); }, first, { timeout: 30000 });
+    await until(viewer, (f) => { const s = window.viewer.sample(20, 20); return !!(s && f && s.some((v, i) => Math.abs(v - f[i]) > 40)); }, first, 30000);
     seen.frames = await viewer.evaluate(() => window.viewer.frames);
     seen.desktopChanged = true;
     await shot("desktop");

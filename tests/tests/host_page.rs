@@ -92,6 +92,7 @@ async fn a_person_walks_the_page_in_a_real_browser() {
         "{seen:#}"
     );
     assert_eq!(seen["desktopChanged"], true, "{seen:#}");
+    assert_eq!(seen["foreignSignalRefused"], true, "{seen:#}");
     assert!(seen["frames"].as_u64().unwrap() > 3, "{seen:#}");
     assert_eq!(seen["statusLinked"], "linked", "{seen:#}");
     assert_eq!(

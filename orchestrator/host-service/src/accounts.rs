@@ -195,9 +195,16 @@ pub async fn link_events(
 }
 
 /// Body of the code route.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct Code {
     code: String,
+}
+
+impl std::fmt::Debug for Code {
+    /// The code is the user's secret: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Code").finish_non_exhaustive()
+    }
 }
 
 /// `POST /v1/accounts/{provider}/link/{session}/code`: the code the provider showed the user.

@@ -51,7 +51,6 @@ impl Default for ServiceConfig {
 }
 
 /// Everything a request handler reaches.
-#[derive(Debug)]
 pub struct AppState {
     /// The orchestrator.
     pub login: LoginService,
@@ -69,6 +68,8 @@ pub struct AppState {
     pub dummy_hash: String,
     /// Tokens looked up lately.
     pub tokens: auth::TokenCache,
+    /// Argon2 jobs that may run at once.
+    pub hashing: tokio::sync::Semaphore,
     /// Settings.
     pub config: ServiceConfig,
 }
@@ -85,8 +86,19 @@ impl AppState {
             link_limit: RateLimiter::new(config.link_per_minute, Duration::from_secs(60)),
             dummy_hash: auth::dummy_hash().map_err(|e| anyhow::anyhow!("argon2: {e}"))?,
             tokens: auth::TokenCache::default(),
+            hashing: auth::hash_permits(),
             config,
         })
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    /// Settings and the library only: users, tokens and jobs' output stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("login", &self.login)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 

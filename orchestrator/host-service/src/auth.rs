@@ -25,18 +25,58 @@ const MAX_PASSWORD: usize = 1024;
 const MIN_PASSWORD: usize = 8;
 
 /// Body of register and login.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct Credentials {
     email: String,
     password: String,
 }
 
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Answer of register and login.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct SignedIn {
     user: User,
     /// The bearer token; shown once.
     token: String,
+}
+
+impl std::fmt::Debug for SignedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedIn")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Argon2id hashes running at once at most (each takes ~19 MiB and a core for tens of ms): a
+/// flood of sign-ins queues instead of exhausting memory.
+const HASHES_AT_ONCE: usize = 2;
+
+/// Runs an Argon2 job on a blocking thread, at most [`HASHES_AT_ONCE`] at a time.
+async fn hashing<T: Send + 'static>(
+    state: &AppState,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = state
+        .hashing
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| ApiError::internal(&e))
+}
+
+/// A semaphore of [`HASHES_AT_ONCE`] permits, for [`AppState`].
+pub fn hash_permits() -> tokio::sync::Semaphore {
+    tokio::sync::Semaphore::new(HASHES_AT_ONCE)
 }
 
 /// The signed-in user of a request (from `Authorization: Bearer <token>`).
@@ -74,9 +114,16 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
 
 /// Tokens seen valid lately, so most requests skip the database: an entry lives
 /// [`TokenCache::TTL`] (tokens live for days; none is revoked before it expires).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct TokenCache {
     entries: std::sync::Mutex<std::collections::HashMap<String, (User, std::time::Instant)>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.entries.lock().map(|e| e.len()).unwrap_or(0);
+        f.debug_struct("TokenCache").field("entries", &n).finish()
+    }
 }
 
 impl TokenCache {
@@ -166,14 +213,13 @@ pub async fn register(
     limited(&state, &addr)?;
     let email = check(&body)?;
     let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || {
+    let hash = hashing(&state, move || {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
     })
-    .await
-    .map_err(|e| ApiError::internal(&e))?
+    .await?
     .map_err(|e| ApiError::internal(&e))?;
     let Some(user) = state.users.create(&email, &hash).await? else {
         return Err(ApiError::new(
@@ -193,6 +239,13 @@ pub async fn login(
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Json<SignedIn>, ApiError> {
     limited(&state, &addr)?;
+    if body.password.len() > MAX_PASSWORD {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_credentials",
+            "wrong email or password",
+        ));
+    }
     let email = body.email.trim().to_ascii_lowercase();
     let found = state.users.by_email(&email).await?;
     // An unknown email costs a hash too, so timing does not tell which emails exist.

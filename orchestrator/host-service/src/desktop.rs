@@ -23,15 +23,18 @@ use crate::auth::AuthUser;
 use crate::error::ApiError;
 
 const TICKET_LIFETIME: Duration = Duration::from_secs(60);
-/// Outstanding tickets kept at most (older ones are dropped first).
-const MAX_TICKETS: usize = 4096;
 /// Largest offer accepted.
 const MAX_OFFER: usize = 64 * 1024;
 
-/// Outstanding tickets: ticket → (session id, when issued).
+/// One outstanding ticket and one live viewer per login session: a new ticket replaces the
+/// session's previous one, a new viewer ends the previous one (a reload, another tab), so neither
+/// grows with what a client asks.
 #[derive(Debug, Default)]
 pub struct Desktops {
+    /// Session id → (ticket, when issued).
     tickets: Mutex<HashMap<String, (String, Instant)>>,
+    /// Session id → the task holding its viewer.
+    viewers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 impl Desktops {
@@ -41,23 +44,27 @@ impl Desktops {
         let ticket = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
         tickets.retain(|_, (_, at)| at.elapsed() < TICKET_LIFETIME);
-        if tickets.len() >= MAX_TICKETS {
-            if let Some(oldest) = tickets
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(t, _)| t.clone())
-            {
-                tickets.remove(&oldest);
-            }
-        }
-        tickets.insert(ticket.clone(), (session.to_owned(), Instant::now()));
+        tickets.insert(session.to_owned(), (ticket.clone(), Instant::now()));
         Ok(ticket)
     }
 
+    /// The session a live ticket is for; the ticket is used up.
     fn redeem(&self, ticket: &str) -> Option<String> {
         let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
-        let (session, at) = tickets.remove(ticket)?;
-        (at.elapsed() < TICKET_LIFETIME).then_some(session)
+        let session = tickets
+            .iter()
+            .find(|(_, (t, at))| t == ticket && at.elapsed() < TICKET_LIFETIME)
+            .map(|(s, _)| s.clone())?;
+        tickets.remove(&session);
+        Some(session)
+    }
+
+    fn watching(&self, session: String, viewer: tokio::task::AbortHandle) {
+        let mut viewers = self.viewers.lock().unwrap_or_else(|p| p.into_inner());
+        viewers.retain(|_, v| !v.is_finished());
+        if let Some(previous) = viewers.insert(session, viewer) {
+            previous.abort();
+        }
     }
 }
 
@@ -104,8 +111,10 @@ pub async fn offer(
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "desktop_failed", e.to_string()))?
         .to_owned();
-    // The viewer watches while this session lives: until the agent ends it (the VM goes).
-    tokio::spawn(async move { while let Ok(Some(_)) = viewer.next_event().await {} });
+    // The viewer watches while this session lives: until the agent ends it (the VM goes) or
+    // the next viewer of the login replaces it.
+    let task = tokio::spawn(async move { while let Ok(Some(_)) = viewer.next_event().await {} });
+    state.desktops.watching(session, task.abort_handle());
     Ok((
         StatusCode::CREATED,
         [(header::CONTENT_TYPE, "application/sdp")],

@@ -78,9 +78,25 @@ impl From<LoginError> for ApiError {
             L::NotAwaitingUser { .. } => (StatusCode::CONFLICT, "not_awaiting_code"),
             L::InputClosed(_) => (StatusCode::CONFLICT, "login_ended"),
             L::NoDesktop(_) => (StatusCode::CONFLICT, "no_desktop"),
-            L::Backend(_) => (StatusCode::SERVICE_UNAVAILABLE, "vm_failed"),
-            L::Agent(_) | L::Transport(_) => (StatusCode::BAD_GATEWAY, "vm_unreachable"),
-            L::Egress(_) | L::Gateway(_) => (StatusCode::SERVICE_UNAVAILABLE, "egress_failed"),
+            // Host detail (QEMU's output, paths, sockets) goes to the log, not to the client.
+            L::Backend(_) => {
+                tracing::warn!(error = %e, "a VM could not be created");
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "vm_failed",
+                    "the VM could not be started; try again later",
+                );
+            }
+            L::Transport(_) | L::Gateway(_) => {
+                tracing::warn!(error = %e, "a VM could not be reached or served");
+                return ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "vm_unreachable",
+                    "the VM could not be reached; try again later",
+                );
+            }
+            L::Agent(_) => (StatusCode::BAD_GATEWAY, "vm_unreachable"),
+            L::Egress(_) => (StatusCode::SERVICE_UNAVAILABLE, "egress_failed"),
             L::Store(_) | L::Vault(_) | L::Failed(_) => return ApiError::internal(&e),
         };
         // The library's messages name ids and states, never secrets.

@@ -30,12 +30,17 @@ use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::users::now_ms;
 
-/// Output kept per job for replay; beyond it the stream says it was cut.
+/// Output kept per job for replay (each piece counted with its bookkeeping); beyond it the
+/// output is cut there and the stream's end says so.
 const MAX_OUTPUT: usize = 1 << 20;
+/// What one stored piece costs besides its bytes.
+const CHUNK_OVERHEAD: usize = 64;
 /// Jobs one user may run at once.
 const MAX_RUNNING_PER_USER: usize = 4;
 /// Finished jobs kept per user (oldest forgotten first).
 const MAX_KEPT_PER_USER: usize = 50;
+/// How long a finished job stays to be read.
+const KEEP_FINISHED_MS: i64 = 3600 * 1000;
 /// Longest prompt accepted.
 const MAX_PROMPT: usize = 64 * 1024;
 
@@ -88,6 +93,9 @@ struct JobLog {
     chunks: Vec<Chunk>,
     bytes: usize,
     truncated: bool,
+    /// The start of a UTF-8 character cut at the end of the last piece, per stream (stdout,
+    /// stderr): it goes in front of the next piece, so no character is split between events.
+    tails: [Vec<u8>; 2],
     view: JobView,
 }
 
@@ -101,6 +109,16 @@ pub struct Job {
     kill: watch::Sender<bool>,
 }
 
+/// How much of `bytes` ends on a character boundary: all of it, but for the first bytes of a
+/// multi-byte character cut at the end (invalid bytes are not held back: they show as U+FFFD).
+fn complete_utf8_len(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => bytes.len(),
+    }
+}
+
 impl Job {
     fn lock(&self) -> std::sync::MutexGuard<'_, JobLog> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
@@ -110,15 +128,31 @@ impl Job {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    fn output(&self, stream: &'static str, bytes: Bytes) {
+    fn output(&self, stream: &'static str, bytes: &[u8]) {
         {
             let mut log = self.lock();
-            if log.bytes + bytes.len() > MAX_OUTPUT {
+            if log.truncated {
+                return;
+            }
+            let tail = &mut log.tails[usize::from(stream == "stderr")];
+            let mut joined = std::mem::take(tail);
+            joined.extend_from_slice(bytes);
+            let cut = complete_utf8_len(&joined);
+            *tail = joined.split_off(cut);
+            if joined.is_empty() {
+                return;
+            }
+            if log.bytes + joined.len() + CHUNK_OVERHEAD > MAX_OUTPUT {
+                // Cut here, for good: a replay never has holes in its middle.
                 log.truncated = true;
             } else {
-                log.bytes += bytes.len();
-                log.view.output_bytes = log.bytes;
-                log.chunks.push(Chunk { stream, bytes });
+                log.bytes += joined.len() + CHUNK_OVERHEAD;
+                log.view.output_bytes += joined.len();
+                // Owned bytes: a piece never keeps the receive buffer it came in alive.
+                log.chunks.push(Chunk {
+                    stream,
+                    bytes: Bytes::from(joined),
+                });
             }
         }
         self.bump();
@@ -146,9 +180,17 @@ impl Job {
 }
 
 /// The jobs of this service.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Jobs {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
+}
+
+impl std::fmt::Debug for Jobs {
+    /// A count: jobs' output is the users' and stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.jobs.lock().map(|j| j.len()).unwrap_or(0);
+        f.debug_struct("Jobs").field("jobs", &n).finish()
+    }
 }
 
 impl Jobs {
@@ -165,6 +207,12 @@ impl Jobs {
     /// Adds a job unless the user runs too many; forgets the user's oldest finished ones.
     fn add(&self, id: &str, job: Arc<Job>) -> Result<(), ApiError> {
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        jobs.retain(|_, j| {
+            j.view()
+                .ended_at
+                .is_none_or(|ended| now - ended < KEEP_FINISHED_MS)
+        });
         let mut mine: Vec<(String, JobView)> = jobs
             .iter()
             .filter(|(_, j)| j.user == job.user)
@@ -260,6 +308,7 @@ pub async fn create(
             chunks: Vec::new(),
             bytes: 0,
             truncated: false,
+            tails: [Vec::new(), Vec::new()],
             view: JobView {
                 id: id.clone(),
                 provider: provider.name.clone(),
@@ -283,8 +332,24 @@ pub async fn create(
 async fn run(state: Arc<AppState>, job: Arc<Job>, argv: Vec<String>, timeout: Duration) {
     let provider = job.view().provider;
     let mut kill = job.kill.subscribe();
+    // Reaching the CLI VM may boot it: that runs to its end in a task of its own (a kill must
+    // not leave a VM half-recorded), and the job's time limit starts once the CLI runs.
+    let reach = {
+        let (login, user) = (state.login.clone(), job.user.clone());
+        tokio::spawn(async move { login.cli_agent(&user).await })
+    };
+    let cli = tokio::select! {
+        r = reach => match r {
+            Ok(Ok(cli)) => cli,
+            Ok(Err(e)) => return fail(&job, crate::error::ApiError::from(e).message),
+            Err(e) => return fail(&job, format!("internal: {e}")),
+        },
+        _ = kill.wait_for(|k| *k) => {
+            return job.set(JobState::Killed, None, Some("killed by request".into()));
+        }
+    };
+    let mut started = job.changed.subscribe();
     let work = async {
-        let cli = state.login.cli_agent(&job.user).await?;
         let mut call = cli
             .client
             .exec(&ExecRequest {
@@ -302,29 +367,41 @@ async fn run(state: Arc<AppState>, job: Arc<Job>, argv: Vec<String>, timeout: Du
                     job.set(JobState::Running, None, None)
                 }
                 Some(StreamItem::Event(ExecEvent::Exited(status))) => {
-                    return Ok::<_, orchestrator::login::LoginError>(Some(status.shell_code()))
+                    return Ok::<_, orchestrator::ClientError>(Some(status.shell_code()))
                 }
-                Some(StreamItem::Data(FrameKind::Stdout, b)) => job.output("stdout", b),
-                Some(StreamItem::Data(FrameKind::Stderr, b)) => job.output("stderr", b),
+                Some(StreamItem::Data(FrameKind::Stdout, b)) => job.output("stdout", &b),
+                Some(StreamItem::Data(FrameKind::Stderr, b)) => job.output("stderr", &b),
                 Some(StreamItem::Data(..)) => {}
                 None => return Ok(None),
             }
         }
     };
+    let limit = async {
+        while job.view().state == JobState::Starting {
+            if started.changed().await.is_err() {
+                break;
+            }
+        }
+        tokio::time::sleep(timeout).await;
+    };
     // Dropping `work` drops the exec call: the agent kills the process group.
     tokio::select! {
         r = work => match r {
             Ok(Some(code)) => job.set(JobState::Exited, Some(code), None),
-            Ok(None) => job.set(JobState::Failed, None, Some("the CLI VM ended the job without an exit status".into())),
-            Err(e) => job.set(JobState::Failed, None, Some(format!("the job could not run: {e}"))),
+            Ok(None) => fail(&job, "the CLI VM ended the job without an exit status".into()),
+            Err(e) => fail(&job, format!("the job failed in the CLI VM: {e}")),
         },
         _ = kill.wait_for(|k| *k) => job.set(JobState::Killed, None, Some("killed by request".into())),
-        () = tokio::time::sleep(timeout) => job.set(JobState::TimedOut, None, Some(format!("killed after {} s", timeout.as_secs()))),
+        () = limit => job.set(JobState::TimedOut, None, Some(format!("killed after {} s", timeout.as_secs()))),
     }
     if let Err(e) = state.users.touch(&job.user, &provider).await {
         tracing::warn!(error = %e, "recording the account's use failed");
     }
     tracing::info!(state = ?job.view().state, "job ended");
+}
+
+fn fail(job: &Job, reason: String) {
+    job.set(JobState::Failed, None, Some(reason));
 }
 
 /// `GET /v1/jobs/{id}`.
@@ -375,6 +452,7 @@ pub async fn stream(
                 let (item, final_view) = {
                     let log = job.lock();
                     let item = log.chunks.get(next).map(|c| {
+                        // Whole characters (see `JobLog::tails`); invalid bytes show as U+FFFD.
                         serde_json::json!({
                             "stream": c.stream,
                             "text": String::from_utf8_lossy(&c.bytes),
@@ -402,4 +480,54 @@ pub async fn stream(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_character_cut_between_pieces_is_held_back_whole() {
+        let s = "caf\u{e9} \u{1f600}".as_bytes();
+        // Cut inside the four-byte emoji: the complete part is everything before it.
+        let cut = s.len() - 2;
+        assert_eq!(complete_utf8_len(&s[..cut]), s.len() - 4);
+        assert_eq!(complete_utf8_len(s), s.len());
+        // Invalid bytes are not held back (they would wait forever).
+        assert_eq!(complete_utf8_len(b"a\xffb"), 3);
+    }
+
+    #[test]
+    fn output_past_the_cap_is_cut_for_good_and_whole_characters_survive_splits() {
+        let job = Job {
+            user: "u".into(),
+            log: Mutex::new(JobLog {
+                chunks: Vec::new(),
+                bytes: 0,
+                truncated: false,
+                tails: [Vec::new(), Vec::new()],
+                view: JobView {
+                    id: "j".into(),
+                    provider: "p".into(),
+                    state: JobState::Running,
+                    exit_code: None,
+                    error: None,
+                    created_at: 0,
+                    ended_at: None,
+                    output_bytes: 0,
+                },
+            }),
+            changed: watch::channel(0).0,
+            kill: watch::channel(false).0,
+        };
+        let e = "\u{e9}".as_bytes();
+        job.output("stdout", &e[..1]);
+        job.output("stdout", &e[1..]);
+        assert_eq!(&job.lock().chunks[0].bytes[..], e, "one whole character");
+        job.output("stdout", &vec![b'x'; MAX_OUTPUT]);
+        job.output("stdout", b"small, but after the cut");
+        let log = job.lock();
+        assert!(log.truncated);
+        assert_eq!(log.chunks.len(), 1, "nothing after the cut is kept");
+    }
 }

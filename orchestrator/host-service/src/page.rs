@@ -7,11 +7,18 @@ use axum::response::IntoResponse;
 /// timeline, a prompt box per linked provider.
 pub const INDEX_HTML: &str = include_str!("page/index.html");
 
-/// Security headers of both pages: no framing by other origins, no inline content from elsewhere.
-const HEADERS: [(header::HeaderName, &str); 3] = [
+/// Security headers of both pages: framed by this origin only, fetches and frames to this origin
+/// only, scripts and styles only the page's own (inline), no referrer leaves.
+const HEADERS: [(header::HeaderName, &str); 4] = [
     (header::X_FRAME_OPTIONS, "SAMEORIGIN"),
     (header::REFERRER_POLICY, "no-referrer"),
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+         connect-src 'self'; frame-src 'self'; frame-ancestors 'self'; img-src 'self' data: blob:; \
+         media-src 'self' blob:; base-uri 'none'; form-action 'none'",
+    ),
 ];
 
 /// `GET /`.

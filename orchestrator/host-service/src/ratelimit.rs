@@ -5,15 +5,22 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Above this many keys, expired windows are swept before a new key is added.
-const SWEEP_ABOVE: usize = 10_000;
+/// Keys tracked at most: when full of live windows, new keys are refused (a flood of fresh
+/// addresses is limited as a whole instead of growing the map).
+const MAX_KEYS: usize = 10_000;
 
 /// At most `limit` hits per key per `window`.
 #[derive(Debug)]
 pub struct RateLimiter {
     limit: u32,
     window: Duration,
-    hits: Mutex<HashMap<String, (Instant, u32)>>,
+    hits: Mutex<Hits>,
+}
+
+#[derive(Debug, Default)]
+struct Hits {
+    windows: HashMap<String, (Instant, u32)>,
+    last_sweep: Option<Instant>,
 }
 
 impl RateLimiter {
@@ -22,7 +29,7 @@ impl RateLimiter {
         Self {
             limit,
             window,
-            hits: Mutex::new(HashMap::new()),
+            hits: Mutex::new(Hits::default()),
         }
     }
 
@@ -30,15 +37,26 @@ impl RateLimiter {
     pub fn hit(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();
         let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
-        if hits.len() > SWEEP_ABOVE {
-            hits.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        let window = self.window;
+        // Expired windows go at most once a window, not on every hit.
+        if hits.windows.len() >= MAX_KEYS
+            && hits
+                .last_sweep
+                .is_none_or(|t| now.duration_since(t) >= window)
+        {
+            hits.windows
+                .retain(|_, (start, _)| now.duration_since(*start) < window);
+            hits.last_sweep = Some(now);
         }
-        let entry = hits.entry(key.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
+        if hits.windows.len() >= MAX_KEYS && !hits.windows.contains_key(key) {
+            return Err(window);
+        }
+        let entry = hits.windows.entry(key.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= window {
             *entry = (now, 0);
         }
         if entry.1 >= self.limit {
-            return Err(self.window.saturating_sub(now.duration_since(entry.0)));
+            return Err(window.saturating_sub(now.duration_since(entry.0)));
         }
         entry.1 += 1;
         Ok(())
@@ -58,5 +76,17 @@ mod tests {
         assert!(limiter.hit("b").is_ok(), "another key has its own window");
         std::thread::sleep(Duration::from_millis(250));
         assert!(limiter.hit("a").is_ok(), "a new window");
+    }
+
+    #[test]
+    fn a_flood_of_fresh_keys_is_refused_instead_of_growing_the_map() {
+        let limiter = RateLimiter::new(5, Duration::from_secs(60));
+        for i in 0..MAX_KEYS {
+            assert!(limiter.hit(&i.to_string()).is_ok());
+        }
+        assert!(limiter.hit("one more").is_err());
+        assert!(limiter.hit("0").is_ok(), "known keys keep their windows");
+        let hits = limiter.hits.lock().unwrap();
+        assert_eq!(hits.windows.len(), MAX_KEYS);
     }
 }

@@ -189,6 +189,17 @@ impl LoginService {
             return Err(LoginError::UnknownProvider(provider.to_owned()));
         }
         let stored = self.inner.store.delete_credential(user, provider).await?;
+        // Recorded before the VM is touched: the store forgot it even if the wipe then fails.
+        self.inner
+            .store
+            .audit(
+                Some(user),
+                &AuditEvent::CredentialRevoked {
+                    provider: provider.to_owned(),
+                    existed: stored,
+                },
+            )
+            .await?;
         let cli = self.cli_agent(user).await?;
         let wiped = cli
             .client

@@ -44,6 +44,13 @@ pub enum AuditEvent {
         /// Why (no secret).
         reason: String,
     },
+    /// The user unlinked a provider: its stored credential was deleted (`existed`: there was one).
+    CredentialRevoked {
+        /// Provider.
+        provider: String,
+        /// Whether a stored record was deleted.
+        existed: bool,
+    },
     /// Credential files were wiped from a VM.
     CredentialWiped {
         /// Provider.
@@ -109,6 +116,11 @@ impl AuditEvent {
                 "credential_push_failed",
                 provider.clone(),
                 format!("version={version} reason={reason}"),
+            ),
+            AuditEvent::CredentialRevoked { provider, existed } => (
+                "credential_revoked",
+                provider.clone(),
+                format!("stored_record_deleted={existed}"),
             ),
             AuditEvent::CredentialWiped { provider, vm_id } => {
                 ("credential_wiped", provider.clone(), format!("vm={vm_id}"))

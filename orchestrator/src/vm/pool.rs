@@ -19,7 +19,8 @@ use protocol::browser::Browser;
 use protocol::messages::Empty;
 
 use super::backend::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
-use crate::client::AgentClient;
+use crate::client::{AgentClient, ClientError};
+use protocol::error::ErrorCode;
 
 /// The owner recorded for a pooled VM before a login takes it.
 const POOL_USER: &str = "warm-pool";
@@ -54,6 +55,29 @@ impl std::fmt::Debug for WarmPool {
             .field("ready", &state.ready.len())
             .field("booting", &state.booting)
             .finish()
+    }
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        // Dropped without `shutdown`: the waiting VMs must not outlive the pool.
+        let ready: Vec<VmHandle> = self.lock().ready.drain(..).collect();
+        if ready.is_empty() {
+            return;
+        }
+        let backend = self.backend.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for vm in ready {
+                    let _ = backend.destroy_vm(&vm.id).await;
+                }
+            });
+        } else {
+            warn!(
+                vms = ready.len(),
+                "warm pool dropped outside a runtime; its VMs stay until the backend goes"
+            );
+        }
     }
 }
 
@@ -129,26 +153,41 @@ fn refill(inner: &Arc<PoolInner>) {
     }
 }
 
+/// Counts one boot in `booting` until dropped (a boot that panics or is cancelled included).
+struct Booting(Weak<PoolInner>);
+
+impl Drop for Booting {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            let mut state = inner.lock();
+            state.booting = state.booting.saturating_sub(1);
+        }
+    }
+}
+
 async fn boot_one(weak: Weak<PoolInner>) {
-    let Some(inner) = weak.upgrade() else { return };
+    let booting = Booting(weak.clone());
+    let Some((backend, hello_timeout)) = weak
+        .upgrade()
+        .map(|inner| (inner.backend.clone(), inner.hello_timeout))
+    else {
+        return;
+    };
     let spec = VmSpec {
         user_id: POOL_USER.to_owned(),
         kind: VmKind::Browser,
         session_id: None,
     };
     let booted = async {
-        let mut vm = inner.backend.create_vm(spec).await?;
+        let mut vm = backend.create_vm(spec).await?;
         let up = async {
             if let Some(hello) = vm.hello.take() {
-                hello
-                    .wait(inner.hello_timeout)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                hello.wait(hello_timeout).await.map_err(|e| e.to_string())?;
             }
-            browser_ready(&vm, inner.hello_timeout).await
+            browser_ready(&vm, hello_timeout).await
         };
         if let Err(e) = up.await {
-            let _ = inner.backend.destroy_vm(&vm.id).await;
+            let _ = backend.destroy_vm(&vm.id).await;
             return Err(BackendError::Create(e.into()));
         }
         Ok::<_, BackendError>(vm)
@@ -159,24 +198,30 @@ async fn boot_one(weak: Weak<PoolInner>) {
         Err(e) => {
             warn!(error = %e, "booting a pooled browser VM failed; retrying later");
             tokio::time::sleep(RETRY_AFTER).await;
-            inner.lock().booting -= 1;
-            refill(&inner);
+            drop(booting);
+            // A pool dropped meanwhile is not refilled.
+            if let Some(inner) = weak.upgrade() {
+                refill(&inner);
+            }
             return;
         }
     };
-    let unwanted = {
-        let mut state = inner.lock();
-        state.booting -= 1;
-        if state.closed {
-            Some(vm)
-        } else {
-            debug!(vm = %vm.id, "pooled browser VM ready");
-            state.ready.push_back(vm);
-            None
+    let unwanted = match weak.upgrade() {
+        Some(inner) => {
+            let mut state = inner.lock();
+            if state.closed {
+                Some(vm)
+            } else {
+                debug!(vm = %vm.id, "pooled browser VM ready");
+                state.ready.push_back(vm);
+                None
+            }
         }
+        None => Some(vm),
     };
+    drop(booting);
     if let Some(vm) = unwanted {
-        let _ = inner.backend.destroy_vm(&vm.id).await;
+        let _ = backend.destroy_vm(&vm.id).await;
     }
 }
 
@@ -191,7 +236,14 @@ async fn browser_ready(vm: &VmHandle, timeout: Duration) -> Result<(), String> {
         match client.call::<Browser>(&Empty {}).await {
             Ok(state) if state.ready => return Ok(()),
             Ok(_) => {}
-            Err(_) => return Ok(()),
+            // The agent drives no browser (an image without one, or an older agent).
+            Err(ClientError::Agent(body))
+                if matches!(body.code, ErrorCode::NotFound | ErrorCode::UnknownMethod) =>
+            {
+                return Ok(())
+            }
+            // Not up yet, or a hiccup: ask again until the deadline.
+            Err(_) => {}
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!("the browser did not come up within {timeout:?}"));

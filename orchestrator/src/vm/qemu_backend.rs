@@ -47,6 +47,9 @@ pub struct QemuVmBackend {
     cli_lock: tokio::sync::Mutex<()>,
     /// Browser VMs' desktop forwards, when set.
     desktop: Option<DesktopForwards>,
+    /// Forward ports given to VMs, from the moment one is chosen (before the VM boots) until it
+    /// is destroyed.
+    desktop_ports: Mutex<std::collections::HashSet<u16>>,
 }
 
 impl std::fmt::Debug for QemuVmBackend {
@@ -69,6 +72,7 @@ impl QemuVmBackend {
             vms: Mutex::new(HashMap::new()),
             cli_lock: tokio::sync::Mutex::new(()),
             desktop: None,
+            desktop_ports: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -90,6 +94,7 @@ impl QemuVmBackend {
             vms: Mutex::new(HashMap::new()),
             cli_lock: tokio::sync::Mutex::new(()),
             desktop: None,
+            desktop_ports: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -103,16 +108,24 @@ impl QemuVmBackend {
         self
     }
 
-    /// A free forward port: not held by a running VM, and bindable on the host address now.
-    fn free_desktop_port(&self, fwd: DesktopForwards) -> Option<u16> {
-        let taken: Vec<u16> = self
-            .lock()
-            .values()
-            .filter_map(|r| r.desktop_port)
-            .collect();
-        (fwd.first..=fwd.last).find(|p| {
+    /// Reserves a free forward port: not given to another VM (booting ones included), and
+    /// bindable on the host address now. [`Self::release_desktop_port`] gives it back.
+    fn reserve_desktop_port(&self, fwd: DesktopForwards) -> Option<u16> {
+        let mut taken = self.desktop_ports.lock().unwrap_or_else(|p| p.into_inner());
+        let port = (fwd.first..=fwd.last).find(|p| {
             !taken.contains(p) && std::net::UdpSocket::bind(SocketAddr::new(fwd.host, *p)).is_ok()
-        })
+        })?;
+        taken.insert(port);
+        Some(port)
+    }
+
+    fn release_desktop_port(&self, port: Option<u16>) {
+        if let Some(port) = port {
+            self.desktop_ports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&port);
+        }
     }
 
     /// The disk of `user`'s CLI VM (named by a hash: user ids are not file names).
@@ -174,11 +187,13 @@ impl QemuVmBackend {
         let uuid = uuid::Uuid::new_v4().simple().to_string();
         let id = format!("qemu-{}-{}", kind.as_str(), &uuid[..12]);
         let forward = match (kind, self.desktop) {
-            (VmKind::Browser, Some(fwd)) => Some(self.free_desktop_port(fwd).ok_or_else(|| {
-                BackendError::Create(
-                    format!("no free desktop port in {}..={}", fwd.first, fwd.last).into(),
-                )
-            })?),
+            (VmKind::Browser, Some(fwd)) => {
+                Some(self.reserve_desktop_port(fwd).ok_or_else(|| {
+                    BackendError::Create(
+                        format!("no free desktop port in {}..={}", fwd.first, fwd.last).into(),
+                    )
+                })?)
+            }
             _ => None,
         };
         let created = match (kind, self.cli_disk(user), forward) {
@@ -198,12 +213,19 @@ impl QemuVmBackend {
                 self.browser.create_with_network(&id, network).await
             }
         };
-        let vm = created.map_err(|e| BackendError::Create(e.into()))?;
+        let vm = match created {
+            Ok(vm) => vm,
+            Err(e) => {
+                self.release_desktop_port(forward);
+                return Err(BackendError::Create(e.into()));
+            }
+        };
         if forward.is_some() {
             // The guest's side of the forward: its card up at the address user-mode networking
             // gives it (the images configure no network: the agent needs only vsock).
             if let Err(e) = guest_network_up(&vm).await {
                 let _ = vm.destroy().await;
+                self.release_desktop_port(forward);
                 return Err(BackendError::Create(e.into()));
             }
         }
@@ -248,6 +270,7 @@ impl QemuVmBackend {
             .lock()
             .remove(vm_id)
             .ok_or_else(|| BackendError::UnknownVm(vm_id.to_owned()))?;
+        self.release_desktop_port(running.desktop_port);
         let kept = running
             .vm
             .disk()
