@@ -107,15 +107,52 @@ impl DesktopError {
 pub struct Desktops {
     default_display: Option<String>,
     screens: Mutex<HashMap<String, Weak<Screen>>>,
+    dtls: DtlsIdentity,
+}
+
+/// The agent's DTLS certificate, made once in the background and used by every viewer session:
+/// making one (an ECDSA key and a signature) takes seconds in an emulated guest, and a viewer
+/// should not wait for it. Each session still shows its fingerprint in its own SDP.
+#[derive(Default, Clone)]
+struct DtlsIdentity(Arc<std::sync::OnceLock<str0m::crypto::dtls::DtlsCert>>);
+
+impl std::fmt::Debug for DtlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlsIdentity")
+            .field("ready", &self.0.get().is_some())
+            .finish()
+    }
 }
 
 impl Desktops {
-    /// No display watched yet; an offer naming no display streams `default_display`.
+    /// No display watched yet; an offer naming no display streams `default_display`. An agent
+    /// with a display starts making its DTLS certificate now, on a thread of its own.
     pub fn new(default_display: Option<String>) -> Self {
+        let dtls = DtlsIdentity::default();
+        if default_display.is_some() {
+            let cell = dtls.0.clone();
+            let made = std::thread::Builder::new()
+                .name("dtls-cert".into())
+                .spawn(move || {
+                    let provider = str0m::crypto::from_feature_flags();
+                    if let Some(cert) = provider.dtls_provider.generate_certificate() {
+                        let _ = cell.set(cert);
+                    }
+                });
+            if let Err(e) = made {
+                tracing::warn!(error = %e, "no thread for the DTLS certificate; each viewer makes one");
+            }
+        }
         Self {
             default_display,
             screens: Mutex::default(),
+            dtls,
         }
+    }
+
+    /// The agent's DTLS certificate, once made (`None` before: the session makes its own).
+    pub(crate) fn dtls_cert(&self) -> Option<str0m::crypto::dtls::DtlsCert> {
+        self.dtls.0.get().cloned()
     }
 
     /// The display an offer naming none streams, if the agent has one.

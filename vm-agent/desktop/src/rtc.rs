@@ -78,21 +78,27 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// Binds the media sockets, accepts `offer`, and returns the session with its SDP answer.
+    /// Binds the media sockets, accepts `offer` (with `cert` as the DTLS identity when given),
+    /// and returns the session with its SDP answer.
     pub async fn answer(
         screen: Arc<Screen>,
         offer: &str,
         ice: &IceSettings,
+        cert: Option<str0m::crypto::dtls::DtlsCert>,
     ) -> Result<(Self, String), DesktopError> {
         let offer_text = offer;
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| DesktopError::BadOffer(e.to_string()))?;
-        let mut rtc = RtcConfig::new()
+        let mut config = RtcConfig::new()
             .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
             .clear_codecs()
             .enable_h264(true)
-            .set_sctp_max_buffered_amount(CHANNEL_BUFFER)
-            .build(Instant::now());
+            .set_sctp_max_buffered_amount(CHANNEL_BUFFER);
+        // The agent's certificate when made (see `Desktops`); else str0m makes one now.
+        if let Some(cert) = cert {
+            config = config.set_dtls_cert(cert);
+        }
+        let mut rtc = config.build(Instant::now());
         let sockets = bind_sockets(ice).await?;
         let mut advertised = Vec::new();
         for socket in &sockets {
@@ -275,6 +281,13 @@ impl Session {
                             }
                             frames_sent += 1;
                             encode_ms.push(frame.encode_time.as_secs_f64() * 1000.0);
+                            if frames_sent == 1 {
+                                debug!(
+                                    viewer = self.viewer,
+                                    encode_ms = frame.encode_time.as_millis() as u64,
+                                    "first frame sent"
+                                );
+                            }
                         }
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -395,6 +408,7 @@ impl Session {
                 }
                 Output::Event(event) => match event {
                     Event::Connected => {
+                        debug!(viewer = self.viewer, "dtls connected");
                         *connected = true;
                         self.screen.request_keyframe();
                         let _ = events.send(DesktopEvent::Connected).await;

@@ -47,6 +47,7 @@ where
             )
         })?;
     let settings = EncoderSettings::from_request(&offer.video);
+    let called = std::time::Instant::now();
     let screen = {
         let desktops = desktops.clone();
         let display = display.clone();
@@ -56,9 +57,16 @@ where
             Err(e) => return Err(ErrorBody::new(ErrorCode::Internal, e.to_string())),
         }
     };
-    let (session, answer) = Session::answer(screen, &offer.sdp, &offer.ice)
+    let screen_ms = called.elapsed().as_millis() as u64;
+    let (session, answer) = Session::answer(screen, &offer.sdp, &offer.ice, desktops.dtls_cert())
         .await
         .map_err(|e| e.to_error_body())?;
+    // Where a viewer's start goes (a slow guest makes each step visible).
+    debug!(
+        screen_ms,
+        answer_ms = called.elapsed().as_millis() as u64,
+        "desktop offer answered"
+    );
     let (tx, body) = ChannelBody::channel(16);
     let (signals_tx, signals_rx) = mpsc::channel(64);
     let (events_tx, mut events_rx) = mpsc::channel::<DesktopEvent>(64);
