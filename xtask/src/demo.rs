@@ -157,9 +157,14 @@ async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Resu
         .with_context(|| format!("binding {}", file.listen))?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(host_service::serve(listener, state.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(host_service::serve_until(
+        listener,
+        state.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
     let t = Instant::now();
     let ready = pool.wait_ready(args.pool, Duration::from_secs(300)).await;
     step(&format!(
@@ -179,13 +184,7 @@ async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Resu
 
     step("stopping: the pool's VMs and every user's CLI VM are destroyed");
     let _ = stop.send(());
-    // Open event streams would hold a graceful stop for as long as they last: give them a moment.
-    if tokio::time::timeout(Duration::from_secs(5), &mut server)
-        .await
-        .is_err()
-    {
-        server.abort();
-    }
+    let _ = server.await;
     pool.shutdown().await;
     let store = orchestrator::store::Store::open(
         &orchestrator::store::StoreConfig::Sqlite {

@@ -120,6 +120,30 @@ fn complete_utf8_len(bytes: &[u8]) -> usize {
 }
 
 impl Job {
+    fn new(id: &str, user: &str, provider: &str) -> Self {
+        Self {
+            user: user.to_owned(),
+            log: Mutex::new(JobLog {
+                chunks: Vec::new(),
+                bytes: 0,
+                truncated: false,
+                tails: [Vec::new(), Vec::new()],
+                view: JobView {
+                    id: id.to_owned(),
+                    provider: provider.to_owned(),
+                    state: JobState::Starting,
+                    exit_code: None,
+                    error: None,
+                    created_at: now_ms(),
+                    ended_at: None,
+                    output_bytes: 0,
+                },
+            }),
+            changed: watch::channel(0).0,
+            kill: watch::channel(false).0,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, JobLog> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -302,27 +326,7 @@ pub async fn create(
         }
     };
     let id = uuid::Uuid::new_v4().to_string();
-    let job = Arc::new(Job {
-        user: user.id.clone(),
-        log: Mutex::new(JobLog {
-            chunks: Vec::new(),
-            bytes: 0,
-            truncated: false,
-            tails: [Vec::new(), Vec::new()],
-            view: JobView {
-                id: id.clone(),
-                provider: provider.name.clone(),
-                state: JobState::Starting,
-                exit_code: None,
-                error: None,
-                created_at: now_ms(),
-                ended_at: None,
-                output_bytes: 0,
-            },
-        }),
-        changed: watch::channel(0).0,
-        kill: watch::channel(false).0,
-    });
+    let job = Arc::new(Job::new(&id, &user.id, &provider.name));
     state.jobs.add(&id, job.clone())?;
     tracing::info!(job = %id, user = %user.id, provider = %provider.name, "job started");
     tokio::spawn(run(state.clone(), job.clone(), argv, timeout));
@@ -499,27 +503,7 @@ mod tests {
 
     #[test]
     fn output_past_the_cap_is_cut_for_good_and_whole_characters_survive_splits() {
-        let job = Job {
-            user: "u".into(),
-            log: Mutex::new(JobLog {
-                chunks: Vec::new(),
-                bytes: 0,
-                truncated: false,
-                tails: [Vec::new(), Vec::new()],
-                view: JobView {
-                    id: "j".into(),
-                    provider: "p".into(),
-                    state: JobState::Running,
-                    exit_code: None,
-                    error: None,
-                    created_at: 0,
-                    ended_at: None,
-                    output_bytes: 0,
-                },
-            }),
-            changed: watch::channel(0).0,
-            kill: watch::channel(false).0,
-        };
+        let job = Job::new("j", "u", "p");
         let e = "\u{e9}".as_bytes();
         job.output("stdout", &e[..1]);
         job.output("stdout", &e[1..]);

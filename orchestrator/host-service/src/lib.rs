@@ -26,6 +26,7 @@ pub mod users;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use app::{router, AppState, ServiceConfig, API};
 pub use config::FileConfig;
@@ -49,4 +50,30 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// [`serve`] until `shutdown` completes, then gives open connections `grace` to finish: event
+/// and output streams would otherwise hold a graceful stop for as long as they last.
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    tokio::select! {
+        ended = &mut server => return ended.map_err(std::io::Error::other)?,
+        () = shutdown => {}
+    }
+    let _ = stop.send(());
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(ended) => ended.map_err(std::io::Error::other)?,
+        Err(_) => {
+            server.abort();
+            Ok(())
+        }
+    }
 }

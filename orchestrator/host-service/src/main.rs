@@ -76,20 +76,16 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("binding {}", file.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "host service listening");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(host_service::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    tokio::signal::ctrl_c().await?;
-    tracing::info!("stopping");
-    let _ = stop.send(());
-    // Open event streams would hold a graceful stop for as long as they last: give them a moment.
-    if tokio::time::timeout(Duration::from_secs(5), &mut server)
-        .await
-        .is_err()
-    {
-        server.abort();
-    }
+    host_service::serve_until(
+        listener,
+        state,
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("stopping");
+        },
+        Duration::from_secs(5),
+    )
+    .await?;
     pool.shutdown().await;
     Ok(())
 }
