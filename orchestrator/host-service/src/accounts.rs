@@ -124,13 +124,7 @@ pub async fn link_start(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("body: {e}")))?
             .mode
     };
-    if !state.login.providers().iter().any(|p| p.name == provider) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_provider",
-            format!("unknown provider {provider:?}"),
-        ));
-    }
+    known_provider(&state, &provider)?;
     state.link_limit.hit(&user.id).map_err(|wait| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -155,6 +149,17 @@ pub async fn link_start(
             state: session_state,
         }),
     ))
+}
+
+/// The recipe of `name`, or the `unknown_provider` error (404).
+pub(crate) fn known_provider<'a>(
+    state: &'a AppState,
+    name: &str,
+) -> Result<&'a orchestrator::login::ProviderLogin, ApiError> {
+    state
+        .login
+        .provider(name)
+        .ok_or_else(|| orchestrator::login::LoginError::UnknownProvider(name.to_owned()).into())
 }
 
 /// The session, if it is the user's and the provider's.
@@ -253,13 +258,7 @@ pub async fn rotate_egress(
     AuthUser(user): AuthUser,
     Path(provider): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !state.login.providers().iter().any(|p| p.name == provider) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_provider",
-            format!("unknown provider {provider:?}"),
-        ));
-    }
+    known_provider(&state, &provider)?;
     let port = state.login.rotate_egress(&user.id).await?;
     Ok(Json(serde_json::json!({ "new_port": port })))
 }

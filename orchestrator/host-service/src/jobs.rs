@@ -280,18 +280,7 @@ pub async fn create(
     AuthUser(user): AuthUser,
     ApiJson(body): ApiJson<NewJob>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let provider = state
-        .login
-        .providers()
-        .iter()
-        .find(|p| p.name == body.provider)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_provider",
-                format!("unknown provider {:?}", body.provider),
-            )
-        })?;
+    let provider = crate::accounts::known_provider(&state, &body.provider)?;
     let Some(program) = provider.prompt_argv.first() else {
         return Err(ApiError::bad_request("this provider runs no prompts"));
     };

@@ -141,6 +141,11 @@ impl LoginService {
         &self.inner.config.providers
     }
 
+    /// The recipe of provider `name`, if this service can link it.
+    pub fn provider(&self, name: &str) -> Option<&super::ProviderLogin> {
+        self.inner.config.providers.iter().find(|p| p.name == name)
+    }
+
     /// The user's linked accounts, one per provider with a stored credential.
     ///
     /// Opens each record to read its expiry and scopes (host-sealed credentials).
@@ -179,13 +184,7 @@ impl LoginService {
     /// Unlinks `provider` for `user`: deletes the stored credential and wipes the provider's
     /// credential files in the user's CLI VM (both audited).
     pub async fn revoke(&self, user: &str, provider: &str) -> Result<Revoked, LoginError> {
-        if !self
-            .inner
-            .config
-            .providers
-            .iter()
-            .any(|p| p.name == provider)
-        {
+        if self.provider(provider).is_none() {
             return Err(LoginError::UnknownProvider(provider.to_owned()));
         }
         let stored = self.inner.store.delete_credential(user, provider).await?;
@@ -237,12 +236,7 @@ impl LoginService {
         if user.trim().is_empty() {
             return Err(LoginError::InvalidUser);
         }
-        let cli = connect_cli(&self.inner, user).await?;
-        Ok(CliAgent {
-            client: cli.client,
-            vm_id: cli.id,
-            guest_home: cli.guest_home,
-        })
+        Ok(connect_cli(&self.inner, user).await?)
     }
 
     /// Gives the user a new egress port; tunnels still open on the old one are closed.

@@ -8,13 +8,14 @@ use std::time::Duration;
 use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope};
 use tracing::warn;
 
+use super::account::CliAgent;
 use super::flow::{record_created, serve_cli_egress, FlowError};
 use super::provider::ProviderLogin;
 use super::{Inner, LoginError};
 use crate::client::AgentClient;
 use crate::store::AuditEvent;
 use crate::vault::{CredentialPlaintext, RecordContext};
-use crate::vm::VmKind;
+use crate::vm::{VmHandle, VmKind};
 
 /// Seals and stores the next version of the user's credential; returns the version.
 pub(super) async fn store_sealed(
@@ -102,16 +103,9 @@ pub(super) async fn push(
     Ok(())
 }
 
-/// The user's CLI VM, reached: its agent, its id and the guest home.
-pub(super) struct CliVm {
-    pub(super) client: AgentClient,
-    pub(super) id: String,
-    pub(super) guest_home: String,
-}
-
-/// Makes sure the user's CLI VM runs (recorded and served by the egress gateway when this call
-/// created it or the service has not served it yet) and connects to its agent.
-pub(super) async fn connect_cli(inner: &Inner, user: &str) -> Result<CliVm, FlowError> {
+/// Makes sure the user's CLI VM runs: recorded when this call created it, its hello waited for,
+/// the user's egress port assigned and the VM's egress served by the gateway.
+pub(super) async fn ensure_cli(inner: &Inner, user: &str) -> Result<VmHandle, FlowError> {
     let cli = inner.backend.ensure_cli_vm(user).await?;
     if cli.created {
         record_created(inner, user, &cli, VmKind::Cli, None).await?;
@@ -121,11 +115,17 @@ pub(super) async fn connect_cli(inner: &Inner, user: &str) -> Result<CliVm, Flow
     }
     inner.egress.assign(user).await?;
     serve_cli_egress(inner, user, &cli)?;
+    Ok(cli)
+}
+
+/// [`ensure_cli`], then connects to the VM's agent.
+pub(super) async fn connect_cli(inner: &Inner, user: &str) -> Result<CliAgent, FlowError> {
+    let cli = ensure_cli(inner, user).await?;
     let client =
         AgentClient::connect_with_retry(&*cli.connector, inner.config.hello_timeout).await?;
-    Ok(CliVm {
+    Ok(CliAgent {
         client,
-        id: cli.id,
+        vm_id: cli.id,
         guest_home: cli.guest_home,
     })
 }

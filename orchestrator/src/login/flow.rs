@@ -231,16 +231,8 @@ async fn run(
     let provider = &session.provider;
 
     // pending: the CLI VM the credentials will go to, and the user's egress port.
-    let cli = inner.backend.ensure_cli_vm(user).await?;
-    if cli.created {
-        record_created(inner, user, &cli, VmKind::Cli, None).await?;
-        if let Some(hello) = &cli.hello {
-            hello.wait(inner.config.hello_timeout).await?;
-        }
-    }
+    let cli = super::deliver::ensure_cli(inner, user).await?;
     progress(session, "cli_vm", cli.id.clone());
-    inner.egress.assign(user).await?;
-    serve_cli_egress(inner, user, &cli)?;
 
     let spec = VmSpec {
         user_id: user.to_owned(),

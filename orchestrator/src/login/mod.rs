@@ -304,11 +304,7 @@ impl LoginService {
             return Err(LoginError::InvalidUser);
         }
         let recipe = self
-            .inner
-            .config
-            .providers
-            .iter()
-            .find(|p| p.name == provider)
+            .provider(provider)
             .cloned()
             .ok_or_else(|| LoginError::UnknownProvider(provider.to_owned()))?;
         let mode = recipe

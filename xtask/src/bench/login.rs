@@ -19,7 +19,7 @@ use orchestrator::vm::{VmBackend, VmSpec};
 use test_kit::local_backend::{LocalAgentBackend, LocalOptions};
 
 use super::{figure, stats::percentile};
-use crate::shell::{cargo, root, sh, step};
+use crate::shell::step;
 
 const FLOWS: usize = 20;
 /// A throwaway all-zero key: the bench measures sealing cost, not secrecy.
@@ -28,9 +28,7 @@ const KEY: &str = "bench:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
     let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Cli)?;
-    step("building fake-cli (replays recorded CLI logins)");
-    sh(cargo().args(["build", "--release", "-p", "test-kit", "--bin", "fake-cli"]))?;
-    let fake_cli = root().join("target/release/fake-cli");
+    let fake_cli = super::release_fake_cli()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -76,6 +76,13 @@ pub fn run(which: Which) -> Result<()> {
     }
 }
 
+/// `fake-cli` built in release (replays recorded CLI logins, answers prompts): the benches' CLIs.
+pub fn release_fake_cli() -> Result<std::path::PathBuf> {
+    step("building fake-cli (replays recorded CLI logins, answers prompts)");
+    sh(cargo().args(["build", "--release", "-p", "test-kit", "--bin", "fake-cli"]))?;
+    Ok(crate::shell::root().join("target/release/fake-cli"))
+}
+
 /// Starts `agent_bin` on a Unix socket in a private directory (its HOME is `home/` there) and
 /// waits for its hello, as the host starts a VM's agent.
 pub async fn start_agent(agent_bin: &std::path::Path) -> Result<test_kit::AgentProcess> {

@@ -24,7 +24,7 @@ use test_kit::service::{
 };
 
 use super::{figure, stats::percentile};
-use crate::shell::{cargo, root, sh, step};
+use crate::shell::step;
 
 const LINKS: usize = 10;
 const JOBS: usize = 20;
@@ -34,9 +34,7 @@ const LOAD_FOR: Duration = Duration::from_secs(4);
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
     let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Cli)?;
-    step("building fake-cli (replays recorded CLI logins, answers prompts)");
-    sh(cargo().args(["build", "--release", "-p", "test-kit", "--bin", "fake-cli"]))?;
-    let fake_cli = root().join("target/release/fake-cli");
+    let fake_cli = super::release_fake_cli()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
