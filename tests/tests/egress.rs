@@ -474,11 +474,12 @@ async fn garbage_and_floods_are_limited_and_both_ends_stay_up() {
         .filter(|a| matches!(a, Ok(Some(text)) if text.starts_with("HTTP/1.1 503")))
         .count();
     let held = answers.iter().filter(|a| matches!(a, Ok(None))).count();
-    // A few handshakes the kernel completes for the client can still be dropped on the agent's
-    // side when its accept queue overflows (the connection then looks held): a small allowance
-    // for those; without the agent's limit all 10,000 would be held.
+    // Handshakes the kernel completes for the client can still be dropped on the agent's side
+    // when its accept queue overflows (the connection then looks held); on a machine busy with
+    // the rest of the suite that was up to ~160 of them: an allowance of 512 for those. Without
+    // the agent's limit all 10,000 would be held.
     assert!(
-        held <= vm_agent_max_tunnels() + 64 && refused + held == 10_000,
+        held <= vm_agent_max_tunnels() + 512 && refused + held == 10_000,
         "{refused} refused, {held} held of 10,000"
     );
     drop(answers);
