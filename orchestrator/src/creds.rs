@@ -2,9 +2,12 @@
 //! captured ones into a running VM, wipe them.
 
 use protocol::creds::{
-    CapturedCredential, CredsEvent, CredsPut, CredsPutRequest, CredsPutResponse, CredsScope,
-    CredsWatch, CredsWatchRequest, CredsWipe, CredsWipeResponse,
+    CapturedCredential, CredsEvent, CredsKey, CredsPut, CredsPutRequest, CredsPutResponse,
+    CredsPutSealed, CredsPutSealedRequest, CredsScope, CredsWatch, CredsWatchRequest, CredsWipe,
+    CredsWipeResponse, SealedCapture,
 };
+use protocol::messages::Empty;
+use protocol::sealed::PublicKey;
 
 use crate::client::{AgentClient, ClientError, StreamCall, StreamItem};
 
@@ -32,6 +35,21 @@ impl AgentClient {
         self.call::<CredsPut>(req).await
     }
 
+    /// The public key of the VM's agent that [`AgentClient::creds_put_sealed`] envelopes are
+    /// sealed to (made when the agent started; memory only).
+    pub async fn creds_key(&self) -> Result<PublicKey, ClientError> {
+        Ok(self.call::<CredsKey>(&Empty {}).await?.public_key)
+    }
+
+    /// Writes a credential sealed to the VM's key: the agent opens it (only for exactly the
+    /// request's user, provider and version) and writes it as [`AgentClient::creds_put`] does.
+    pub async fn creds_put_sealed(
+        &self,
+        req: &CredsPutSealedRequest,
+    ) -> Result<CredsPutResponse, ClientError> {
+        self.call::<CredsPutSealed>(req).await
+    }
+
     /// Removes a provider's credential files (and temp leftovers); says what was removed.
     pub async fn creds_wipe(&self, scope: &CredsScope) -> Result<CredsWipeResponse, ClientError> {
         self.call::<CredsWipe>(scope).await
@@ -51,14 +69,41 @@ impl CredsWatchCall {
         &self.paths
     }
 
-    /// The next capture; `None` when the agent ended the watch.
+    /// The next capture of a watch without `seal_to`; `None` when the agent ended the watch.
     pub async fn next_capture(&mut self) -> Result<Option<CapturedCredential>, ClientError> {
+        match self.next_event().await? {
+            Some(CredsEvent::Captured(c)) => Ok(Some(c)),
+            Some(other) => Err(unexpected(&other)),
+            None => Ok(None),
+        }
+    }
+
+    /// The next capture of a watch with `seal_to`; `None` when the agent ended the watch.
+    pub async fn next_sealed(&mut self) -> Result<Option<SealedCapture>, ClientError> {
+        match self.next_event().await? {
+            Some(CredsEvent::Sealed(c)) => Ok(Some(c)),
+            Some(other) => Err(unexpected(&other)),
+            None => Ok(None),
+        }
+    }
+
+    async fn next_event(&mut self) -> Result<Option<CredsEvent>, ClientError> {
         loop {
             match self.call.next().await? {
-                Some(StreamItem::Event(CredsEvent::Captured(c))) => return Ok(Some(c)),
+                Some(StreamItem::Event(CredsEvent::Watching { .. })) => continue,
+                Some(StreamItem::Event(event)) => return Ok(Some(event)),
                 Some(_) => continue,
                 None => return Ok(None),
             }
         }
     }
+}
+
+fn unexpected(event: &CredsEvent) -> ClientError {
+    let kind = match event {
+        CredsEvent::Watching { .. } => "watching",
+        CredsEvent::Captured(_) => "a plain capture",
+        CredsEvent::Sealed(_) => "a sealed capture",
+    };
+    ClientError::Decode(format!("the credential watch sent {kind}, not what it was asked for"))
 }

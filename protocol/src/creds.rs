@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::messages::base64_bytes;
+use crate::messages::Empty;
 use crate::method::{Method, Streaming, Unary};
+use crate::sealed::{PublicKey, Sealed};
 use crate::secret::EnvVars;
 
 /// Whose credentials a call is about. The agent resolves `user` (or, without one, its own user)
@@ -50,6 +52,21 @@ pub struct CredsWatchRequest {
     /// baseline and only changes are reported).
     #[serde(default)]
     pub include_existing: bool,
+    /// Seal every capture to this key instead of sending its bytes ([`CredsEvent::Sealed`]):
+    /// the zero-knowledge mode, where the host never sees a token.
+    #[serde(default)]
+    pub seal_to: Option<SealTo>,
+}
+
+/// Whom captures are sealed to, and the versions they are bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealTo {
+    /// The user's public key.
+    pub recipient: PublicKey,
+    /// The user the credential belongs to (bound into every envelope).
+    pub user: String,
+    /// Version of the first capture; each further capture of the watch takes the next one.
+    pub first_version: i64,
 }
 
 /// Messages of a [`CredsWatch`] response.
@@ -63,6 +80,37 @@ pub enum CredsEvent {
     },
     /// A credential file was captured.
     Captured(CapturedCredential),
+    /// A credential file was captured and sealed to [`CredsWatchRequest::seal_to`].
+    Sealed(SealedCapture),
+}
+
+/// What the host may know of a credential without opening it, read in the VM from the fields the
+/// provider rules name (`expires_at`, `scopes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialMeta {
+    /// When the token expires, Unix ms, where the file says.
+    #[serde(default)]
+    pub expires_at_ms: Option<i64>,
+    /// Scopes the file says were granted.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// One complete, valid credential file, sealed in the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedCapture {
+    /// Provider whose file it is.
+    pub provider: String,
+    /// Absolute path in the guest.
+    pub path: String,
+    /// The version the envelope is bound to.
+    pub version: i64,
+    /// The file's bytes, sealed to the watch's recipient.
+    pub sealed: Sealed,
+    /// Expiry and scopes, in clear.
+    pub meta: CredentialMeta,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub mtime_ms: i64,
 }
 
 /// One complete, valid credential file.
@@ -153,6 +201,54 @@ pub struct WrittenFile {
     pub sha256: String,
     /// Directories that were created for it.
     pub created_dirs: Vec<String>,
+}
+
+/// `creds_key`: the public half of the key pair the agent made at start (memory only), for sealing
+/// credentials to this VM ([`CredsPutSealed`]).
+#[derive(Debug)]
+pub struct CredsKey;
+impl Method for CredsKey {
+    const NAME: &'static str = "creds_key";
+}
+impl Unary for CredsKey {
+    type Request = Empty;
+    type Response = CredsKeyResponse;
+}
+
+/// Answer to [`CredsKey`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredsKeyResponse {
+    /// The VM's public key.
+    pub public_key: PublicKey,
+}
+
+/// `creds_put_sealed`: open a credential sealed to this VM's key ([`CredsKey`]) and write it as
+/// [`CredsPut`] would. Refused, writing nothing, when it does not open for exactly this user,
+/// provider and version, or when the agent already wrote a later version of the provider.
+#[derive(Debug)]
+pub struct CredsPutSealed;
+impl Method for CredsPutSealed {
+    const NAME: &'static str = "creds_put_sealed";
+}
+impl Unary for CredsPutSealed {
+    type Request = CredsPutSealedRequest;
+    type Response = CredsPutResponse;
+}
+
+/// Request of [`CredsPutSealed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredsPutSealedRequest {
+    /// Provider and guest user.
+    #[serde(flatten)]
+    pub scope: CredsScope,
+    /// Where to write it (as [`CredentialFile::path`]).
+    pub path: String,
+    /// The user the credential belongs to, as bound into the envelope.
+    pub user: String,
+    /// The version, as bound into the envelope.
+    pub version: i64,
+    /// The file's bytes, sealed to this VM's key.
+    pub sealed: Sealed,
 }
 
 /// `creds_wipe`: remove the provider's credential files and temp files left next to them.

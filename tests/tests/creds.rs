@@ -221,6 +221,7 @@ async fn codex_home_override_and_writer_styles_through_the_client() {
         .creds_watch(&CredsWatchRequest {
             scope: scope.clone(),
             include_existing: false,
+            seal_to: None,
         })
         .await
         .expect("watch");
@@ -294,6 +295,7 @@ async fn directories_made_while_the_watch_starts_are_followed() {
         let request = CredsWatchRequest {
             scope,
             include_existing: false,
+            seal_to: None,
         };
         let (watch, ()) = tokio::join!(client.creds_watch(&request), async {
             // Races the watch's set-up: some rounds create before it looks, some while it adds

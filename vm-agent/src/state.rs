@@ -36,6 +36,11 @@ pub struct Agent {
     /// under emulation, and the hello must not wait (the agent warms them up once it is out).
     providers: OnceLock<Arc<ProviderRules>>,
     shim: Option<crate::shim::ShimServer>,
+    /// The key pair credentials are sealed to for this VM (`creds_key`), made at start and
+    /// kept in memory only; `None` when the random source failed.
+    seal_key: Option<protocol::sealed::KeyPair>,
+    /// The last sealed version written per (home, provider): an older one is a replay.
+    sealed_versions: std::sync::Mutex<BTreeMap<(std::path::PathBuf, String), i64>>,
     #[cfg(feature = "desktop")]
     desktops: Arc<agent_desktop::Desktops>,
     /// The browser VM's Chromium, when the image has one.
@@ -73,6 +78,10 @@ impl Agent {
             )),
             providers: OnceLock::new(),
             shim: None,
+            seal_key: protocol::sealed::KeyPair::generate()
+                .inspect_err(|e| tracing::error!(error = %e, "no key for sealed credentials"))
+                .ok(),
+            sealed_versions: std::sync::Mutex::default(),
             #[cfg(feature = "desktop")]
             desktops: Arc::new(agent_desktop::Desktops::new(config.display.clone())),
             #[cfg(feature = "desktop")]
@@ -118,6 +127,33 @@ impl Agent {
         self.providers
             .get_or_init(|| Arc::new(ProviderRules::from_env()))
             .clone()
+    }
+
+    /// The key credentials are sealed to for this VM.
+    pub fn seal_key(&self) -> Option<&protocol::sealed::KeyPair> {
+        self.seal_key.as_ref()
+    }
+
+    /// Records that sealed `version` of `provider` was written in `home`, unless a later one was
+    /// already: then returns that later version and records nothing.
+    pub fn claim_sealed_version(
+        &self,
+        home: &std::path::Path,
+        provider: &str,
+        version: i64,
+    ) -> Result<(), i64> {
+        let mut seen = self
+            .sealed_versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = seen
+            .entry((home.to_path_buf(), provider.to_owned()))
+            .or_insert(0);
+        if version < *slot {
+            return Err(*slot);
+        }
+        *slot = version;
+        Ok(())
     }
 
     /// Whether this agent runs under its own PID 1 and may power the VM off.

@@ -108,6 +108,7 @@ async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Resu
         pool_size: args.pool,
         login_minutes: 10,
         hello_timeout_s: 180,
+        sealing: Default::default(),
         job_env: Default::default(),
         store: StoreSection {
             sqlite: Some(dir.path().join("state.db")),

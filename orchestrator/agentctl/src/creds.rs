@@ -117,6 +117,7 @@ impl CredsCommand {
                     .creds_watch(&CredsWatchRequest {
                         scope: scope.scope(),
                         include_existing: existing,
+                        seal_to: None,
                     })
                     .await?;
                 emit(json!({"event": "watching", "paths": call.paths()}));

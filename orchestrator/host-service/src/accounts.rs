@@ -62,6 +62,8 @@ pub struct Account {
     last_used: Option<i64>,
     /// Stored credential version.
     version: i64,
+    /// Who can open the stored copy: `host` or `user`.
+    sealing: orchestrator::login::Sealing,
 }
 
 /// `GET /v1/accounts`.
@@ -86,6 +88,7 @@ pub async fn list(
             egress_port: port,
             expires_at: a.expires_at_ms,
             version: a.version,
+            sealing: a.sealing,
         });
     }
     Ok(Json(out))

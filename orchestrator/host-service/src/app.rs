@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::jobs::Jobs;
 use crate::ratelimit::RateLimiter;
 use crate::users::Users;
-use crate::{accounts, auth, desktop, jobs, openapi, page};
+use crate::{accounts, auth, desktop, jobs, keys, openapi, page};
 
 /// What the routes need to know besides the library.
 #[derive(Debug, Clone)]
@@ -151,6 +151,10 @@ api! {
     post "/v1/accounts/{provider}/link/{session}/cancel" => accounts::link_cancel, "Cancel the login";
     post "/v1/accounts/{provider}/link/{session}/desktop" => desktop::ticket, "A one-time signalling URL for the login VM's desktop";
     post "/v1/desktop/{ticket}" => desktop::offer, "WebRTC signalling: SDP offer in (application/sdp), answer out";
+    get "/v1/keys/user" => keys::get, "The user's public key and how the service seals credentials: {sealing, public_key, fingerprint}";
+    put "/v1/keys/user" => keys::put, "Register the user's public key (base64 P-256 point): {public_key}";
+    get "/v1/accounts/{provider}/delivery" => keys::pending, "A user-sealed credential waiting for the page: {version, sealed, vm_id, vm_key}";
+    post "/v1/accounts/{provider}/delivery" => keys::deliver, "The credential re-sealed to the CLI VM's key: {version, vm_id, sealed}";
     post "/v1/accounts/{provider}/revoke" => accounts::revoke, "Delete the stored credential and wipe it in the CLI VM";
     post "/v1/accounts/{provider}/rotate-egress" => accounts::rotate_egress, "A new egress port: -> {new_port}";
     post "/v1/jobs" => jobs::create, "Run a prompt in the CLI VM: {provider, prompt | argv, timeout_s?}";
@@ -166,6 +170,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     api_routes(Router::new())
         .route("/", get(page::index))
         .route("/viewer", get(page::viewer))
+        .route("/hpke.js", get(page::hpke_js))
         .route("/hello", get(|| async { "hello" }))
         // The page has no icon; answering keeps browsers' consoles free of a 404.
         .route(

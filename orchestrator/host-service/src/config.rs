@@ -5,6 +5,7 @@
 //! listen = "127.0.0.1:8080"
 //! host_id = "host-1"
 //! pool_size = 1                    # browser VMs booted ahead
+//! sealing = "user"                 # or "host" (default): who can open stored credentials
 //!
 //! [store]
 //! sqlite = "/var/lib/host-service/state.db"   # or: postgres = true, URL in HOST_SERVICE_DATABASE_URL
@@ -25,8 +26,9 @@
 //! disks = "/var/lib/host-service/disks"
 //! ```
 //!
-//! Environment: `HOST_SERVICE_VAULT_KEY` (`id:base64 of 32 bytes`, required),
-//! `HOST_SERVICE_DATABASE_URL`, `HOST_SERVICE_PROXY_PASSWORD`.
+//! Environment: `HOST_SERVICE_VAULT_KEY` (`id:base64 of 32 bytes`, required; to rotate, put the
+//! new key first and keep the old ones after it, comma-separated: records under an old key are
+//! re-sealed to the first at start), `HOST_SERVICE_DATABASE_URL`, `HOST_SERVICE_PROXY_PASSWORD`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,6 +72,10 @@ pub struct FileConfig {
     /// Seconds a VM's agent may take to say hello.
     #[serde(default = "default_hello")]
     pub hello_timeout_s: u64,
+    /// Who can open stored credentials: `host` (the vault key) or `user` (zero-knowledge: only
+    /// the user's page holds the key).
+    #[serde(default)]
+    pub sealing: orchestrator::login::Sealing,
     /// Environment of every job (an API base URL, say).
     #[serde(default)]
     pub job_env: std::collections::BTreeMap<String, String>,
@@ -195,6 +201,7 @@ impl FileConfig {
             timeout: Duration::from_secs(self.login_minutes * 60),
             hello_timeout: Duration::from_secs(self.hello_timeout_s),
             proxy,
+            sealing: self.sealing,
             ..LoginConfig::default()
         })
     }
@@ -247,6 +254,10 @@ pub async fn build(
     if !recovered.sessions.is_empty() {
         tracing::warn!(sessions = ?recovered.sessions, "logins interrupted by the restart ended as failed");
     }
+    login
+        .reseal_retired()
+        .await
+        .context("re-sealing credentials under retired vault keys")?;
     let service = ServiceConfig {
         job_env: file.job_env.clone(),
         ..service

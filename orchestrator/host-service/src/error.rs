@@ -78,6 +78,8 @@ impl From<LoginError> for ApiError {
             L::NotAwaitingUser { .. } => (StatusCode::CONFLICT, "not_awaiting_code"),
             L::InputClosed(_) => (StatusCode::CONFLICT, "login_ended"),
             L::NoDesktop(_) => (StatusCode::CONFLICT, "no_desktop"),
+            L::NoUserKey => (StatusCode::CONFLICT, "no_user_key"),
+            L::Refused(_) => (StatusCode::CONFLICT, "refused"),
             // Host detail (QEMU's output, paths, sockets) goes to the log, not to the client.
             L::Backend(_) => {
                 tracing::warn!(error = %e, "a VM could not be created");

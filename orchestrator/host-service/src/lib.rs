@@ -6,6 +6,7 @@
 //! - [`accounts`]: providers, linked accounts, login sessions and their events (SSE), revoke,
 //!   egress rotation; [`desktop`]: the login VM's desktop (WHEP-style signalling relay).
 //! - [`jobs`]: prompts in the user's CLI VM with streamed output.
+//! - [`keys`]: the user's public key and zero-knowledge delivery into the CLI VM.
 //! - [`config`]: the TOML file and environment; [`page`]: the web page.
 //!
 //! Every route but sign-up, sign-in, the document and the ticketed desktop signalling needs the
@@ -18,6 +19,7 @@ pub mod config;
 pub mod desktop;
 pub mod error;
 pub mod jobs;
+pub mod keys;
 pub mod openapi;
 pub mod page;
 pub mod ratelimit;

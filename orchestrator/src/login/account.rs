@@ -12,7 +12,7 @@ use super::{LoginError, LoginService};
 use crate::client::AgentClient;
 use crate::desktop::DesktopSession;
 use crate::store::AuditEvent;
-use crate::vault::RecordContext;
+use crate::vault::{RecordContext, Scheme};
 
 /// A provider account the user has linked: what the store holds for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,6 +29,8 @@ pub struct LinkedAccount {
     pub expires_at_ms: Option<i64>,
     /// Scopes the credential file says were granted.
     pub scopes: Vec<String>,
+    /// Who can open the stored copy.
+    pub sealing: super::Sealing,
 }
 
 /// Who a session belongs to and where it is.
@@ -146,39 +148,67 @@ impl LoginService {
         self.inner.config.providers.iter().find(|p| p.name == name)
     }
 
-    /// The user's linked accounts, one per provider with a stored credential.
-    ///
-    /// Opens each record to read its expiry and scopes (host-sealed credentials).
+    /// The user's linked accounts, one per provider with a stored credential, with the expiry
+    /// and scopes recorded at capture (nothing is opened).
     pub async fn accounts(&self, user: &str) -> Result<Vec<LinkedAccount>, LoginError> {
         let mut out = Vec::new();
         for provider in &self.inner.config.providers {
             let Some(record) = self.inner.store.credential(user, &provider.name).await? else {
                 continue;
             };
-            let ctx = RecordContext {
-                user_id: user,
-                provider: &provider.name,
-                version: record.version,
-            };
-            let meta = self
-                .inner
-                .vault
-                .open(&ctx, &record.envelope)
-                .ok()
-                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p.expose()).ok());
             out.push(LinkedAccount {
                 provider: provider.name.clone(),
                 version: record.version,
                 captured_at_ms: record.captured_at_ms,
                 pushed: !record.push_pending(),
-                expires_at_ms: meta.as_ref().and_then(|m| provider.credential.expiry_ms(m)),
-                scopes: meta
-                    .as_ref()
-                    .map(|m| provider.credential.granted_scopes(m))
-                    .unwrap_or_default(),
+                expires_at_ms: record.meta.expires_at_ms,
+                scopes: record.meta.scopes,
+                sealing: match record.envelope.scheme {
+                    Scheme::HostAes256Gcm => super::Sealing::Host,
+                    Scheme::UserSealed => super::Sealing::User,
+                },
             });
         }
         Ok(out)
+    }
+
+    /// Moves every host-sealed credential still under a retired key to the vault's active key
+    /// (same version, fresh nonce; audited); returns how many moved. Run it after adding a new
+    /// active key, before removing the old one from the configuration.
+    pub async fn reseal_retired(&self) -> Result<usize, LoginError> {
+        let inner = &self.inner;
+        let mut moved = 0;
+        for record in inner
+            .store
+            .credentials_not_under(inner.vault.active_key())
+            .await?
+        {
+            let ctx = RecordContext {
+                user_id: &record.user_id,
+                provider: &record.provider,
+                version: record.version,
+            };
+            let Some(envelope) = inner.vault.reseal(&ctx, &record.envelope)? else {
+                continue;
+            };
+            if inner
+                .store
+                .reseal_credential(&record.user_id, &record.provider, record.version, &envelope)
+                .await?
+            {
+                let event = AuditEvent::CredentialResealed {
+                    provider: record.provider.clone(),
+                    version: record.version,
+                    key_id: envelope.key_id.to_string(),
+                };
+                inner.store.audit(Some(&record.user_id), &event).await?;
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            tracing::info!(moved, key = %inner.vault.active_key(), "credentials resealed");
+        }
+        Ok(moved)
     }
 
     /// Unlinks `provider` for `user`: deletes the stored credential and wipes the provider's
@@ -187,6 +217,7 @@ impl LoginService {
         if self.provider(provider).is_none() {
             return Err(LoginError::UnknownProvider(provider.to_owned()));
         }
+        self.inner.followers.stop(user, provider);
         let stored = self.inner.store.delete_credential(user, provider).await?;
         // Recorded before the VM is touched: the store forgot it even if the wipe then fails.
         self.inner
@@ -236,7 +267,9 @@ impl LoginService {
         if user.trim().is_empty() {
             return Err(LoginError::InvalidUser);
         }
-        Ok(connect_cli(&self.inner, user).await?)
+        let cli = connect_cli(&self.inner, user).await?;
+        super::chain::ensure_following(&self.inner, user, &cli).await?;
+        Ok(cli)
     }
 
     /// Gives the user a new egress port; tunnels still open on the old one are closed.

@@ -1,11 +1,12 @@
-//! Credential delivery: a captured credential is sealed into the store as its next version and
-//! pushed into the user's CLI VM; pushes that failed are retried later (with back-off) or by
-//! [`push_pending`].
+//! Credential delivery (host-sealed mode): a captured credential is sealed into the store as its
+//! next version and pushed into the user's CLI VM, which is then followed for refreshes
+//! ([`super::chain`]); pushes that failed are retried later (with back-off) or by [`push_pending`].
+//! In the user-sealed mode the host cannot open what it stores: [`super::handover`] delivers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope};
+use protocol::creds::{CredentialFile, CredentialMeta, CredsPutRequest, CredsScope};
 use tracing::warn;
 
 use super::account::CliAgent;
@@ -13,17 +14,27 @@ use super::flow::{record_created, serve_cli_egress, FlowError};
 use super::provider::ProviderLogin;
 use super::{Inner, LoginError};
 use crate::client::AgentClient;
-use crate::store::AuditEvent;
-use crate::vault::{CredentialPlaintext, RecordContext};
+use crate::store::{AuditEvent, NewVersion};
+use crate::vault::{CredentialPlaintext, RecordContext, Scheme};
 use crate::vm::{VmHandle, VmKind};
 
-/// Seals and stores the next version of the user's credential; returns the version.
+/// Seals and stores the next version of the user's credential (with its expiry and scopes, read
+/// from the file as the provider rules say); returns the version. `from_vm` names the CLI VM a
+/// refresh came from.
 pub(super) async fn store_sealed(
     inner: &Inner,
     user: &str,
-    provider: &str,
+    provider: &ProviderLogin,
     plaintext: &CredentialPlaintext,
+    from_vm: Option<&str>,
 ) -> Result<i64, FlowError> {
+    let meta = serde_json::from_slice::<serde_json::Value>(plaintext.expose())
+        .map(|json| CredentialMeta {
+            expires_at_ms: provider.credential.expiry_ms(&json),
+            scopes: provider.credential.granted_scopes(&json),
+        })
+        .unwrap_or_default();
+    let provider = provider.name.as_str();
     for _ in 0..16 {
         let current = inner
             .store
@@ -39,21 +50,25 @@ pub(super) async fn store_sealed(
             },
             plaintext,
         )?;
-        if inner
-            .store
-            .put_credential(user, provider, version, &envelope)
-            .await?
-        {
-            inner
-                .store
-                .audit(
-                    Some(user),
-                    &AuditEvent::CredentialCaptured {
-                        provider: provider.to_owned(),
-                        version,
-                    },
-                )
-                .await?;
+        let new = NewVersion {
+            version,
+            envelope: &envelope,
+            meta: &meta,
+            from_vm,
+        };
+        if inner.store.put_credential(user, provider, new).await? {
+            let event = match from_vm {
+                None => AuditEvent::CredentialCaptured {
+                    provider: provider.to_owned(),
+                    version,
+                },
+                Some(vm_id) => AuditEvent::CredentialRefreshed {
+                    provider: provider.to_owned(),
+                    version,
+                    vm_id: vm_id.to_owned(),
+                },
+            };
+            inner.store.audit(Some(user), &event).await?;
             return Ok(version);
         }
     }
@@ -62,15 +77,19 @@ pub(super) async fn store_sealed(
     ))
 }
 
-/// Writes the credential into the user's CLI VM (0600, atomic) and records the push.
+/// Writes the credential into the user's CLI VM (0600, atomic), records the push, and follows the
+/// VM's file for refreshes from then on.
 pub(super) async fn push(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     user: &str,
     provider: &ProviderLogin,
     version: i64,
     plaintext: &CredentialPlaintext,
 ) -> Result<(), FlowError> {
     let cli = connect_cli(inner, user).await?;
+    super::chain::check_holder(inner, user, &provider.name, &cli.vm_id).await?;
+    // The follower would take this write for a refresh: it restarts after it.
+    inner.followers.stop(user, &provider.name);
     let client = &cli.client;
     let scope = CredsScope {
         provider: provider.name.clone(),
@@ -86,20 +105,33 @@ pub(super) async fn push(
             }],
         })
         .await?;
+    pushed(inner, user, &provider.name, version, &cli).await
+}
+
+/// Records that `version` reached the user's CLI VM (which now holds the token chain) and
+/// follows it there.
+pub(super) async fn pushed(
+    inner: &Arc<Inner>,
+    user: &str,
+    provider: &str,
+    version: i64,
+    cli: &CliAgent,
+) -> Result<(), FlowError> {
     inner
         .store
-        .mark_credential_pushed(user, &provider.name, version)
+        .mark_credential_pushed(user, provider, version, &cli.vm_id)
         .await?;
     inner
         .store
         .audit(
             Some(user),
             &AuditEvent::CredentialPushed {
-                provider: provider.name.clone(),
+                provider: provider.to_owned(),
                 version,
             },
         )
         .await?;
+    super::chain::follow(inner, user, provider, cli, version).await?;
     Ok(())
 }
 
@@ -130,8 +162,13 @@ pub(super) async fn connect_cli(inner: &Inner, user: &str) -> Result<CliAgent, F
     })
 }
 
-/// Opens the stored record and pushes it.
-async fn push_stored(inner: &Inner, user: &str, provider_name: &str) -> Result<bool, FlowError> {
+/// Opens the stored record and pushes it (host-sealed records only: a user-sealed one waits for
+/// the user's page).
+async fn push_stored(
+    inner: &Arc<Inner>,
+    user: &str,
+    provider_name: &str,
+) -> Result<bool, FlowError> {
     let Some(provider) = inner
         .config
         .providers
@@ -143,7 +180,7 @@ async fn push_stored(inner: &Inner, user: &str, provider_name: &str) -> Result<b
     let Some(record) = inner.store.credential(user, provider_name).await? else {
         return Ok(false);
     };
-    if !record.push_pending() {
+    if !record.push_pending() || record.envelope.scheme != Scheme::HostAes256Gcm {
         return Ok(false);
     }
     let ctx = RecordContext {
@@ -157,7 +194,7 @@ async fn push_stored(inner: &Inner, user: &str, provider_name: &str) -> Result<b
 }
 
 /// Pushes every stored credential whose latest version has not reached its CLI VM.
-pub(crate) async fn push_pending(inner: &Inner) -> Result<usize, LoginError> {
+pub(crate) async fn push_pending(inner: &Arc<Inner>) -> Result<usize, LoginError> {
     let mut pushed = 0;
     for record in inner.store.credentials_pending_push().await? {
         match push_stored(inner, &record.user_id, &record.provider).await {

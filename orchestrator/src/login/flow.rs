@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::creds::{CredsScope, CredsWatchRequest};
+use protocol::creds::{CapturedCredential, CredsScope, CredsWatchRequest, SealTo, SealedCapture};
 use protocol::messages::{ConfigureRequest, WriteFileRequest};
 use protocol::pty::{Pty, PtyEvent, PtyRequest, PtySpawn};
 use tokio::task::JoinHandle;
@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::deliver::{push, retry_later, store_sealed};
 use super::events::LoginEventKind;
 use super::state::SessionState;
-use super::{forget_later, Inner, LoginError, Session};
+use super::{forget_later, Inner, LoginError, Sealing, Session};
 use crate::client::{AgentClient, ClientError, StreamCall, StreamItem};
 use crate::egress::{AllowList, EgressBinding, EgressVm};
 use crate::store::{AuditEvent, StoreError};
@@ -323,10 +323,31 @@ async fn run(
         home: Some(home.clone()),
         ..Default::default()
     };
+    // In the user-sealed mode the browser VM seals the capture to the user's key: the host never
+    // holds the file.
+    let seal_to = match inner.config.sealing {
+        Sealing::Host => None,
+        Sealing::User => {
+            let recipient = super::chain::user_key(inner, user)
+                .await?
+                .ok_or_else(|| FlowError::Login(LoginError::NoUserKey.to_string()))?;
+            let current = inner
+                .store
+                .credential(user, &provider.name)
+                .await?
+                .map_or(0, |c| c.version);
+            Some(SealTo {
+                recipient,
+                user: user.to_owned(),
+                first_version: current + 1,
+            })
+        }
+    };
     let mut watch = client
         .creds_watch(&CredsWatchRequest {
             scope,
             include_existing: false,
+            seal_to: seal_to.clone(),
         })
         .await?;
     // The login runs in the home (claude's trust seed names it); the agent adds the mode's
@@ -369,7 +390,7 @@ async fn run(
                 Some(_) => {}
                 None => exited = Some((-1, tokio::time::Instant::now())),
             },
-            capture = watch.next_capture() => match capture? {
+            capture = next_capture(&mut watch, seal_to.is_some()) => match capture? {
                 Some(c) => break c,
                 None => return Err(FlowError::Login("the agent ended the credential watch".into())),
             },
@@ -393,8 +414,30 @@ async fn run(
     }
     set_state(inner, session, SessionState::Authenticating).await?;
     // The agent reports only complete, valid files of the provider's shape.
+    let captured = match captured {
+        Captured::Plain(c) => c,
+        Captured::Sealed(c) => {
+            let Some(to) = &seal_to else {
+                return Err(FlowError::Login("internal: a sealed capture unasked".into()));
+            };
+            if c.provider != provider.name || c.version != to.first_version {
+                return Err(FlowError::Login(format!(
+                    "the browser VM sent a capture of {} version {} for {} version {}",
+                    c.provider, c.version, provider.name, to.first_version
+                )));
+            }
+            let version = super::handover::store_capture(inner, user, &to.recipient, &c).await?;
+            progress(session, "captured", format!("version {version}, sealed to the user"));
+            progress(
+                session,
+                "push_pending",
+                "sealed to the user's key: the user's page delivers it to the CLI VM".into(),
+            );
+            return Ok(());
+        }
+    };
     let plaintext = CredentialPlaintext::new(captured.content);
-    let version = store_sealed(inner, user, &provider.name, &plaintext).await?;
+    let version = store_sealed(inner, user, provider, &plaintext, None).await?;
     progress(session, "captured", format!("version {version}"));
     match push(inner, user, provider, version, &plaintext).await {
         Ok(()) => progress(session, "pushed", format!("version {version}")),
@@ -417,6 +460,23 @@ async fn run(
         }
     }
     Ok(())
+}
+
+/// A capture, plain or sealed in the VM, as the watch was asked for.
+enum Captured {
+    Plain(CapturedCredential),
+    Sealed(SealedCapture),
+}
+
+async fn next_capture(
+    watch: &mut crate::creds::CredsWatchCall,
+    sealed: bool,
+) -> Result<Option<Captured>, ClientError> {
+    Ok(if sealed {
+        watch.next_sealed().await?.map(Captured::Sealed)
+    } else {
+        watch.next_capture().await?.map(Captured::Plain)
+    })
 }
 
 fn res_browser(res: &mut Resources) -> Result<&mut Browser, FlowError> {

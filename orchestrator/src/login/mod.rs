@@ -14,14 +14,17 @@
 //! start returns the first session's id.
 
 mod account;
+mod chain;
 mod deliver;
 mod events;
 mod flow;
+mod handover;
 mod provider;
 mod state;
 
 pub use account::{CliAgent, LinkedAccount, Recovered, Revoked, SessionInfo, RESTART_REASON};
 pub use events::{EventStream, LoginEvent, LoginEventKind};
+pub use handover::{Delivery, PendingDelivery};
 pub use provider::{LoginMode, ProviderLogin, ProviderRulesError, SeedFile, UrlKind};
 pub use state::{SessionState, UnknownState};
 
@@ -65,6 +68,21 @@ pub struct LoginConfig {
     pub push_retries: u32,
     /// How long a finished session's events stay available to subscribers.
     pub retain_finished: Duration,
+    /// Who can open stored credentials: the host's vault, or only the user.
+    pub sealing: Sealing,
+}
+
+/// Who can open a stored credential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sealing {
+    /// The host's vault seals and opens it (AES-256-GCM under a configured, rotating key), and
+    /// the host pushes it into the CLI VM by itself.
+    #[default]
+    Host,
+    /// The browser VM seals it to the user's public key (HPKE); the host stores and relays what
+    /// it cannot open, and the user's page re-seals it to the CLI VM ([`LoginService::deliver`]).
+    User,
 }
 
 impl Default for LoginConfig {
@@ -80,6 +98,7 @@ impl Default for LoginConfig {
             push_retry_delay: Duration::from_secs(2),
             push_retries: 5,
             retain_finished: Duration::from_secs(600),
+            sealing: Sealing::Host,
         }
     }
 }
@@ -144,6 +163,13 @@ pub enum LoginError {
     /// The vault could not seal or open a record.
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),
+    /// A delivery or push was refused: a stale version, a CLI VM that changed, a token chain
+    /// another VM holds, or an envelope the VM's agent could not open. Nothing was written.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The user-sealed mode needs the user's public key before a login.
+    #[error("no public key is registered for this user: the page makes one")]
+    NoUserKey,
     /// The session has no desktop to watch (its browser VM is not up, or is gone).
     #[error("session {0} has no desktop now")]
     NoDesktop(String),
@@ -223,6 +249,8 @@ pub(crate) struct Inner {
     /// The CLI VMs' egress, served as long as the service runs: by user, the VM id and its binding.
     pub(crate) cli_egress: Mutex<HashMap<String, (String, EgressBinding)>>,
     pub(crate) config: LoginConfig,
+    /// Refresh watches on the CLI VMs (see [`chain`]).
+    pub(crate) followers: chain::Followers,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
 
@@ -269,6 +297,7 @@ impl LoginService {
                 gateway,
                 cli_egress: Mutex::new(HashMap::new()),
                 config,
+                followers: chain::Followers::default(),
                 sessions: Mutex::new(HashMap::new()),
             }),
         }
@@ -307,6 +336,9 @@ impl LoginService {
             .provider(provider)
             .cloned()
             .ok_or_else(|| LoginError::UnknownProvider(provider.to_owned()))?;
+        if self.inner.config.sealing == Sealing::User && self.user_key(user).await?.is_none() {
+            return Err(LoginError::NoUserKey);
+        }
         let mode = recipe
             .mode(mode)
             .cloned()

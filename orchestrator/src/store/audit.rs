@@ -35,6 +35,24 @@ pub enum AuditEvent {
         /// Record version.
         version: i64,
     },
+    /// The user's CLI VM refreshed a credential; its new file is stored as the next version.
+    CredentialRefreshed {
+        /// Provider.
+        provider: String,
+        /// Record version stored.
+        version: i64,
+        /// The CLI VM it came from.
+        vm_id: String,
+    },
+    /// A credential was moved from a retired host key to the active one.
+    CredentialResealed {
+        /// Provider.
+        provider: String,
+        /// Record version.
+        version: i64,
+        /// The key it is sealed with now.
+        key_id: String,
+    },
     /// Pushing a credential failed; it stays stored and the push is retried.
     CredentialPushFailed {
         /// Provider.
@@ -107,6 +125,24 @@ impl AuditEvent {
                 "credential_pushed",
                 provider.clone(),
                 format!("version={version}"),
+            ),
+            AuditEvent::CredentialRefreshed {
+                provider,
+                version,
+                vm_id,
+            } => (
+                "credential_refreshed",
+                provider.clone(),
+                format!("version={version} vm={vm_id}"),
+            ),
+            AuditEvent::CredentialResealed {
+                provider,
+                version,
+                key_id,
+            } => (
+                "credential_resealed",
+                provider.clone(),
+                format!("version={version} key={key_id}"),
             ),
             AuditEvent::CredentialPushFailed {
                 provider,

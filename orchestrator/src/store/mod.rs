@@ -19,7 +19,7 @@ pub(crate) mod testing;
 mod vms;
 
 pub use audit::{AuditEntry, AuditEvent};
-pub use credentials::StoredCredential;
+pub use credentials::{NewVersion, StoredCredential};
 pub use egress::PortMove;
 pub use sessions::{NewSession, SessionInsert, SessionRow};
 pub use vms::VmRow;
@@ -155,13 +155,19 @@ impl Store {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        include_str!("migrations/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    let step = |version, name: &str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.to_owned().into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        step(1, "init", include_str!("migrations/0001_init.sql")),
+        step(2, "sealed", include_str!("migrations/0002_sealed.sql")),
+    ])
 }
 
 /// Milliseconds since the Unix epoch.

@@ -3,6 +3,20 @@ use super::*;
 use crate::vault::{Envelope, KeyId, Scheme};
 use crate::vm::VmKind;
 
+static NO_META: protocol::creds::CredentialMeta = protocol::creds::CredentialMeta {
+    expires_at_ms: None,
+    scopes: Vec::new(),
+};
+
+fn new(version: i64, envelope: &Envelope) -> NewVersion<'_> {
+    NewVersion {
+        version,
+        envelope,
+        meta: &NO_META,
+        from_vm: None,
+    }
+}
+
 fn envelope(byte: u8) -> Envelope {
     Envelope {
         scheme: Scheme::HostAes256Gcm,
@@ -22,20 +36,20 @@ async fn credentials_keep_versions_in_order_and_track_pushes() {
             "{b}"
         );
         assert!(
-            s.put_credential("alice", "codex", 1, &envelope(1))
+            s.put_credential("alice", "codex", new(1, &envelope(1)))
                 .await
                 .expect("put"),
             "{b}"
         );
         // A stale writer (also writing version 1) loses and writes nothing.
         assert!(
-            !s.put_credential("alice", "codex", 1, &envelope(9))
+            !s.put_credential("alice", "codex", new(1, &envelope(9)))
                 .await
                 .expect("put"),
             "{b}"
         );
         assert!(
-            !s.put_credential("alice", "codex", 3, &envelope(9))
+            !s.put_credential("alice", "codex", new(3, &envelope(9)))
                 .await
                 .expect("put"),
             "{b}"
@@ -52,7 +66,7 @@ async fn credentials_keep_versions_in_order_and_track_pushes() {
             1,
             "{b}"
         );
-        s.mark_credential_pushed("alice", "codex", 1)
+        s.mark_credential_pushed("alice", "codex", 1, "cli-1")
             .await
             .expect("pushed");
         assert!(
@@ -63,7 +77,7 @@ async fn credentials_keep_versions_in_order_and_track_pushes() {
             "{b}"
         );
         assert!(
-            s.put_credential("alice", "codex", 2, &envelope(2))
+            s.put_credential("alice", "codex", new(2, &envelope(2)))
                 .await
                 .expect("put v2"),
             "{b}"
@@ -308,4 +322,47 @@ async fn a_bad_postgres_url_is_a_config_error_without_the_password() {
     let err = Store::open(&config, "h").await.expect_err("bad url");
     assert!(matches!(err, StoreError::Config(_)), "{err:?}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn refreshes_from_a_vm_keep_metadata_and_holder_and_user_keys_persist() {
+    for t in both("host-a").await {
+        let s = &t.store;
+        let b = s.backend_name();
+        let meta = protocol::creds::CredentialMeta {
+            expires_at_ms: Some(1_900_000_000_000),
+            scopes: vec!["user:inference".into(), "user:profile".into()],
+        };
+        let e1 = envelope(1);
+        assert!(s.put_credential("bob", "claude_code", new(1, &e1)).await.expect("v1"), "{b}");
+        let e2 = envelope(2);
+        let refreshed = NewVersion {
+            version: 2,
+            envelope: &e2,
+            meta: &meta,
+            from_vm: Some("cli-bob"),
+        };
+        assert!(s.put_credential("bob", "claude_code", refreshed).await.expect("v2"), "{b}");
+        // Replaying version 2 (or going back to 1) is refused.
+        assert!(!s.put_credential("bob", "claude_code", refreshed).await.expect("v2 again"), "{b}");
+        assert!(!s.put_credential("bob", "claude_code", new(1, &e1)).await.expect("v1 again"), "{b}");
+        let got = s.credential("bob", "claude_code").await.expect("get").expect("present");
+        assert_eq!(got.version, 2, "{b}");
+        assert_eq!(got.meta, meta, "{b}");
+        assert_eq!(got.holder_vm.as_deref(), Some("cli-bob"), "{b}");
+        assert!(!got.push_pending(), "a refresh is the VM's own version already ({b})");
+
+        // A record starts at version 1: a refresh arriving after a revoke does not recreate it.
+        assert!(!s.put_credential("carol", "codex", new(3, &e1)).await.expect("v3"), "{b}");
+        assert!(s.credential("carol", "codex").await.expect("get").is_none(), "{b}");
+
+        let active = KeyId::new("k2").expect("id");
+        assert_eq!(s.credentials_not_under(&active).await.expect("list").len(), 1, "{b}");
+        assert!(s.credentials_not_under(&KeyId::new("k1").expect("id")).await.expect("list").is_empty(), "{b}");
+
+        assert_eq!(s.user_key("bob").await.expect("key"), None, "{b}");
+        s.set_user_key("bob", "BASE64-A").await.expect("set");
+        s.set_user_key("bob", "BASE64-B").await.expect("replace");
+        assert_eq!(s.user_key("bob").await.expect("key").as_deref(), Some("BASE64-B"), "{b}");
+    }
 }

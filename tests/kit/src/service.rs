@@ -99,6 +99,7 @@ pub fn file_config(db: &Path, job_env: &[(&str, &str)]) -> FileConfig {
         pool_size: 0,
         login_minutes: 5,
         hello_timeout_s: 120,
+        sealing: Default::default(),
         job_env: job_env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -22,9 +22,11 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use protocol::body::ChannelBody;
 use protocol::creds::{
-    CapturedCredential, CredsEvent, CredsPutRequest, CredsPutResponse, CredsScope, CredsWatch,
-    CredsWipeResponse, WrittenFile,
+    CapturedCredential, CredentialFile as PutFile, CredsEvent, CredsKeyResponse,
+    CredsPutRequest, CredsPutResponse, CredsPutSealedRequest, CredsScope, CredsWatch,
+    CredsWipeResponse, SealTo, SealedCapture, WrittenFile,
 };
+use protocol::sealed::{self, SealContext};
 use protocol::frame::DEFAULT_MAX_FRAME;
 use protocol::{ErrorBody, ErrorCode};
 use tokio::sync::mpsc;
@@ -186,6 +188,69 @@ fn put_blocking(
     Ok(CredsPutResponse { written })
 }
 
+/// Serves `creds_key`.
+pub async fn key(agent: Arc<Agent>) -> Result<CredsKeyResponse, ErrorBody> {
+    let key = agent
+        .seal_key()
+        .ok_or_else(|| ErrorBody::new(ErrorCode::Internal, "this agent has no sealing key"))?;
+    Ok(CredsKeyResponse {
+        public_key: key.public().clone(),
+    })
+}
+
+/// Serves `creds_put_sealed`: opens the envelope with this VM's key for exactly the request's
+/// user, provider and version, refuses a version older than one already written, then writes as
+/// `creds_put` does.
+pub async fn put_sealed(
+    agent: Arc<Agent>,
+    request: CredsPutSealedRequest,
+) -> Result<CredsPutResponse, ErrorBody> {
+    let key = agent
+        .seal_key()
+        .ok_or_else(|| ErrorBody::new(ErrorCode::Internal, "this agent has no sealing key"))?;
+    if request.version < 1 || request.user.is_empty() {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "a sealed credential needs a user and a version of at least 1",
+        ));
+    }
+    let resolved = resolve(&agent, &request.scope)?;
+    let ctx = SealContext {
+        user: &request.user,
+        provider: &resolved.provider,
+        version: request.version,
+    };
+    let plaintext = key.open(&ctx, &request.sealed).map_err(|e| {
+        let code = match e {
+            sealed::SealError::TooLarge(_) => ErrorCode::TooLarge,
+            sealed::SealError::Authentication => ErrorCode::Forbidden,
+            _ => ErrorCode::BadRequest,
+        };
+        ErrorBody::new(code, e.to_string())
+    })?;
+    if let Err(later) =
+        agent.claim_sealed_version(&resolved.home, &resolved.provider, request.version)
+    {
+        return Err(ErrorBody::new(
+            ErrorCode::Forbidden,
+            format!(
+                "version {} of {} is older than version {later}, already written here",
+                request.version, resolved.provider
+            ),
+        ));
+    }
+    let put = CredsPutRequest {
+        scope: request.scope,
+        files: vec![PutFile {
+            path: request.path,
+            content: plaintext.to_vec(),
+        }],
+    };
+    tokio::task::spawn_blocking(move || put_blocking(&resolved, put))
+        .await
+        .map_err(blocking_failed)?
+}
+
 /// `~/x` and `x` are relative to the home; absolute paths stay as given (and must still be under
 /// it).
 fn under_home(home: &Path, path: &str) -> PathBuf {
@@ -243,6 +308,11 @@ pub async fn serve_watch(agent: Arc<Agent>, req: Request<Incoming>) -> Response<
         Err(e) => return error(&ErrorBody::new(ErrorCode::Io, e.to_string())),
     };
     let (tx, body) = ChannelBody::channel(CAPTURE_DEPTH);
+    let mut sealer = request.seal_to.map(|to| Sealer {
+        next_version: to.first_version,
+        to,
+        rules: resolved.files.clone(),
+    });
     let provider = resolved.provider;
     tokio::spawn(async move {
         let _watching = watching;
@@ -257,13 +327,22 @@ pub async fn serve_watch(agent: Arc<Agent>, req: Request<Incoming>) -> Response<
             tokio::select! {
                 capture = captures.recv() => {
                     let Some(c) = capture else { return };
-                    let event = CredsEvent::Captured(CapturedCredential {
-                        provider: provider.clone(),
-                        path: c.path.display().to_string(),
-                        content: c.content.0,
-                        sha256: c.sha256,
-                        mtime_ms: c.mtime_ms,
-                    });
+                    let event = match &mut sealer {
+                        None => CredsEvent::Captured(CapturedCredential {
+                            provider: provider.clone(),
+                            path: c.path.display().to_string(),
+                            content: c.content.0,
+                            sha256: c.sha256,
+                            mtime_ms: c.mtime_ms,
+                        }),
+                        Some(sealer) => match sealer.seal(&provider, c) {
+                            Ok(event) => event,
+                            Err(e) => {
+                                tracing::error!(%provider, error = %e, "sealing a capture failed; the watch ends");
+                                return;
+                            }
+                        },
+                    };
                     if tx.send_message(&event).await.is_err() {
                         return;
                     }
@@ -279,4 +358,45 @@ pub async fn serve_watch(agent: Arc<Agent>, req: Request<Incoming>) -> Response<
         .status(StatusCode::OK)
         .body(body.boxed())
         .unwrap_or_else(|_| error(&ErrorBody::new(ErrorCode::Internal, "response")))
+}
+
+/// Seals a watch's captures to the user's key, each with the next version.
+struct Sealer {
+    to: SealTo,
+    next_version: i64,
+    rules: Vec<CredentialFile>,
+}
+
+impl Sealer {
+    fn seal(
+        &mut self,
+        provider: &str,
+        capture: watch::Capture,
+    ) -> Result<CredsEvent, sealed::SealError> {
+        let version = self.next_version;
+        let sealed = sealed::seal(
+            &self.to.recipient,
+            &SealContext {
+                user: &self.to.user,
+                provider,
+                version,
+            },
+            &capture.content.0,
+        )?;
+        self.next_version += 1;
+        let meta = self
+            .rules
+            .iter()
+            .find(|r| r.path == capture.path)
+            .map(|r| r.meta(&capture.content.0))
+            .unwrap_or_default();
+        Ok(CredsEvent::Sealed(SealedCapture {
+            provider: provider.to_owned(),
+            path: capture.path.display().to_string(),
+            version,
+            sealed,
+            meta,
+            mtime_ms: capture.mtime_ms,
+        }))
+    }
 }

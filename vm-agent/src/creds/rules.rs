@@ -14,6 +14,21 @@ pub struct CredentialFile {
     /// The file is complete when, for at least one of these alternatives, every JSON pointer in it
     /// names a non-empty string (or a non-null, non-string value).
     pub required_any_of: Vec<Vec<String>>,
+    /// The rule it was resolved from (where expiry and scopes are written).
+    pub spec: protocol::providers::CredentialFile,
+}
+
+impl CredentialFile {
+    /// What the file says of itself that the host may know: expiry and scopes.
+    pub fn meta(&self, content: &[u8]) -> protocol::creds::CredentialMeta {
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(content) else {
+            return protocol::creds::CredentialMeta::default();
+        };
+        protocol::creds::CredentialMeta {
+            expires_at_ms: self.spec.expiry_ms(&json),
+            scopes: self.spec.granted_scopes(&json),
+        }
+    }
 }
 
 /// The credential files of `provider` for a user whose home is `home`, honouring the provider's
@@ -33,6 +48,7 @@ pub fn credential_rules(
             .map(|c| CredentialFile {
                 path: c.resolve(home, |name| env.get(name).cloned()),
                 required_any_of: c.required_any_of.clone(),
+                spec: c.clone(),
             })
             .collect(),
     )

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::{Method as HttpMethod, Request, Response};
 use hyper::body::Incoming;
-use protocol::creds::{CredsPut, CredsWatch, CredsWipe};
+use protocol::creds::{CredsKey, CredsPut, CredsPutSealed, CredsWatch, CredsWipe};
 use protocol::messages::{
     Configure, ConfigureResponse, Exec, GetHello, Health, HealthResponse, ReadFile, Stats,
     StatsResponse, WriteFile,
@@ -81,6 +81,12 @@ pub async fn route(
         n if n == CredsWatch::NAME => creds::serve_watch(agent.clone(), req).await,
         n if n == CredsPut::NAME => {
             unary::<CredsPut, _, _>(req, |r| creds::put(agent.clone(), r)).await
+        }
+        n if n == CredsPutSealed::NAME => {
+            unary::<CredsPutSealed, _, _>(req, |r| creds::put_sealed(agent.clone(), r)).await
+        }
+        n if n == CredsKey::NAME => {
+            unary::<CredsKey, _, _>(req, |_| creds::key(agent.clone())).await
         }
         n if n == CredsWipe::NAME => {
             unary::<CredsWipe, _, _>(req, |r| creds::wipe(agent.clone(), r)).await

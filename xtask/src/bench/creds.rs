@@ -82,6 +82,7 @@ async fn measure(agent_bin: &Path) -> Result<()> {
         .creds_watch(&CredsWatchRequest {
             scope: scope.clone(),
             include_existing: false,
+            seal_to: None,
         })
         .await?;
     let cred_dir = home.join(".claude");
