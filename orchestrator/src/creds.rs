@@ -105,5 +105,7 @@ fn unexpected(event: &CredsEvent) -> ClientError {
         CredsEvent::Captured(_) => "a plain capture",
         CredsEvent::Sealed(_) => "a sealed capture",
     };
-    ClientError::Decode(format!("the credential watch sent {kind}, not what it was asked for"))
+    ClientError::Decode(format!(
+        "the credential watch sent {kind}, not what it was asked for"
+    ))
 }

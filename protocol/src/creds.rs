@@ -243,8 +243,9 @@ pub struct CredsPutSealedRequest {
     pub scope: CredsScope,
     /// Where to write it (as [`CredentialFile::path`]).
     pub path: String,
-    /// The user the credential belongs to, as bound into the envelope.
-    pub user: String,
+    /// The user the credential belongs to, as bound into the envelope (named apart from the
+    /// scope's guest `user`).
+    pub owner: String,
     /// The version, as bound into the envelope.
     pub version: i64,
     /// The file's bytes, sealed to this VM's key.

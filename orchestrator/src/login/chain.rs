@@ -178,7 +178,10 @@ pub(super) async fn user_key(inner: &Inner, user: &str) -> Result<Option<PublicK
 }
 
 /// The store's record of an envelope sealed in a VM to the user's key.
-pub(super) fn user_envelope(key: &PublicKey, capture: &SealedCapture) -> Result<Envelope, FlowError> {
+pub(super) fn user_envelope(
+    key: &PublicKey,
+    capture: &SealedCapture,
+) -> Result<Envelope, FlowError> {
     let key_id = KeyId::new(&format!("user-{}", key.fingerprint()))
         .map_err(|e| FlowError::Login(e.to_string()))?;
     Ok(Envelope {

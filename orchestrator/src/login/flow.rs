@@ -418,7 +418,9 @@ async fn run(
         Captured::Plain(c) => c,
         Captured::Sealed(c) => {
             let Some(to) = &seal_to else {
-                return Err(FlowError::Login("internal: a sealed capture unasked".into()));
+                return Err(FlowError::Login(
+                    "internal: a sealed capture unasked".into(),
+                ));
             };
             if c.provider != provider.name || c.version != to.first_version {
                 return Err(FlowError::Login(format!(
@@ -427,7 +429,11 @@ async fn run(
                 )));
             }
             let version = super::handover::store_capture(inner, user, &to.recipient, &c).await?;
-            progress(session, "captured", format!("version {version}, sealed to the user"));
+            progress(
+                session,
+                "captured",
+                format!("version {version}, sealed to the user"),
+            );
             progress(
                 session,
                 "push_pending",

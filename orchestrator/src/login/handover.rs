@@ -179,7 +179,7 @@ impl LoginService {
                     ..Default::default()
                 },
                 path: recipe.credential_file.clone(),
-                user: user.to_owned(),
+                owner: user.to_owned(),
                 version: delivery.version,
                 sealed: delivery.sealed.clone(),
             })

@@ -85,10 +85,10 @@ impl Store {
     ) -> Result<Option<StoredCredential>, StoreError> {
         let row: Option<Row> = with_pool!(self, |pool| {
             sqlx::query_as(select!("WHERE user_id = $1 AND provider = $2"))
-            .bind(user)
-            .bind(provider)
-            .fetch_optional(pool)
-            .await?
+                .bind(user)
+                .bind(provider)
+                .fetch_optional(pool)
+                .await?
         });
         row.map(decode).transpose()
     }
@@ -214,10 +214,10 @@ impl Store {
             sqlx::query_as(select!(
                 "WHERE scheme = $1 AND key_id <> $2 ORDER BY captured_at_ms"
             ))
-                .bind(Scheme::HostAes256Gcm.as_str())
-                .bind(active.as_str())
-                .fetch_all(pool)
-                .await?
+            .bind(Scheme::HostAes256Gcm.as_str())
+            .bind(active.as_str())
+            .fetch_all(pool)
+            .await?
         });
         rows.into_iter().map(decode).collect()
     }

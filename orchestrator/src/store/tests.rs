@@ -334,7 +334,12 @@ async fn refreshes_from_a_vm_keep_metadata_and_holder_and_user_keys_persist() {
             scopes: vec!["user:inference".into(), "user:profile".into()],
         };
         let e1 = envelope(1);
-        assert!(s.put_credential("bob", "claude_code", new(1, &e1)).await.expect("v1"), "{b}");
+        assert!(
+            s.put_credential("bob", "claude_code", new(1, &e1))
+                .await
+                .expect("v1"),
+            "{b}"
+        );
         let e2 = envelope(2);
         let refreshed = NewVersion {
             version: 2,
@@ -342,27 +347,71 @@ async fn refreshes_from_a_vm_keep_metadata_and_holder_and_user_keys_persist() {
             meta: &meta,
             from_vm: Some("cli-bob"),
         };
-        assert!(s.put_credential("bob", "claude_code", refreshed).await.expect("v2"), "{b}");
+        assert!(
+            s.put_credential("bob", "claude_code", refreshed)
+                .await
+                .expect("v2"),
+            "{b}"
+        );
         // Replaying version 2 (or going back to 1) is refused.
-        assert!(!s.put_credential("bob", "claude_code", refreshed).await.expect("v2 again"), "{b}");
-        assert!(!s.put_credential("bob", "claude_code", new(1, &e1)).await.expect("v1 again"), "{b}");
-        let got = s.credential("bob", "claude_code").await.expect("get").expect("present");
+        assert!(
+            !s.put_credential("bob", "claude_code", refreshed)
+                .await
+                .expect("v2 again"),
+            "{b}"
+        );
+        assert!(
+            !s.put_credential("bob", "claude_code", new(1, &e1))
+                .await
+                .expect("v1 again"),
+            "{b}"
+        );
+        let got = s
+            .credential("bob", "claude_code")
+            .await
+            .expect("get")
+            .expect("present");
         assert_eq!(got.version, 2, "{b}");
         assert_eq!(got.meta, meta, "{b}");
         assert_eq!(got.holder_vm.as_deref(), Some("cli-bob"), "{b}");
-        assert!(!got.push_pending(), "a refresh is the VM's own version already ({b})");
+        assert!(
+            !got.push_pending(),
+            "a refresh is the VM's own version already ({b})"
+        );
 
         // A record starts at version 1: a refresh arriving after a revoke does not recreate it.
-        assert!(!s.put_credential("carol", "codex", new(3, &e1)).await.expect("v3"), "{b}");
-        assert!(s.credential("carol", "codex").await.expect("get").is_none(), "{b}");
+        assert!(
+            !s.put_credential("carol", "codex", new(3, &e1))
+                .await
+                .expect("v3"),
+            "{b}"
+        );
+        assert!(
+            s.credential("carol", "codex").await.expect("get").is_none(),
+            "{b}"
+        );
 
         let active = KeyId::new("k2").expect("id");
-        assert_eq!(s.credentials_not_under(&active).await.expect("list").len(), 1, "{b}");
-        assert!(s.credentials_not_under(&KeyId::new("k1").expect("id")).await.expect("list").is_empty(), "{b}");
+        assert_eq!(
+            s.credentials_not_under(&active).await.expect("list").len(),
+            1,
+            "{b}"
+        );
+        assert!(
+            s.credentials_not_under(&KeyId::new("k1").expect("id"))
+                .await
+                .expect("list")
+                .is_empty(),
+            "{b}"
+        );
 
         assert_eq!(s.user_key("bob").await.expect("key"), None, "{b}");
         s.set_user_key("bob", "BASE64-A").await.expect("set");
         s.set_user_key("bob", "BASE64-B").await.expect("replace");
-        assert_eq!(s.user_key("bob").await.expect("key").as_deref(), Some("BASE64-B"), "{b}");
+        assert_eq!(
+            s.user_key("bob").await.expect("key").as_deref(),
+            Some("BASE64-B"),
+            "{b}"
+        );
     }
 }

@@ -35,7 +35,10 @@ impl rand_core::CryptoRng for Fixed {}
 #[test]
 fn rfc9180_p256_vector_derives_encapsulates_and_opens() {
     let v: serde_json::Value = serde_json::from_str(VECTOR).expect("vector");
-    assert_eq!((v["kem_id"].as_u64(), v["kdf_id"].as_u64()), (Some(16), Some(1)));
+    assert_eq!(
+        (v["kem_id"].as_u64(), v["kdf_id"].as_u64()),
+        (Some(16), Some(1))
+    );
     let recipient = KeyPair::derive(&field(&v, "ikmR"));
     assert_eq!(recipient.public().as_bytes(), field(&v, "pkRm"));
     assert_eq!(recipient.private.to_bytes().to_vec(), field(&v, "skRm"));
@@ -87,7 +90,9 @@ fn opens_only_for_its_key_user_provider_and_version() {
     let sealed = seal(user.public(), &ctx("alice", "codex", 2), TOKEN).expect("seal");
     assert_eq!(sealed.suite, SUITE);
     assert_eq!(
-        user.open(&ctx("alice", "codex", 2), &sealed).expect("open").as_slice(),
+        user.open(&ctx("alice", "codex", 2), &sealed)
+            .expect("open")
+            .as_slice(),
         TOKEN
     );
     for wrong in [
@@ -96,7 +101,11 @@ fn opens_only_for_its_key_user_provider_and_version() {
         ctx("alice", "codex", 1),
         ctx("alicec", "odex", 2),
     ] {
-        assert_eq!(user.open(&wrong, &sealed), Err(SealError::Authentication), "{wrong:?}");
+        assert_eq!(
+            user.open(&wrong, &sealed),
+            Err(SealError::Authentication),
+            "{wrong:?}"
+        );
     }
     let other = KeyPair::generate().expect("key");
     assert_eq!(
@@ -117,19 +126,32 @@ fn truncated_tampered_or_foreign_envelopes_are_refused() {
 
     let mut truncated = sealed.clone();
     truncated.ciphertext.truncate(10);
-    assert!(matches!(user.open(&c, &truncated), Err(SealError::Malformed(_))));
+    assert!(matches!(
+        user.open(&c, &truncated),
+        Err(SealError::Malformed(_))
+    ));
 
     let mut short_enc = sealed.clone();
     short_enc.enc.truncate(64);
-    assert!(matches!(user.open(&c, &short_enc), Err(SealError::Malformed(_))));
+    assert!(matches!(
+        user.open(&c, &short_enc),
+        Err(SealError::Malformed(_))
+    ));
 
     let mut swapped = sealed.clone();
-    swapped.enc = KeyPair::generate().expect("key").public().as_bytes().to_vec();
+    swapped.enc = KeyPair::generate()
+        .expect("key")
+        .public()
+        .as_bytes()
+        .to_vec();
     assert_eq!(user.open(&c, &swapped), Err(SealError::Authentication));
 
     let mut suite = sealed;
     suite.suite = "hpke-base-x25519".into();
-    assert!(matches!(user.open(&c, &suite), Err(SealError::UnknownSuite(_))));
+    assert!(matches!(
+        user.open(&c, &suite),
+        Err(SealError::UnknownSuite(_))
+    ));
 }
 
 #[test]
@@ -139,9 +161,18 @@ fn public_keys_are_checked_points() {
     assert_eq!(PublicKey::from_base64(&text).expect("parse"), *key.public());
     let mut off_curve = key.public().as_bytes().to_vec();
     off_curve[40] ^= 1;
-    assert_eq!(PublicKey::from_bytes(&off_curve), Err(SealError::BadPublicKey));
-    assert_eq!(PublicKey::from_bytes(&[4; 33]), Err(SealError::BadPublicKey));
-    assert_eq!(PublicKey::from_base64("not base64!"), Err(SealError::BadPublicKey));
+    assert_eq!(
+        PublicKey::from_bytes(&off_curve),
+        Err(SealError::BadPublicKey)
+    );
+    assert_eq!(
+        PublicKey::from_bytes(&[4; 33]),
+        Err(SealError::BadPublicKey)
+    );
+    assert_eq!(
+        PublicKey::from_base64("not base64!"),
+        Err(SealError::BadPublicKey)
+    );
     assert!(serde_json::from_str::<PublicKey>("\"AAAA\"").is_err());
     assert_eq!(key.public().fingerprint().len(), 16);
 }

@@ -32,6 +32,7 @@ pub mod postgres;
 pub mod provider_check;
 pub mod provider_clis;
 pub mod service;
+pub mod tap;
 pub mod vm;
 
 pub use agent::{process_alive, stop_agent, workspace_bin, AgentProcess};

@@ -226,6 +226,11 @@ impl Client {
         Self::send(self.request(reqwest::Method::POST, path).json(&body)).await
     }
 
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<Reply> {
+        Self::send(self.request(reqwest::Method::PUT, path).json(&body)).await
+    }
+
     /// `POST path` with raw bytes.
     pub async fn post_raw(&self, path: &str, body: &'static str) -> anyhow::Result<Reply> {
         Self::send(

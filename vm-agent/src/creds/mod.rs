@@ -22,12 +22,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use protocol::body::ChannelBody;
 use protocol::creds::{
-    CapturedCredential, CredentialFile as PutFile, CredsEvent, CredsKeyResponse,
-    CredsPutRequest, CredsPutResponse, CredsPutSealedRequest, CredsScope, CredsWatch,
-    CredsWipeResponse, SealTo, SealedCapture, WrittenFile,
+    CapturedCredential, CredentialFile as PutFile, CredsEvent, CredsKeyResponse, CredsPutRequest,
+    CredsPutResponse, CredsPutSealedRequest, CredsScope, CredsWatch, CredsWipeResponse, SealTo,
+    SealedCapture, WrittenFile,
 };
-use protocol::sealed::{self, SealContext};
 use protocol::frame::DEFAULT_MAX_FRAME;
+use protocol::sealed::{self, SealContext};
 use protocol::{ErrorBody, ErrorCode};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -208,7 +208,7 @@ pub async fn put_sealed(
     let key = agent
         .seal_key()
         .ok_or_else(|| ErrorBody::new(ErrorCode::Internal, "this agent has no sealing key"))?;
-    if request.version < 1 || request.user.is_empty() {
+    if request.version < 1 || request.owner.is_empty() {
         return Err(ErrorBody::new(
             ErrorCode::BadRequest,
             "a sealed credential needs a user and a version of at least 1",
@@ -216,7 +216,7 @@ pub async fn put_sealed(
     }
     let resolved = resolve(&agent, &request.scope)?;
     let ctx = SealContext {
-        user: &request.user,
+        user: &request.owner,
         provider: &resolved.provider,
         version: request.version,
     };
