@@ -378,18 +378,20 @@ async fn run(state: Arc<AppState>, job: Arc<Job>, argv: Vec<String>, timeout: Du
         tokio::time::sleep(timeout).await;
     };
     // Dropping `work` drops the exec call: the agent kills the process group.
-    tokio::select! {
+    let (state_now, code, reason) = tokio::select! {
         r = work => match r {
-            Ok(Some(code)) => job.set(JobState::Exited, Some(code), None),
-            Ok(None) => fail(&job, "the CLI VM ended the job without an exit status".into()),
-            Err(e) => fail(&job, format!("the job failed in the CLI VM: {e}")),
+            Ok(Some(code)) => (JobState::Exited, Some(code), None),
+            Ok(None) => (JobState::Failed, None, Some("the CLI VM ended the job without an exit status".into())),
+            Err(e) => (JobState::Failed, None, Some(format!("the job failed in the CLI VM: {e}"))),
         },
-        _ = kill.wait_for(|k| *k) => job.set(JobState::Killed, None, Some("killed by request".into())),
-        () = limit => job.set(JobState::TimedOut, None, Some(format!("killed after {} s", timeout.as_secs()))),
-    }
+        _ = kill.wait_for(|k| *k) => (JobState::Killed, None, Some("killed by request".into())),
+        () = limit => (JobState::TimedOut, None, Some(format!("killed after {} s", timeout.as_secs()))),
+    };
+    // Recorded before the end is announced: whoever sees the job end sees the account used.
     if let Err(e) = state.users.touch(&job.user, &provider).await {
         tracing::warn!(error = %e, "recording the account's use failed");
     }
+    job.set(state_now, code, reason);
     tracing::info!(state = ?job.view().state, "job ended");
 }
 
