@@ -1,6 +1,8 @@
 // A person's walk through the host service's page, driven by Playwright on Debian's Chromium.
 // usage: node walk.cjs BASE_URL  (env: PLAYWRIGHT_CORE = the playwright-core package directory,
-// ARTIFACTS = where screenshots go, PROVIDER, CODE, PROMPT)
+// ARTIFACTS = where screenshots go, PROVIDER, CODE, PROMPT). The service seals credentials to
+// the user's key (sealing = "user"): the page makes the key, delivers, and carries it to another
+// browser with its recovery file.
 // Prints one JSON line with what it saw; exits 1 on the first failed step (with a screenshot).
 "use strict";
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
@@ -86,11 +88,36 @@ async function until(frame, fn, arg, timeout) {
     seen.answer = await box.locator("pre").innerText();
     await shot("prompt");
 
-    await row.locator('button[data-action="revoke"]').click();
-    await page.locator(`tr[data-provider="${provider}"] td:nth-child(2)`, { hasText: "not linked" }).waitFor({ timeout: 60000 });
-    seen.statusAfterRevoke = await page.locator(`tr[data-provider="${provider}"] td`).nth(1).innerText();
-    await shot("revoked");
+    // Zero-knowledge mode: this browser made the user's key; its recovery file carries it.
+    seen.keyHeld = await page.locator("#keystatus").getAttribute("data-held");
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#keydownload")]);
+    const recovery = path.join(out, "recovery.json");
+    await download.saveAs(recovery);
+    seen.recoveryFile = download.suggestedFilename();
     seen.error = await page.locator("#error").innerText();
+
+    // Another browser (no key in it): the page says what to do and nothing stored is lost.
+    const other = await browser.newContext({ viewport: { width: 1366, height: 800 } });
+    const page2 = await other.newPage();
+    page2.on("console", (m) => { if (m.type() === "error") seen.consoleErrors.push(m.text()); });
+    await page2.goto(base);
+    await page2.fill("#email", "person@example.test");
+    await page2.fill("#password", "a long enough password");
+    await page2.click("#signin");
+    await page2.locator('#keystatus[data-held="no"]').waitFor({ timeout: 20000 });
+    seen.otherBrowserSays = await page2.locator("#keystatus").innerText();
+    const row2 = page2.locator(`tr[data-provider="${provider}"]`);
+    seen.statusInOtherBrowser = await row2.locator("td").nth(1).innerText();
+    await page2.screenshot({ path: path.join(out, `${String(++n).padStart(2, "0")}-other-browser.png`) }); seen.steps.push("other-browser");
+    await page2.setInputFiles("#keyimport", recovery);
+    await page2.locator('#keystatus[data-held="yes"]').waitFor({ timeout: 20000 });
+    await page2.screenshot({ path: path.join(out, `${String(++n).padStart(2, "0")}-key-imported.png`) }); seen.steps.push("key-imported");
+
+    await row2.locator('button[data-action="revoke"]').click();
+    await page2.locator(`tr[data-provider="${provider}"] td:nth-child(2)`, { hasText: "not linked" }).waitFor({ timeout: 60000 });
+    seen.statusAfterRevoke = await page2.locator(`tr[data-provider="${provider}"] td`).nth(1).innerText();
+    await page2.screenshot({ path: path.join(out, `${String(++n).padStart(2, "0")}-revoked.png`) }); seen.steps.push("revoked");
+    seen.error2 = await page2.locator("#error").innerText();
     console.log(JSON.stringify(seen));
     await browser.close();
   } catch (e) {
