@@ -337,7 +337,7 @@ async fn user_sealed_credentials_reach_the_cli_vm_and_refresh_without_the_host_r
     assert_eq!(r.status, 404, "nothing left to deliver: {r:?}");
 
     // The CLI refreshes its tokens in the CLI VM: the new file comes back sealed, as version 2.
-    let refreshed = br#"{"claudeAiOauth":{"accessToken":"sk-ant-oat01-fake-refreshed-access-0002","refreshToken":"sk-ant-ort01-fake-refreshed-refresh-0002","expiresAt":1900000000000,"scopes":["user:inference","user:profile"]}}"#;
+    let refreshed = br#"{"claudeAiOauth":{"accessToken":"fake-refreshed-access-token-0002","refreshToken":"fake-refreshed-refresh-token-0002","expiresAt":1900000000000,"scopes":["user:inference","user:profile"]}}"#;
     let path = rig.cli_file();
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, refreshed).unwrap();

@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn every_form_is_found_inside_longer_encoded_text() {
-        let token = "sk-ant-oat01-fake/token+0001";
+        let token = "fake-access/token+0001";
         let tokens = [token.to_owned()];
         let file = format!(r#"{{"claudeAiOauth":{{"accessToken":"{token}"}}}}"#);
         for prefix in ["", "x", "xy"] {
@@ -242,8 +242,8 @@ mod tests {
             let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&wrapped);
             assert!(find_token(url.as_bytes(), &tokens).is_some(), "{prefix:?}");
         }
-        assert!(find_token(b"...sk-ant-oat01-fake%2Ftoken%2B0001...", &tokens).is_some());
-        assert!(find_token(br#"{"a":"sk-ant-oat01-fake/token+0001"}"#, &tokens).is_some());
+        assert!(find_token(b"...fake-access%2Ftoken%2B0001...", &tokens).is_some());
+        assert!(find_token(br#"{"a":"fake-access/token+0001"}"#, &tokens).is_some());
         assert!(find_token(b"nothing of it here", &tokens).is_none());
     }
 }
