@@ -278,18 +278,24 @@ impl Drop for Xclip {
 
 /// What an X client gets when it pastes `selection` (xclip -out), as target `target`.
 fn x_paste(display: &str, selection: &str, target: &str) -> String {
+    try_x_paste(display, selection, target).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`x_paste`], but an owner-less selection (xclip fails) is an `Err`, for polling.
+fn try_x_paste(display: &str, selection: &str, target: &str) -> Result<String, String> {
     let out = Command::new("xclip")
         .args(["-selection", selection, "-out", "-target", target])
         .env("DISPLAY", display)
         .stderr(Stdio::piped())
         .output()
         .expect("xclip");
-    assert!(
-        out.status.success(),
-        "xclip -out {selection} {target}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 from xclip")
+    if !out.status.success() {
+        return Err(format!(
+            "xclip -out {selection} {target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8(out.stdout).expect("utf-8 from xclip"))
 }
 
 /// Waits until the viewer page's `expression` (a string or null) equals `want`.
@@ -314,14 +320,16 @@ fn wait_page_string(browser: &mut Chromium, expression: &str, want: &str) {
 fn wait_x_paste(display: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got = x_paste(display, "clipboard", "UTF8_STRING");
-        if got == want {
+        // Until the agent takes the selection, it may have no owner at all (the copier before it
+        // was killed): that is "not yet", not a failure.
+        let got = try_x_paste(display, "clipboard", "UTF8_STRING");
+        if got.as_deref() == Ok(want) {
             return;
         }
         assert!(
             Instant::now() < deadline,
             "the X clipboard holds {:?}, expected {:?}",
-            got.chars().take(80).collect::<String>(),
+            got.map(|g| g.chars().take(80).collect::<String>()),
             want.chars().take(80).collect::<String>()
         );
         std::thread::sleep(Duration::from_millis(100));
