@@ -36,8 +36,41 @@ pub fn run() -> Result<()> {
     rt.block_on(measure(agent_bin, fake_cli))
 }
 
+/// A login service on local agents under `dir` (SQLite store, throwaway vault key), whose CLIs
+/// are the fake ones replaying recordings; also returns its backend and store.
+pub(super) async fn local_service(
+    dir: &std::path::Path,
+    agent_bin: std::path::PathBuf,
+    fake_cli: &std::path::Path,
+    config: LoginConfig,
+) -> Result<(LoginService, Arc<LocalAgentBackend>, Store)> {
+    let store = Store::open(
+        &StoreConfig::Sqlite {
+            path: dir.join("login.db"),
+        },
+        "bench",
+    )
+    .await?;
+    let bin = test_kit::fake_clis::install(
+        &dir.join("bin"),
+        fake_cli,
+        &test_kit::fake_clis::fixtures_root(),
+    )?;
+    let backend = Arc::new(LocalAgentBackend::new(LocalOptions {
+        agent_bin,
+        root: dir.join("vms"),
+        path_prepend: vec![bin],
+        env: Vec::new(),
+        agent_start_gate: None,
+    }));
+    let vault = Arc::new(Vault::new(Keyring::from_spec(KEY, "bench")?));
+    let egress = EgressPorts::new(store.clone(), PortRange::default());
+    let service = LoginService::new(backend.clone(), store.clone(), vault, egress, config);
+    Ok((service, backend, store))
+}
+
 /// One login, the user typing the code as soon as the URL shows; returns its duration.
-async fn one_flow(service: &LoginService, user: &str) -> Result<Duration> {
+pub(super) async fn one_flow(service: &LoginService, user: &str) -> Result<Duration> {
     let started = Instant::now();
     let id = service.start(user, "codex").await?;
     let mut events = service.subscribe(&id).await?;
@@ -61,34 +94,8 @@ async fn one_flow(service: &LoginService, user: &str) -> Result<Duration> {
 
 async fn measure(agent_bin: std::path::PathBuf, fake_cli: std::path::PathBuf) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(
-        &StoreConfig::Sqlite {
-            path: dir.path().join("login.db"),
-        },
-        "bench",
-    )
-    .await?;
-    let bin = test_kit::fake_clis::install(
-        &dir.path().join("bin"),
-        &fake_cli,
-        &test_kit::fake_clis::fixtures_root(),
-    )?;
-    let backend = Arc::new(LocalAgentBackend::new(LocalOptions {
-        agent_bin,
-        root: dir.path().join("vms"),
-        path_prepend: vec![bin],
-        env: Vec::new(),
-        agent_start_gate: None,
-    }));
-    let vault = Arc::new(Vault::new(Keyring::from_spec(KEY, "bench")?));
-    let egress = EgressPorts::new(store.clone(), PortRange::default());
-    let service = LoginService::new(
-        backend.clone(),
-        store,
-        vault,
-        egress,
-        LoginConfig::default(),
-    );
+    let (service, backend, _store) =
+        local_service(dir.path(), agent_bin, &fake_cli, LoginConfig::default()).await?;
 
     step(&format!(
         "{FLOWS} full login flows (codex recording, code typed at once)"

@@ -10,6 +10,7 @@ mod egress_tunnel;
 mod images;
 mod login;
 mod rpc;
+mod seal;
 mod service;
 pub mod stats;
 mod vault;
@@ -42,6 +43,9 @@ pub enum Which {
     EgressTunnel,
     /// Sealing and opening a 4 KiB credential.
     Vault,
+    /// Zero-knowledge credentials: HPKE sealing and opening of a 4 KiB credential vs bare
+    /// AES-256-GCM, and a refresh in the CLI VM to its sealed version in the store (local agents).
+    Seal,
     /// The host service over HTTP (local agents): link start to URL, API requests per second vs
     /// a hello route, a prompt's first byte, SSE event latency.
     Service,
@@ -71,6 +75,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::EgressTunnel => egress_tunnel::run(),
         Which::Login => login::run(),
         Which::Vault => vault::run(),
+        Which::Seal => seal::run(),
         Which::Service => service::run(),
         Which::Images => images::run(),
     }
