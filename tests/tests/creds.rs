@@ -8,7 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use orchestrator::ClientError;
-use protocol::creds::{CredentialFile, CredsPutRequest, CredsScope, CredsWatchRequest};
+use protocol::creds::{
+    CredentialFile, CredsPutRequest, CredsPutSealedRequest, CredsScope, CredsWatchRequest,
+};
+use protocol::sealed::{seal, KeyPair, PublicKey, SealContext};
 use protocol::secret::EnvVars;
 use protocol::{ErrorBody, ErrorCode};
 use serde_json::Value;
@@ -203,6 +206,107 @@ async fn bad_pushes_are_refused_clearly_and_nothing_is_written() {
             ..
         })
     ));
+    assert_eq!(client.health().await.expect("health").status, "ok");
+}
+
+/// A `creds_put_sealed` of `content` as `owner`'s `version`, sealed to `key` for `sealed_as`.
+async fn put_sealed(
+    client: &orchestrator::AgentClient,
+    key: &PublicKey,
+    owner: &str,
+    version: i64,
+    sealed_as: SealContext<'_>,
+    content: &str,
+) -> Result<protocol::creds::CredsPutResponse, ClientError> {
+    client
+        .creds_put_sealed(&CredsPutSealedRequest {
+            scope: CredsScope {
+                provider: "claude_code".into(),
+                ..Default::default()
+            },
+            path: "~/.claude/.credentials.json".into(),
+            owner: owner.into(),
+            version,
+            sealed: seal(key, &sealed_as, content.as_bytes()).expect("seal"),
+        })
+        .await
+}
+
+#[tokio::test]
+async fn sealed_pushes_open_only_for_their_context_and_never_go_back_a_version() {
+    let agent = AgentProcess::start().await;
+    let file = home(&agent).join(".claude/.credentials.json");
+    let client = agent.client().await;
+    let key = client.creds_key().await.expect("the VM's key");
+    assert_eq!(
+        client.creds_key().await.expect("again"),
+        key,
+        "one key for the agent's life"
+    );
+    let ctx = |user, version| SealContext {
+        user,
+        provider: "claude_code",
+        version,
+    };
+    let refused = |r: Result<_, ClientError>, code: ErrorCode, says: &str| match r {
+        Err(ClientError::Agent(body)) => {
+            assert_eq!(body.code, code, "{body:?}");
+            assert!(body.message.contains(says), "{says:?} in {body:?}");
+            assert!(!body.message.contains("fake-"), "no content in errors");
+        }
+        other => panic!("expected a refusal ({says}), got {other:?}"),
+    };
+
+    // Version 2 opens and is written.
+    put_sealed(&client, &key, "u1", 2, ctx("u1", 2), &claude_json("0002"))
+        .await
+        .expect("version 2");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), claude_json("0002"));
+
+    // Sealed for another user or version, or to another key: refused, nothing written.
+    let other = KeyPair::generate().unwrap();
+    for (r, what) in [
+        (
+            put_sealed(&client, &key, "u1", 3, ctx("u2", 3), &claude_json("0003")).await,
+            "another user",
+        ),
+        (
+            put_sealed(&client, &key, "u1", 3, ctx("u1", 4), &claude_json("0003")).await,
+            "another version",
+        ),
+        (
+            put_sealed(
+                &client,
+                other.public(),
+                "u1",
+                3,
+                ctx("u1", 3),
+                &claude_json("0003"),
+            )
+            .await,
+            "another VM's key",
+        ),
+    ] {
+        eprintln!("checking {what}");
+        refused(r, ErrorCode::Forbidden, "does not open");
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), claude_json("0002"));
+
+    // A replayed older version opens (it was sealed for this VM) but is refused: the file keeps
+    // the newer one. The same version again is a retry and is written.
+    refused(
+        put_sealed(&client, &key, "u1", 1, ctx("u1", 1), &claude_json("0001")).await,
+        ErrorCode::Forbidden,
+        "older than version 2",
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), claude_json("0002"));
+    put_sealed(&client, &key, "u1", 2, ctx("u1", 2), &claude_json("0002"))
+        .await
+        .expect("a retry of the same version");
+    put_sealed(&client, &key, "u1", 3, ctx("u1", 3), &claude_json("0003"))
+        .await
+        .expect("version 3");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), claude_json("0003"));
     assert_eq!(client.health().await.expect("health").status, "ok");
 }
 

@@ -702,6 +702,132 @@ async fn a_restart_mid_login_ends_the_login_as_failed_and_leaves_nothing() {
     }
 }
 
+/// A vault made as `HOST_SERVICE_VAULT_KEY=<spec>` makes it (the first key is the active one).
+fn vault_of(spec: &str) -> Arc<orchestrator::vault::Vault> {
+    let active = spec.split(':').next().unwrap();
+    Arc::new(orchestrator::vault::Vault::new(
+        orchestrator::vault::Keyring::from_spec(spec, active).unwrap(),
+    ))
+}
+
+/// Key rotation as an operator does it: a new key in front, a restart (the service re-seals what
+/// is under the old key, audited), then the old key removed; the credential still opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_vault_key_reseals_stored_credentials_at_start_and_the_old_key_can_go() {
+    // Obviously fake key material.
+    const OLD: &str = "old:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    const NEW: &str = "new:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    let dir = tempfile::tempdir().unwrap();
+    let backend = local_backend(dir.path());
+    let file = file_config(&dir.path().join("state.db"), &[]);
+    let store = || async {
+        orchestrator::store::Store::open(
+            &orchestrator::store::StoreConfig::Sqlite {
+                path: dir.path().join("state.db"),
+            },
+            "host-test",
+        )
+        .await
+        .unwrap()
+    };
+    let first = ServiceRig::start_with_vault(
+        &file,
+        backend.clone(),
+        vault_of(OLD),
+        ServiceConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut c = first.client();
+    c.register("rotate@example.test", PASSWORD).await.unwrap();
+    link(&c, "codex").await;
+    let user_id = c.get("/v1/auth/me").await.unwrap().json["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    first.stop().await;
+    let before = store()
+        .await
+        .credential(&user_id, "codex")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.envelope.key_id.as_str(), "old");
+
+    // Restarted with the new key in front: the record moves to it, same version, audited.
+    let second = ServiceRig::start_with_vault(
+        &file,
+        backend.clone(),
+        vault_of(&format!("{NEW},{OLD}")),
+        ServiceConfig::default(),
+    )
+    .await
+    .unwrap();
+    second.stop().await;
+    let after = store()
+        .await
+        .credential(&user_id, "codex")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.envelope.key_id.as_str(), "new");
+    assert_eq!(after.version, before.version);
+    assert_ne!(after.envelope.ciphertext, before.envelope.ciphertext);
+    let audit = store().await.audit_log(Some(&user_id)).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.event == "credential_resealed" && e.detail.contains("new")),
+        "{audit:?}"
+    );
+
+    // The old key removed: the service starts, the account is there, and the new key alone opens
+    // the record to what the CLI VM holds.
+    let third = ServiceRig::start_with_vault(
+        &file,
+        backend.clone(),
+        vault_of(NEW),
+        ServiceConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut again = third.client();
+    again.token = c.token.take();
+    let accounts = again.get("/v1/accounts").await.unwrap();
+    assert_eq!(accounts.json[0]["provider"], "codex", "{accounts:?}");
+    third.stop().await;
+    let opened = vault_of(NEW)
+        .open(
+            &orchestrator::vault::RecordContext {
+                user_id: &user_id,
+                provider: "codex",
+                version: after.version,
+            },
+            &after.envelope,
+        )
+        .expect("opens with the new key alone");
+    let cli = backend.cli_vm_of(&user_id).unwrap();
+    let in_vm = std::fs::read(backend.home_of(&cli).unwrap().join(".codex/auth.json")).unwrap();
+    assert_eq!(opened.expose(), in_vm.as_slice());
+
+    // A configuration that lost the key a record is under does not start silently: it says which.
+    let err = ServiceRig::start_with_vault(
+        &file,
+        backend.clone(),
+        vault_of("other:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="),
+        ServiceConfig::default(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    let err = format!("{err:#}");
+    assert!(err.contains("new"), "{err}");
+    assert!(!err.contains("AQEBAQ"), "no key material in errors: {err}");
+    for vm in backend.vm_ids() {
+        let _ = backend.destroy_vm(&vm).await;
+    }
+}
+
 /// The service with its state in PostgreSQL (a throwaway cluster): users, tokens and a linked
 /// account survive a restart of the service, as on a host that shares its database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,7 +120,17 @@ impl ServiceRig {
         backend: Arc<dyn VmBackend>,
         service: ServiceConfig,
     ) -> anyhow::Result<Self> {
-        let state = build(file, backend, crate::login::fake_vault(), service).await?;
+        Self::start_with_vault(file, backend, crate::login::fake_vault(), service).await
+    }
+
+    /// [`ServiceRig::start`] with the vault `vault` (as `HOST_SERVICE_VAULT_KEY` would give).
+    pub async fn start_with_vault(
+        file: &FileConfig,
+        backend: Arc<dyn VmBackend>,
+        vault: Arc<orchestrator::vault::Vault>,
+        service: ServiceConfig,
+    ) -> anyhow::Result<Self> {
+        let state = build(file, backend, vault, service).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
