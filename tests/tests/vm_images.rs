@@ -28,20 +28,13 @@ async fn run(client: &AgentClient, argv: &[&str]) -> (i32, String) {
     )
 }
 
-fn cli_launcher() -> QemuLauncher {
-    let mut config = test_kit::vm::config(test_kit::vm::cli_assets());
-    // Node.js CLIs: the old system's 256 MB is tight for gemini; 512 MB, one vCPU.
-    config.memory_mib = 512;
-    QemuLauncher::new(config)
-}
-
 /// A user's CLI VM, through the backend a host service uses: a credential pushed by the
 /// orchestrator makes the real `claude auth status` and `codex login status` say logged in; the VM
 /// is stopped and started again from its disk, and the files and logins are still there;
 /// destroying it removes its disk; the golden image is never written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_credentials_log_the_real_clis_in_and_survive_a_restart() {
-    let launcher = cli_launcher();
+    let launcher = test_kit::vm::cli_launcher();
     let golden = launcher
         .config()
         .root_image
@@ -142,7 +135,7 @@ async fn curl_in_the_cli_vm_leaves_through_its_users_port_and_the_vm_never_sees_
     let port = rig.ports.assign("alice").await.expect("port");
     let gateway = rig.gateway(PROXY_PASSWORD, EgressLimits::default());
     let mut events = gateway.subscribe();
-    let vm = cli_launcher()
+    let vm = test_kit::vm::cli_launcher()
         .create("egress")
         .await
         .expect("the CLI VM boots");

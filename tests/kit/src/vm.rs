@@ -87,6 +87,14 @@ pub fn launcher() -> QemuLauncher {
     QemuLauncher::new(config(assets()))
 }
 
+/// A QEMU backend for the golden CLI image: the real CLIs are Node.js programs, for which the
+/// old system's 256 MB is tight (gemini); 512 MB, one vCPU.
+pub fn cli_launcher() -> QemuLauncher {
+    let mut config = config(cli_assets());
+    config.memory_mib = 512;
+    QemuLauncher::new(config)
+}
+
 /// A user-mode network whose one UDP port `port` on the host's loopback reaches the same port in
 /// the guest (the desktop's WebRTC port).
 pub fn udp_from_loopback(port: u16) -> UserNetwork {
