@@ -72,10 +72,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut cli_config = cli.qemu_config();
     // Node.js CLIs: 512 MB.
     cli_config.memory_mib = 512;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     rt.block_on(serve(
         args,
         QemuLauncher::new(browser_config),

@@ -25,10 +25,7 @@ pub fn run() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let rules = dir.path().join("rules.toml");
     std::fs::write(&rules, rules_for(&issuer))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     let (newest_results, pinned_results) = rt.block_on(async {
         let rules = rules.display().to_string();
         let agent = test_kit::AgentProcess::launch(

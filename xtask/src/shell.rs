@@ -36,3 +36,12 @@ pub fn sh(cmd: &mut Command) -> Result<()> {
 pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
+
+/// The async runtime xtask's commands run on: two workers, the cores CI has, so a bench's client
+/// side never takes more than the machine's share it is measured against.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}

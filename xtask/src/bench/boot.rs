@@ -22,10 +22,7 @@ pub fn run() -> Result<()> {
         &assets.image.kernel,
         &assets.image.initramfs,
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     rt.block_on(measure(QemuLauncher::new(config)))
 }
 

@@ -27,10 +27,7 @@ const IDLE: Duration = Duration::from_secs(10);
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
     let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Desktop)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
 
     step("starting Xvfb 1280x720, the agent and the viewer");
     let x = Xvfb::start(1280, 720);

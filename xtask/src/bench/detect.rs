@@ -31,10 +31,7 @@ const FLOOD: &str = "yes 'Lorem ipsum dolor sit amet, consectetur adipiscing eli
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
     let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Cli)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     let raw = raw_pty_throughput()?;
     rt.block_on(measure(&agent_bin, raw))
 }

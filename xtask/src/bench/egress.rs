@@ -18,10 +18,7 @@ const WORKERS: usize = 8;
 
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     rt.block_on(measure())
 }
 

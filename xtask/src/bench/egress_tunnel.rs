@@ -26,10 +26,7 @@ const CONCURRENT: usize = 1000;
 pub fn run() -> Result<()> {
     let agents = crate::agent::build()?;
     raise_descriptor_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     rt.block_on(measure(&agents.cli))
 }
 

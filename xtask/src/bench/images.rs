@@ -31,10 +31,7 @@ pub fn run() -> Result<()> {
         format!("{:.0}", cold_build()?.as_secs_f64()),
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     rt.block_on(async {
         let minimal = QemuLauncher::new(minimal.qemu_config());
         figure("accel", minimal.config().accel);

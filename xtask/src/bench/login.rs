@@ -29,10 +29,7 @@ const KEY: &str = "bench:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 pub fn run() -> Result<()> {
     let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Cli)?;
     let fake_cli = super::release_fake_cli()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     rt.block_on(measure(agent_bin, fake_cli))
 }
 

@@ -72,10 +72,7 @@ fn status_kb(pid: u32, field: &str) -> Result<u64> {
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
     let agents = crate::agent::build()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     rt.block_on(desktop_idle(&agents.desktop))?;
     rt.block_on(measure(&agents.cli))
 }

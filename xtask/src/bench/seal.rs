@@ -24,10 +24,7 @@ pub fn run() -> Result<()> {
     hpke_figures()?;
     let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Cli)?;
     let fake_cli = super::release_fake_cli()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     rt.block_on(refresh_figures(agent_bin, fake_cli))
 }
 

@@ -35,10 +35,7 @@ const LOAD_FOR: Duration = Duration::from_secs(4);
 pub fn run() -> Result<()> {
     let agent_bin = crate::agent::build_flavour(crate::agent::Flavour::Cli)?;
     let fake_cli = super::release_fake_cli()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     rt.block_on(measure(agent_bin, fake_cli))?;
     vm_desktop()
 }
@@ -53,10 +50,7 @@ fn vm_desktop() -> Result<()> {
     let mut browser = browser_assets.qemu_config();
     browser.memory_mib = 1024;
     browser.vcpus = 2;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::shell::runtime()?;
     let _guard = rt.enter();
     let dir = tempfile::tempdir()?;
     let (first, last) = test_kit::ports::free_udp_range(8);
