@@ -61,32 +61,8 @@ async fn a_person_walks_the_page_in_a_real_browser() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/host-page");
     let _ = std::fs::remove_dir_all(&artifacts);
     std::fs::create_dir_all(&artifacts).unwrap();
-    let playwright = test_kit::playwright::playwright_core().expect("playwright-core from npm");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("page/walk.cjs");
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(&rig.base)
-        .env("PLAYWRIGHT_CORE", &playwright)
-        .env("ARTIFACTS", &artifacts)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(400), run)
-        .await
-        .expect("the walk finished in time")
-        .expect("node runs");
+    let seen = run_page_script("walk.cjs", &[&rig.base], &[("ARTIFACTS", &artifacts)]).await;
     stop.store(true, Ordering::Relaxed);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let seen: Value = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no result from the walk: {stdout}\n{stderr}"));
-    assert!(
-        out.status.success(),
-        "the walk failed: {seen:#}\n{stderr}\nscreenshots in {}",
-        artifacts.display()
-    );
     assert_eq!(seen["statusBefore"], "not linked", "{seen:#}");
     assert!(
         seen["url"].as_str().unwrap().contains("https://claude"),
@@ -182,7 +158,7 @@ async fn run_page_script(script: &str, args: &[&str], env: &[(&str, &std::path::
         .unwrap_or_else(|| panic!("no result from {script:?}: {stdout}\n{stderr}"));
     assert!(
         out.status.success(),
-        "{script:?} failed: {seen:#}\n{stderr}"
+        "{script:?} failed: {seen:#}\n{stderr}\n(its files: {env:?})"
     );
     seen
 }
