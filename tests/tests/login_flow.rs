@@ -499,6 +499,93 @@ async fn a_failed_push_keeps_the_ciphertext_and_is_retried() {
     h.assert_nothing_left("erin").await;
 }
 
+/// One token chain, one live copy: a second host on the same store (its own backend, so the user
+/// has a second CLI VM there) completes a login of the same provider, but its CLI VM does not
+/// receive the chain while the first CLI VM lives and refreshes it; once that VM is destroyed,
+/// the pending push goes through.
+#[tokio::test]
+async fn a_second_cli_vm_never_receives_a_chain_another_live_vm_holds() {
+    let h = harness().await;
+    let id = h.service.start("fay", "codex").await.expect("start");
+    h.wait_state(&id, SessionState::AwaitingUserAuth).await;
+    h.complete_login(&id).await;
+    assert_eq!(
+        h.service.wait(&id).await.expect("wait").0,
+        SessionState::Completed
+    );
+    let first_vm = h.backend.cli_vm_of("fay").expect("CLI VM on host 1");
+
+    let store2 = test_kit::login::sqlite_store(h.dir.path(), "host-2").await;
+    let backend2 = Arc::new(LocalAgentBackend::new(LocalOptions {
+        agent_bin: workspace_bin("vm-agent"),
+        root: h.dir.path().join("vms-host-2"),
+        path_prepend: vec![h.dir.path().join("bin")],
+        env: Vec::new(),
+        agent_start_gate: None,
+    }));
+    let service2 = LoginService::new(
+        backend2.clone(),
+        store2.clone(),
+        h.vault.clone(),
+        EgressPorts::new(store2.clone(), PortRange::default()),
+        LoginConfig {
+            push_retry_delay: Duration::from_secs(3600),
+            ..LoginConfig::default()
+        },
+    );
+    let id = service2
+        .start("fay", "codex")
+        .await
+        .expect("start on host 2");
+    let mut events = service2.subscribe(&id).await.expect("subscribe");
+    while let Some(ev) = events.next().await {
+        if matches!(ev.kind, LoginEventKind::AuthUrl { .. }) {
+            service2
+                .submit_code(&id, FAKE_CODE)
+                .await
+                .expect("submit code");
+        }
+    }
+    assert_eq!(
+        service2.wait(&id).await.expect("wait").0,
+        SessionState::Completed
+    );
+    let second_vm = backend2.cli_vm_of("fay").expect("CLI VM on host 2");
+    let second_file = backend2
+        .home_of(&second_vm)
+        .expect("home")
+        .join(".codex/auth.json");
+    assert!(!second_file.exists(), "the second CLI VM got the chain");
+    let record = h.store.credential("fay", "codex").await.unwrap().unwrap();
+    assert!(record.push_pending());
+    assert_eq!(record.holder_vm.as_deref(), Some(first_vm.as_str()));
+    let audit = h.store.audit_log(Some("fay")).await.expect("audit");
+    assert!(
+        audit.iter().any(|e| e.event == "credential_push_failed"
+            && e.detail
+                .contains(&format!("CLI VM {first_vm} holds this codex login"))),
+        "{audit:?}"
+    );
+    assert_eq!(service2.push_pending().await.expect("retry"), 0);
+    assert!(!second_file.exists());
+
+    // The first CLI VM is gone: the chain moves to the second.
+    h.service
+        .destroy_vm("fay", &first_vm)
+        .await
+        .expect("destroy");
+    assert_eq!(service2.push_pending().await.expect("retry"), 1);
+    assert!(std::fs::read_to_string(&second_file)
+        .expect("pushed")
+        .contains("fake-refresh-token-0001"));
+    let record = h.store.credential("fay", "codex").await.unwrap().unwrap();
+    assert_eq!(record.holder_vm.as_deref(), Some(second_vm.as_str()));
+    service2
+        .destroy_vm("fay", &second_vm)
+        .await
+        .expect("destroy on host 2");
+}
+
 #[tokio::test]
 async fn unknown_provider_and_session_are_clear_errors() {
     let h = harness().await;
