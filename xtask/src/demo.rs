@@ -15,6 +15,10 @@
 //!   the code, see the account linked, run the real `claude auth status` as a job in the user's
 //!   CLI VM (golden CLI image), rotate the egress port, revoke (the same job then says logged
 //!   out), and check that nothing is left: no VM process, no disk, no active store row.
+//! - `--sealing user` (the default): zero-knowledge credentials; the browser VM seals the capture
+//!   to the user's key, which the page makes and keeps (the headless walk plays the page: it makes
+//!   a key, registers its public half, and re-seals the stored envelope to the CLI VM's key).
+//!   `--sealing host`: the host's vault seals and pushes by itself.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -24,8 +28,10 @@ use anyhow::{bail, ensure, Context, Result};
 use base64::Engine;
 use host_service::config::{EgressSection, FileConfig, StoreSection};
 use host_service::ServiceConfig;
+use orchestrator::login::{Delivery, PendingDelivery, Sealing};
 use orchestrator::vault::{Keyring, Vault};
 use orchestrator::vm::{QemuLauncher, QemuVmBackend, WarmPool};
+use protocol::sealed::{seal, KeyPair, SealContext};
 use serde_json::json;
 use test_kit::service::Client;
 
@@ -43,6 +49,27 @@ pub struct DemoArgs {
     /// Browser VMs booted ahead.
     #[arg(long, default_value_t = 1)]
     pub pool: usize,
+    /// Who seals credentials: the user (zero-knowledge; the page holds the key) or the host.
+    #[arg(long, value_enum, default_value_t = DemoSealing::User)]
+    pub sealing: DemoSealing,
+}
+
+/// `--sealing`: [`orchestrator::login::Sealing`] on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoSealing {
+    /// The host's vault seals and pushes.
+    Host,
+    /// Sealed to the user's key in the browser VM; the user's page delivers.
+    User,
+}
+
+impl From<DemoSealing> for Sealing {
+    fn from(s: DemoSealing) -> Self {
+        match s {
+            DemoSealing::Host => Sealing::Host,
+            DemoSealing::User => Sealing::User,
+        }
+    }
 }
 
 const PROVIDER: &str = "claude_code";
@@ -105,7 +132,7 @@ async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Resu
         pool_size: args.pool,
         login_minutes: 10,
         hello_timeout_s: 180,
-        sealing: Default::default(),
+        sealing: args.sealing.into(),
         job_env: Default::default(),
         store: StoreSection {
             sqlite: Some(dir.path().join("state.db")),
@@ -119,9 +146,10 @@ async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Resu
         vm: None,
     };
     step(&format!(
-        "VMs: QEMU ({}), the agent as PID 1, reached over virtio-vsock; store: SQLite in {}; vault key made for this run",
+        "VMs: QEMU ({}), the agent as PID 1, reached over virtio-vsock; store: SQLite in {}; vault key made for this run; credentials sealed by the {:?}",
         browser.config().accel,
-        dir.path().display()
+        dir.path().display(),
+        format!("{:?}", args.sealing).to_lowercase()
     ));
     match &proxy_host {
         Some(h) => step(&format!("egress: through the upstream proxy {h}")),
@@ -171,7 +199,7 @@ async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Resu
     ));
 
     let verdict = if args.check {
-        walk(&base).await
+        walk(&base, args.sealing.into()).await
     } else {
         step(&format!(
             "open {base} (Ctrl-C stops the service and removes every VM)"
@@ -228,11 +256,15 @@ async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Resu
 }
 
 /// The walk a person does on the page, over the same API.
-async fn walk(base: &str) -> Result<()> {
+async fn walk(base: &str, sealing: Sealing) -> Result<()> {
     let mut c = Client::new(base);
     let r = c.register("demo@example.test", "demo password 1").await?;
     ensure!(r.status == 201, "sign-up failed: {r:?}");
     step("signed up demo@example.test");
+    let user_key = match sealing {
+        Sealing::Host => None,
+        Sealing::User => Some(register_user_key(&c).await?),
+    };
 
     let t = Instant::now();
     let r = c
@@ -295,13 +327,16 @@ async fn walk(base: &str) -> Result<()> {
         .await?;
     ensure!(end == "completed", "the login ended {end:?}: {events:?}");
     step(&format!("linked in {:.1}s", t.elapsed().as_secs_f64()));
+    if let Some(key) = &user_key {
+        deliver_as_the_page(&c, key).await?;
+    }
 
     let accounts = c.get("/v1/accounts").await?;
     let a = &accounts.json[0];
     ensure!(a["status"] == "linked", "account not linked: {accounts:?}");
     step(&format!(
-        "account: {} {} (egress port {}, scopes {})",
-        a["provider"], a["status"], a["egress_port"], a["scopes"]
+        "account: {} {} (sealed by the {}, egress port {}, scopes {})",
+        a["provider"], a["status"], a["sealing"], a["egress_port"], a["scopes"]
     ));
 
     let (code, out) = job(
@@ -341,6 +376,57 @@ async fn walk(base: &str) -> Result<()> {
     step(&format!(
         "`claude auth status` after revoke: {}",
         one_line(&out)
+    ));
+    Ok(())
+}
+
+/// What the page does when it first runs in a browser: makes the user's key pair (WebCrypto
+/// there) and registers the public half.
+async fn register_user_key(c: &Client) -> Result<KeyPair> {
+    let key = KeyPair::generate()?;
+    let r = c
+        .put(
+            "/v1/keys/user",
+            json!({"public_key": key.public().to_base64()}),
+        )
+        .await?;
+    ensure!(r.status == 200, "registering the user's key failed: {r:?}");
+    step(&format!(
+        "the page made the user's key and registered its public half (fingerprint {})",
+        key.public().fingerprint()
+    ));
+    Ok(key)
+}
+
+/// What the page does with a user-sealed capture: opens the stored envelope with the user's key
+/// and re-seals it to the CLI VM's key; the service hands it to the VM, whose agent opens it.
+async fn deliver_as_the_page(c: &Client, key: &KeyPair) -> Result<()> {
+    let r = c.get(&format!("/v1/accounts/{PROVIDER}/delivery")).await?;
+    ensure!(r.status == 200, "nothing to deliver: {r:?}");
+    let pending: PendingDelivery = serde_json::from_value(r.json)?;
+    let ctx = SealContext {
+        user: &pending.user,
+        provider: PROVIDER,
+        version: pending.version,
+    };
+    let plain = key.open(&ctx, &pending.sealed)?;
+    let delivery = Delivery {
+        version: pending.version,
+        vm_id: pending.vm_id.clone(),
+        sealed: seal(&pending.vm_key, &ctx, &plain)?,
+    };
+    let r = c
+        .post(
+            &format!("/v1/accounts/{PROVIDER}/delivery"),
+            serde_json::to_value(&delivery)?,
+        )
+        .await?;
+    ensure!(r.status == 200, "delivery refused: {r:?}");
+    step(&format!(
+        "the page opened version {} with the user's key and re-sealed it to CLI VM {} (key {}): delivered",
+        pending.version,
+        pending.vm_id,
+        pending.vm_key.fingerprint()
     ));
     Ok(())
 }

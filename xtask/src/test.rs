@@ -44,6 +44,7 @@ pub fn run() -> Result<()> {
         check: true,
         port: 0,
         pool: 1,
+        sealing: crate::demo::DemoSealing::User,
     })?;
     step("static agent");
     crate::agent::build()?;
