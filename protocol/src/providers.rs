@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod urls;
+
+pub use urls::{has_params, DeviceCodeRule, LoginUrls, PatternError, MAX_LOGIN_URL};
+
 /// The built-in provider rules (TOML).
 pub const PROVIDER_RULES_TOML: &str = include_str!("providers.toml");
 

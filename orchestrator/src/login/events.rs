@@ -55,44 +55,87 @@ pub struct LoginEvent {
     pub kind: LoginEventKind,
 }
 
+/// How many events a guest may add to one session's log (login URLs, device codes). A real login
+/// shows one or two; a guest sending more is cut off, so the log's memory stays bounded.
+pub const MAX_GUEST_EVENTS: usize = 32;
+
+/// How many bytes of guest-reported text one session's log may hold, all events together.
+pub const MAX_GUEST_EVENT_BYTES: usize = 64 * 1024;
+
+/// A guest reported more than a session's log takes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the login VM reported more than {MAX_GUEST_EVENTS} login URLs or {MAX_GUEST_EVENT_BYTES} \
+     bytes of them: not a login, stopped"
+)]
+pub struct LogFull;
+
 /// Append-only log; every subscriber sees every event from the first one, in order.
 #[derive(Debug, Clone)]
 pub(crate) struct EventLog {
-    events: Arc<Mutex<Vec<LoginEvent>>>,
+    inner: Arc<Mutex<Log>>,
     len: Arc<watch::Sender<usize>>,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    events: Vec<LoginEvent>,
+    guest_events: usize,
+    guest_bytes: usize,
 }
 
 impl EventLog {
     pub(crate) fn new() -> Self {
         let (len, _) = watch::channel(0);
         Self {
-            events: Arc::new(Mutex::new(Vec::new())),
+            inner: Arc::new(Mutex::new(Log::default())),
             len: Arc::new(len),
         }
     }
 
-    /// Appends and wakes subscribers.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends an event the host made and wakes subscribers.
     pub(crate) fn push(&self, kind: LoginEventKind) {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
         let len = {
-            let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-            let seq = events.len() as u64;
-            events.push(LoginEvent { seq, at_ms, kind });
-            events.len()
+            let mut log = self.lock();
+            append(&mut log.events, kind)
         };
         self.len.send_replace(len);
+    }
+
+    /// Appends an event whose content a guest reported, within the log's bounds: past them
+    /// nothing is added and the session must end. The same URL again is not shown twice.
+    pub(crate) fn push_from_guest(&self, kind: LoginEventKind) -> Result<(), LogFull> {
+        let size = match &kind {
+            LoginEventKind::AuthUrl { url, .. } => url.len(),
+            LoginEventKind::DeviceCode { url, code } => url.len() + code.len(),
+            _ => 0,
+        };
+        let len = {
+            let mut log = self.lock();
+            if log.events.iter().any(|e| e.kind == kind) {
+                return Ok(());
+            }
+            if log.guest_events >= MAX_GUEST_EVENTS
+                || log.guest_bytes + size > MAX_GUEST_EVENT_BYTES
+            {
+                return Err(LogFull);
+            }
+            log.guest_events += 1;
+            log.guest_bytes += size;
+            append(&mut log.events, kind)
+        };
+        self.len.send_replace(len);
+        Ok(())
     }
 
     /// Everything so far.
     #[cfg(test)]
     pub(crate) fn snapshot(&self) -> Vec<LoginEvent> {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.lock().events.clone()
     }
 
     /// A subscription starting at the first event.
@@ -118,7 +161,8 @@ impl EventStream {
     pub async fn next(&mut self) -> Option<LoginEvent> {
         loop {
             {
-                let events = self.log.events.lock().unwrap_or_else(|p| p.into_inner());
+                let log = self.log.lock();
+                let events = &log.events;
                 if let Some(ev) = events.get(self.next) {
                     self.next += 1;
                     return Some(ev.clone());
@@ -134,6 +178,17 @@ impl EventStream {
             }
         }
     }
+}
+
+/// Appends `kind` with its position and time; returns the new length.
+fn append(events: &mut Vec<LoginEvent>, kind: LoginEventKind) -> usize {
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let seq = events.len() as u64;
+    events.push(LoginEvent { seq, at_ms, kind });
+    events.len()
 }
 
 fn is_terminal_event(ev: &LoginEvent) -> bool {
@@ -182,5 +237,43 @@ mod tests {
         assert_eq!(got, replay);
         assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2, 3]);
         assert_eq!(got, log.snapshot());
+    }
+
+    #[test]
+    fn a_guest_cannot_grow_the_log_past_its_bounds() {
+        let log = EventLog::new();
+        let url = |i: usize, pad: usize| LoginEventKind::AuthUrl {
+            url: format!("https://example.test/{i}?{}", "p".repeat(pad)),
+            source: UrlSource::Screen,
+        };
+        // The same URL again is shown once.
+        log.push_from_guest(url(0, 10)).expect("first");
+        log.push_from_guest(url(0, 10)).expect("again");
+        assert_eq!(log.snapshot().len(), 1);
+        for i in 1..MAX_GUEST_EVENTS {
+            log.push_from_guest(url(i, 10)).expect("within the bounds");
+        }
+        assert_eq!(log.push_from_guest(url(999, 10)), Err(LogFull));
+        assert_eq!(log.snapshot().len(), MAX_GUEST_EVENTS);
+        // The host's own events still go in (the terminal state must).
+        log.push(state(SessionState::Failed));
+        assert_eq!(log.snapshot().len(), MAX_GUEST_EVENTS + 1);
+
+        // By size: a few huge URLs fill it long before the count does.
+        let log = EventLog::new();
+        let big = MAX_GUEST_EVENT_BYTES / 4;
+        let taken = (0..10)
+            .take_while(|&i| log.push_from_guest(url(i, big)).is_ok())
+            .count();
+        assert_eq!(taken, 3);
+        let held: usize = log
+            .snapshot()
+            .iter()
+            .map(|e| match &e.kind {
+                LoginEventKind::AuthUrl { url, .. } => url.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(held <= MAX_GUEST_EVENT_BYTES);
     }
 }

@@ -144,6 +144,30 @@ async fn set_state(inner: &Inner, session: &Session, state: SessionState) -> Res
     Ok(())
 }
 
+/// How many URLs outside its provider's rules a login VM may report before its session ends: a
+/// real CLI prints none (the agent finds only matching ones).
+const MAX_REFUSED_URLS: usize = 8;
+
+/// Counts a login URL or device code the provider's rules refuse (never shown): the first one is
+/// said in the session's events, too many end the session.
+fn refused_url(session: &Session, refused: &mut usize, len: usize) -> Result<(), FlowError> {
+    *refused += 1;
+    warn!(session = %session.id, len, refused = *refused, "the login VM reported a URL its provider's rules refuse: not shown");
+    if *refused == 1 {
+        progress(
+            session,
+            "url_refused",
+            format!("the login VM reported a {len}-byte URL that is not this provider's login URL: not shown"),
+        );
+    }
+    if *refused > MAX_REFUSED_URLS {
+        return Err(FlowError::Login(format!(
+            "the login VM reported {refused} URLs that are not this provider's login URLs: not a login, stopped"
+        )));
+    }
+    Ok(())
+}
+
 fn progress(session: &Session, step: &str, detail: String) {
     session.log.push(LoginEventKind::Progress {
         step: step.into(),
@@ -362,6 +386,7 @@ async fn run(
     session.set_input(call.input());
     let login = res_browser(res)?.login.insert(call);
     let mut exited: Option<(i32, tokio::time::Instant)> = None;
+    let mut refused = 0usize;
     let captured = loop {
         let grace_over = async {
             match exited {
@@ -372,17 +397,34 @@ async fn run(
         tokio::select! {
             item = login.next(), if exited.is_none() => match item? {
                 Some(StreamItem::Event(PtyEvent::Url { url, source, .. })) => {
+                    // The guest's word is not enough: only a URL of this provider's rules is
+                    // ever shown to the user.
+                    if !provider.urls.accepts(&url) {
+                        refused_url(session, &mut refused, url.len())?;
+                        continue;
+                    }
                     // State first: whoever sees the URL may act on it at once (submit a code).
                     if session.state() == SessionState::Ready {
                         set_state(inner, session, SessionState::AwaitingUserAuth).await?;
                     }
-                    session.log.push(LoginEventKind::AuthUrl { url, source });
+                    session
+                        .log
+                        .push_from_guest(LoginEventKind::AuthUrl { url, source })
+                        .map_err(|e| FlowError::Login(e.to_string()))?;
                 }
                 Some(StreamItem::Event(PtyEvent::DeviceCode { url, code, .. })) => {
+                    let rule = provider.urls.device(&session.mode);
+                    if !rule.is_some_and(|r| r.accepts(&url, &code)) {
+                        refused_url(session, &mut refused, url.len() + code.len())?;
+                        continue;
+                    }
                     if session.state() == SessionState::Ready {
                         set_state(inner, session, SessionState::AwaitingUserAuth).await?;
                     }
-                    session.log.push(LoginEventKind::DeviceCode { url, code });
+                    session
+                        .log
+                        .push_from_guest(LoginEventKind::DeviceCode { url, code })
+                        .map_err(|e| FlowError::Login(e.to_string()))?;
                 }
                 Some(StreamItem::Event(PtyEvent::Exited(status))) => {
                     exited = Some((status.shell_code(), tokio::time::Instant::now()));

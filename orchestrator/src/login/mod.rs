@@ -23,7 +23,9 @@ mod provider;
 mod state;
 
 pub use account::{CliAgent, LinkedAccount, Recovered, Revoked, SessionInfo, RESTART_REASON};
-pub use events::{EventStream, LoginEvent, LoginEventKind};
+pub use events::{
+    EventStream, LogFull, LoginEvent, LoginEventKind, MAX_GUEST_EVENTS, MAX_GUEST_EVENT_BYTES,
+};
 pub use handover::{Delivery, PendingDelivery};
 pub use provider::{LoginMode, ProviderLogin, ProviderRulesError, SeedFile, UrlKind};
 pub use state::{SessionState, UnknownState};

@@ -5,10 +5,10 @@
 
 use protocol::providers::ProviderFile;
 
-pub use protocol::providers::{CredentialFile, LoginMode, SeedFile, UrlKind};
+pub use protocol::providers::{CredentialFile, LoginMode, LoginUrls, SeedFile, UrlKind};
 
 /// One provider's login recipe.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ProviderLogin {
     /// Provider id (`claude_code`, `codex`, `gemini_cli`).
     pub name: String,
@@ -24,6 +24,9 @@ pub struct ProviderLogin {
     pub prompt_argv: Vec<String>,
     /// The rules of the main credential file (its expiry and scopes fields).
     pub credential: CredentialFile,
+    /// Which URLs are its login URLs: what a browser VM reports is checked against them before
+    /// any user sees it (the agent checked too, but the guest is not trusted).
+    pub urls: LoginUrls,
 }
 
 /// Why provider rules could not be read.
@@ -35,6 +38,9 @@ pub enum ProviderRulesError {
     /// A provider has no credential path.
     #[error("provider {0} names no credential file")]
     NoCredentialFile(String),
+    /// A URL pattern is not a valid regular expression.
+    #[error(transparent)]
+    Pattern(#[from] protocol::providers::PatternError),
 }
 
 /// Strips `~/` (or `~`) so the path is relative to the home.
@@ -62,7 +68,9 @@ impl ProviderLogin {
                     format!("{dir}/{}", cred.file)
                 };
                 let credential = cred.clone();
+                let urls = LoginUrls::compile(&def)?;
                 Ok(ProviderLogin {
+                    urls,
                     name: def.id,
                     prompt_argv: def.prompt_argv,
                     credential,
@@ -118,7 +126,11 @@ mod tests {
         assert_eq!(claude.seed_files[0].mode, 0o600);
         assert_eq!(all[1].credential_file, ".codex/auth.json");
         assert_eq!(all[2].credential_file, ".gemini/oauth_creds.json");
-        assert_eq!(ProviderLogin::builtin(), all);
+        let builtin: Vec<String> = ProviderLogin::builtin()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(builtin, names);
     }
 
     #[test]

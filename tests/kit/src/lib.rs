@@ -24,6 +24,7 @@ pub mod credentials;
 pub mod desktop;
 pub mod egress;
 pub mod fake_clis;
+pub mod hostile;
 pub mod local_backend;
 pub mod login;
 pub mod playwright;

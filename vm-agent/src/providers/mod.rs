@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use protocol::providers::ProviderFile;
-pub use protocol::providers::{expand_home, CredentialFile, SeedFile, UrlKind};
+pub use protocol::providers::{
+    expand_home, has_params, CredentialFile, DeviceCodeRule, LoginUrls, PatternError, SeedFile,
+    UrlKind,
+};
 use regex::Regex;
 
 /// Environment variable naming a provider rules file that replaces the compiled-in rules.
@@ -24,15 +27,8 @@ pub enum ProviderError {
     #[error("provider rules are not valid: {0}")]
     Parse(#[from] protocol::providers::ParseError),
     /// A URL or prompt pattern is not a valid regular expression.
-    #[error("provider {provider}: bad pattern {pattern:?}: {source}")]
-    Pattern {
-        /// The provider the pattern belongs to.
-        provider: String,
-        /// The pattern as written.
-        pattern: String,
-        /// What the regex compiler said.
-        source: regex::Error,
-    },
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
     /// Two providers share one id.
     #[error("provider id {0:?} is defined twice")]
     DuplicateId(String),
@@ -66,12 +62,8 @@ pub struct Provider {
     pub id: String,
     /// Human name.
     pub name: String,
-    /// A login URL of this provider matches one of these.
-    pub url_patterns: Vec<Regex>,
-    /// Query parameters a login URL must carry (guards against a cut-off URL).
-    pub required_params: Vec<String>,
-    /// Login URLs with an opaque query, matched whole (each pattern anchored at both ends).
-    pub opaque_url_patterns: Vec<Regex>,
+    /// Which URLs are its login URLs (the host checks reports against the same rules).
+    pub urls: LoginUrls,
     /// How the login can run; the first mode is the default.
     pub modes: Vec<Mode>,
     /// Files to create before the login starts.
@@ -95,22 +87,7 @@ pub struct Mode {
     pub device: Option<DeviceCodeRule>,
 }
 
-/// How to find a device-code login's page and code on the screen.
-#[derive(Clone, Debug)]
-pub struct DeviceCodeRule {
-    /// The verification page's URL matches one of these (whole).
-    pub url_patterns: Vec<Regex>,
-    /// The one-time code matches this (a whole word).
-    pub code_pattern: Regex,
-}
-
 impl Provider {
-    fn matches(&self, url: &str) -> bool {
-        (self.url_patterns.iter().any(|p| p.is_match(url))
-            && has_params(url, &self.required_params, &[]))
-            || self.opaque_url_patterns.iter().any(|p| p.is_match(url))
-    }
-
     /// The login mode `id`, or the default (first) one for `None`.
     pub fn mode(&self, id: Option<&str>) -> Option<&Mode> {
         match id {
@@ -161,39 +138,23 @@ impl ProviderRules {
                 return Err(ProviderError::DuplicateId(def.id));
             }
             let compile = |pattern: &str| {
-                Regex::new(pattern).map_err(|source| ProviderError::Pattern {
+                Regex::new(pattern).map_err(|source| PatternError {
                     provider: def.id.clone(),
                     pattern: pattern.to_owned(),
                     source,
                 })
             };
-            let compile_all = |patterns: &[String]| {
-                patterns
-                    .iter()
-                    .map(|p| compile(p))
-                    .collect::<Result<Vec<_>, _>>()
-            };
-            let url_patterns = compile_all(&def.url_patterns)?;
-            let opaque_url_patterns = compile_all(&def.opaque_url_patterns)?;
+            let urls = LoginUrls::compile(&def)?;
             let modes = def
                 .modes
                 .iter()
-                .map(|m| {
-                    let device = match &m.device_code_pattern {
-                        Some(code) => Some(DeviceCodeRule {
-                            url_patterns: compile_all(&m.device_url_patterns)?,
-                            code_pattern: compile(code)?,
-                        }),
-                        None => None,
-                    };
-                    Ok(Mode {
-                        id: m.id.clone(),
-                        env: m.env.clone(),
-                        url: m.url,
-                        device,
-                    })
+                .map(|m| Mode {
+                    id: m.id.clone(),
+                    env: m.env.clone(),
+                    url: m.url,
+                    device: urls.device(m).cloned(),
                 })
-                .collect::<Result<Vec<_>, ProviderError>>()?;
+                .collect();
             let auto_responses = def
                 .auto_responses
                 .iter()
@@ -205,13 +166,11 @@ impl ProviderRules {
                         quiet: std::time::Duration::from_millis(a.quiet_ms),
                     })
                 })
-                .collect::<Result<_, ProviderError>>()?;
+                .collect::<Result<_, PatternError>>()?;
             providers.push(Provider {
                 id: def.id,
                 name: def.name,
-                url_patterns,
-                required_params: def.required_params,
-                opaque_url_patterns,
+                urls,
                 modes,
                 seed_files: def.seed_files,
                 auto_responses,
@@ -265,27 +224,13 @@ impl ProviderRules {
 
     /// Which provider's login URL `url` is, if any (the generic OAuth rule last).
     pub fn classify(&self, url: &str) -> Option<&str> {
-        if let Some(p) = self.providers.iter().find(|p| p.matches(url)) {
+        if let Some(p) = self.providers.iter().find(|p| p.urls.accepts(url)) {
             return Some(&p.id);
         }
         let g = self.generic.as_ref()?;
         (url.starts_with("https://") && has_params(url, &g.required_params, &g.any_params))
             .then_some(g.id.as_str())
     }
-}
-
-/// Whether the query of `url` has every name in `all` and, if `any` is not empty, one of `any`.
-fn has_params(url: &str, all: &[String], any: &[String]) -> bool {
-    let query = url
-        .split_once('?')
-        .map(|(_, q)| q.split('#').next().unwrap_or(""))
-        .unwrap_or("");
-    let names: Vec<&str> = query
-        .split('&')
-        .map(|kv| kv.split('=').next().unwrap_or(""))
-        .collect();
-    all.iter().all(|n| names.contains(&n.as_str()))
-        && (any.is_empty() || any.iter().any(|n| names.contains(&n.as_str())))
 }
 
 #[cfg(test)]
