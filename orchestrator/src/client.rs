@@ -35,6 +35,17 @@ pub type RequestBody = BoxBody<Bytes, Infallible>;
 /// Frames of input buffered per streaming call before the sender waits.
 const INPUT_DEPTH: usize = 16;
 
+/// The most of an error answer's body the host reads: an error is a code and a sentence, and a
+/// guest must not make the host hold megabytes of it.
+pub const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// The most of an agent's error message the host keeps (it reaches logs and users).
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// The most [`StreamCall::collect_exec`] keeps of each output stream: collecting is for short
+/// commands; a longer output is streamed, not collected.
+pub const MAX_COLLECTED_OUTPUT: usize = 16 * 1024 * 1024;
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -68,12 +79,16 @@ pub enum ClientError {
     /// A deadline passed.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// A collected output grew past what the host keeps.
+    #[error("the process wrote more than {0} bytes to one stream; not collected")]
+    OutputTooLarge(usize),
 }
 
 /// A connection to one agent.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     send: http2::SendRequest<RequestBody>,
+    deadline: Option<Duration>,
 }
 
 impl AgentClient {
@@ -118,7 +133,31 @@ impl AgentClient {
                 debug!(error = %e, "agent connection ended");
             }
         });
-        Ok(Self { send })
+        Ok(Self {
+            send,
+            deadline: None,
+        })
+    }
+
+    /// This client with a deadline on every call: a unary call's whole answer, a streaming
+    /// call's acceptance. A guest that takes the call and never answers then costs the caller
+    /// `deadline`, not forever. Clones made from it keep it; the connection is shared.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Runs `work` within this client's deadline, if it has one.
+    async fn within<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        match self.deadline {
+            Some(d) => tokio::time::timeout(d, work)
+                .await
+                .map_err(|_| ClientError::Timeout(d))?,
+            None => work.await,
+        }
     }
 
     /// Whether the connection is still usable.
@@ -148,13 +187,17 @@ impl AgentClient {
     pub async fn call<M: Unary>(&self, req: &M::Request) -> Result<M::Response, ClientError> {
         let bytes = serde_json::to_vec(req)?;
         let request = Self::request(M::path(), Full::new(Bytes::from(bytes)).boxed())?;
-        let response = self.send_raw(request).await?;
-        let status = response.status();
-        let body = read_body(response.into_body()).await?;
-        if status != StatusCode::OK {
-            return Err(agent_error(status, &body));
-        }
-        Ok(serde_json::from_slice(&body)?)
+        self.within(async {
+            let response = self.send_raw(request).await?;
+            let status = response.status();
+            if status != StatusCode::OK {
+                let body = read_body(response.into_body(), MAX_ERROR_BODY).await?;
+                return Err(agent_error(status, &body));
+            }
+            let body = read_body(response.into_body(), MAX_BODY_BYTES).await?;
+            Ok(serde_json::from_slice(&body)?)
+        })
+        .await
     }
 
     /// Opens a streaming call: sends the opening message, returns the call's two halves once the
@@ -164,12 +207,17 @@ impl AgentClient {
         let opening = Frame::message(req)?;
         input.send(opening).await.map_err(|_| ClientError::Closed)?;
         let request = Self::request(M::path(), body.boxed())?;
-        let response = self.send_raw(request).await?;
-        let status = response.status();
-        if status != StatusCode::OK {
-            let body = read_body(response.into_body()).await?;
-            return Err(agent_error(status, &body));
-        }
+        let response = self
+            .within(async {
+                let response = self.send_raw(request).await?;
+                let status = response.status();
+                if status != StatusCode::OK {
+                    let body = read_body(response.into_body(), MAX_ERROR_BODY).await?;
+                    return Err(agent_error(status, &body));
+                }
+                Ok(response)
+            })
+            .await?;
         Ok(StreamCall {
             input: Some(input),
             output: FrameReader::new(response.into_body(), DEFAULT_MAX_FRAME),
@@ -333,10 +381,17 @@ impl StreamCall<Exec> {
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         let mut status = None;
+        let keep = |into: &mut Vec<u8>, b: &[u8]| {
+            if into.len() + b.len() > MAX_COLLECTED_OUTPUT {
+                return Err(ClientError::OutputTooLarge(MAX_COLLECTED_OUTPUT));
+            }
+            into.extend_from_slice(b);
+            Ok(())
+        };
         while let Some(item) = self.next().await? {
             match item {
-                StreamItem::Data(FrameKind::Stdout, b) => stdout.extend_from_slice(&b),
-                StreamItem::Data(FrameKind::Stderr, b) => stderr.extend_from_slice(&b),
+                StreamItem::Data(FrameKind::Stdout, b) => keep(&mut stdout, &b)?,
+                StreamItem::Data(FrameKind::Stderr, b) => keep(&mut stderr, &b)?,
                 StreamItem::Event(ExecEvent::Exited(s)) => status = Some(s),
                 _ => {}
             }
@@ -351,8 +406,8 @@ impl StreamCall<Exec> {
     }
 }
 
-async fn read_body(body: Incoming) -> Result<Bytes, ClientError> {
-    Limited::new(body, MAX_BODY_BYTES)
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ClientError> {
+    Limited::new(body, limit)
         .collect()
         .await
         .map(|c| c.to_bytes())
@@ -361,10 +416,42 @@ async fn read_body(body: Incoming) -> Result<Bytes, ClientError> {
 
 fn agent_error(status: StatusCode, body: &[u8]) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(err) => ClientError::Agent(err),
+        Ok(mut err) => {
+            if err.message.len() > MAX_ERROR_MESSAGE {
+                let mut end = MAX_ERROR_MESSAGE;
+                while !err.message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                err.message.truncate(end);
+                err.message.push_str("… (cut)");
+            }
+            ClientError::Agent(err)
+        }
         Err(_) => ClientError::Decode(format!(
             "status {status} with body {:?}",
             String::from_utf8_lossy(&body[..body.len().min(200)])
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_long_error_message_is_cut_on_a_character_boundary() {
+        let long = ErrorBody::new(protocol::ErrorCode::Io, "ü".repeat(MAX_ERROR_MESSAGE));
+        let body = serde_json::to_vec(&long).unwrap();
+        let ClientError::Agent(err) = agent_error(StatusCode::INTERNAL_SERVER_ERROR, &body) else {
+            panic!("an agent error");
+        };
+        assert!(err.message.len() <= MAX_ERROR_MESSAGE + "… (cut)".len());
+        assert!(err.message.ends_with("… (cut)"));
+        let short = ErrorBody::new(protocol::ErrorCode::Io, "disk full");
+        let body = serde_json::to_vec(&short).unwrap();
+        let ClientError::Agent(err) = agent_error(StatusCode::INTERNAL_SERVER_ERROR, &body) else {
+            panic!("an agent error");
+        };
+        assert_eq!(err.message, "disk full");
     }
 }

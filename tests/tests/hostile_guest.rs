@@ -20,6 +20,10 @@ struct Rig {
 }
 
 async fn rig(browser: Option<Attack>) -> Rig {
+    rig_with(browser, Duration::from_secs(30)).await
+}
+
+async fn rig_with(browser: Option<Attack>, call_timeout: Duration) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store = test_kit::login::sqlite_store(dir.path(), "hostile-test").await;
     let local = test_kit::service::fake_cli_backend(dir.path()).unwrap();
@@ -31,6 +35,7 @@ async fn rig(browser: Option<Attack>) -> Rig {
         EgressPorts::new(store, PortRange::default()),
         LoginConfig {
             timeout: Duration::from_secs(60),
+            call_timeout,
             push_retry_delay: Duration::from_secs(3600),
             ..LoginConfig::default()
         },
@@ -51,6 +56,11 @@ async fn login(rig: &Rig, user: &str) -> (Vec<LoginEventKind>, SessionState, Opt
         .await
         .expect("the session ends")
     {
+        if let LoginEventKind::AuthUrl { .. } = ev.kind {
+            // The user logs in at the provider and pastes the code (an honest browser VM's
+            // fake CLI takes it; a hostile one ignores it).
+            let _ = rig.service.submit_code(&id, "fake-auth-code-0001").await;
+        }
         all.push(ev.kind);
     }
     let (state, reason) = rig.service.wait(&id).await.expect("wait");
@@ -138,4 +148,62 @@ async fn a_huge_url_that_looks_like_a_login_url_is_refused() {
     assert_eq!(state, SessionState::Failed, "{reason:?}");
     assert!(urls_shown(&events).is_empty());
     nothing_left(&rig).await;
+}
+
+/// A CLI VM that takes the push and never answers costs its own user the call deadline and
+/// nobody else anything: the other user's pending push lands while the stalled one still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_vm_that_never_answers_a_push_costs_only_its_own_user() {
+    const DEADLINE: Duration = Duration::from_secs(4);
+    let rig = rig_with(None, DEADLINE).await;
+    rig.backend.hostile_cli("mallory", Attack::StallCredentials);
+    let started = std::time::Instant::now();
+    let (events, state, reason) = login(&rig, "mallory").await;
+    assert_eq!(state, SessionState::Completed, "{reason:?}: {events:?}");
+    assert!(
+        started.elapsed() < DEADLINE * 3,
+        "the login's push gave up at its deadline: {:?}",
+        started.elapsed()
+    );
+
+    // Erin's push fails for an ordinary reason (a file where her CLI VM needs a directory).
+    let (_, state, _) = login(&rig, "erin").await;
+    assert_eq!(state, SessionState::Completed);
+    let erin_vm = rig
+        .backend
+        .inner()
+        .cli_vm_of("erin")
+        .expect("erin's CLI VM");
+    let codex_dir = rig
+        .backend
+        .inner()
+        .home_of(&erin_vm)
+        .unwrap()
+        .join(".codex");
+    std::fs::remove_dir_all(&codex_dir).unwrap();
+    std::fs::write(&codex_dir, b"not a directory").unwrap();
+    // A new version makes her record pending again: log in once more.
+    let (_, state, _) = login(&rig, "erin").await;
+    assert_eq!(state, SessionState::Completed);
+    std::fs::remove_file(&codex_dir).unwrap();
+
+    let service = rig.service.clone();
+    let retry = tokio::spawn(async move { service.push_pending().await });
+    let t = std::time::Instant::now();
+    let erin_file = codex_dir.join("auth.json");
+    while !erin_file.exists() {
+        assert!(
+            t.elapsed() < DEADLINE / 2,
+            "erin's push waited on mallory's stalled CLI VM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!retry.is_finished(), "mallory's push is still waiting");
+    let pushed = retry.await.unwrap().expect("push_pending");
+    assert_eq!(pushed, 1, "erin's landed, mallory's timed out");
+    assert!(
+        t.elapsed() < DEADLINE + Duration::from_secs(2),
+        "mallory's push gave up at its deadline: {:?}",
+        t.elapsed()
+    );
 }

@@ -153,8 +153,9 @@ pub(super) async fn ensure_cli(inner: &Inner, user: &str) -> Result<VmHandle, Fl
 /// [`ensure_cli`], then connects to the VM's agent.
 pub(super) async fn connect_cli(inner: &Inner, user: &str) -> Result<CliAgent, FlowError> {
     let cli = ensure_cli(inner, user).await?;
-    let client =
-        AgentClient::connect_with_retry(&*cli.connector, inner.config.hello_timeout).await?;
+    let client = AgentClient::connect_with_retry(&*cli.connector, inner.config.hello_timeout)
+        .await?
+        .with_deadline(inner.config.call_timeout);
     Ok(CliAgent {
         client,
         vm_id: cli.id,
@@ -193,14 +194,37 @@ async fn push_stored(
     Ok(true)
 }
 
-/// Pushes every stored credential whose latest version has not reached its CLI VM.
+/// Pushes every stored credential whose latest version has not reached its CLI VM. Users are
+/// worked in parallel, each user's records in order: one CLI VM that never answers costs its own
+/// user the call deadline and nobody else anything.
 pub(crate) async fn push_pending(inner: &Arc<Inner>) -> Result<usize, LoginError> {
-    let mut pushed = 0;
+    let mut by_user: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for record in inner.store.credentials_pending_push().await? {
-        match push_stored(inner, &record.user_id, &record.provider).await {
-            Ok(true) => pushed += 1,
-            Ok(false) => {}
-            Err(e) => warn!(provider = %record.provider, error = %e, "push retry failed"),
+        by_user
+            .entry(record.user_id)
+            .or_default()
+            .push(record.provider);
+    }
+    let mut users = tokio::task::JoinSet::new();
+    for (user, providers) in by_user {
+        let inner = inner.clone();
+        users.spawn(async move {
+            let mut pushed = 0;
+            for provider in providers {
+                match push_stored(&inner, &user, &provider).await {
+                    Ok(true) => pushed += 1,
+                    Ok(false) => {}
+                    Err(e) => warn!(%provider, error = %e, "push retry failed"),
+                }
+            }
+            pushed
+        });
+    }
+    let mut pushed = 0;
+    while let Some(done) = users.join_next().await {
+        match done {
+            Ok(n) => pushed += n,
+            Err(e) => warn!(error = %e, "a user's pushes ended abnormally"),
         }
     }
     Ok(pushed)

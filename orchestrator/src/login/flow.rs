@@ -298,7 +298,9 @@ async fn run(
         hello.wait(inner.config.hello_timeout).await?;
     }
     let connector = res_browser(res)?.handle.connector.clone();
-    let client = AgentClient::connect_with_retry(&*connector, inner.config.hello_timeout).await?;
+    let client = AgentClient::connect_with_retry(&*connector, inner.config.hello_timeout)
+        .await?
+        .with_deadline(inner.config.call_timeout);
     res_browser(res)?.client = Some(client.clone());
     session.set_agent(Some(super::BrowserAgent {
         client: client.clone(),

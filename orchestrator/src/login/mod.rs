@@ -53,6 +53,9 @@ pub struct LoginConfig {
     pub timeout: Duration,
     /// How long a new VM's agent may take to say hello.
     pub hello_timeout: Duration,
+    /// How long any one call to an agent may take (a unary call's answer, a stream's
+    /// acceptance): a guest that takes a call and never answers costs this, not a stuck flow.
+    pub call_timeout: Duration,
     /// The upstream egress proxy; `None` runs logins without a way out (development).
     pub proxy: Option<ProxyConfig>,
     /// Destinations a login VM may reach besides its provider's `egress_hosts` (a deployment's
@@ -92,6 +95,7 @@ impl Default for LoginConfig {
         Self {
             timeout: Duration::from_secs(300),
             hello_timeout: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(30),
             proxy: None,
             login_egress: Vec::new(),
             cli_egress: AllowList::Any,
