@@ -17,6 +17,13 @@ use crate::method::{Method, Streaming};
 use crate::secret::EnvVars;
 use crate::ErrorBody;
 
+/// The widest terminal the agent makes (columns): wider than any real screen's text, small enough
+/// that the agent's screen model of it stays a few megabytes.
+pub const MAX_COLS: u16 = 1000;
+
+/// The tallest terminal the agent makes (rows).
+pub const MAX_ROWS: u16 = 500;
+
 /// The `pty` streaming call.
 #[derive(Debug)]
 pub struct Pty;

@@ -781,13 +781,22 @@ async fn bad_control_messages_are_refused_with_typed_errors_and_the_session_live
     read_until(&mut call, "ready").await;
     let raw =
         |json: &'static str| Frame::data(FrameKind::Message, Bytes::from_static(json.as_bytes()));
-    let cases: [(Frame, &str); 5] = [
+    let cases: [(Frame, &str); 6] = [
         (raw("{not json"), ""),
         (raw(r#"{"op":"explode"}"#), "explode"),
         (raw(r#"{"op":"resize","cols":"wide"}"#), ""),
         (
             Frame::message(&PtyControl::Resize { cols: 0, rows: 0 }).expect("frame"),
             "0x0",
+        ),
+        // A 34 GB screen: refused with the limits, nothing allocated.
+        (
+            Frame::message(&PtyControl::Resize {
+                cols: 65535,
+                rows: 65535,
+            })
+            .expect("frame"),
+            "65535x65535 is invalid (1 to 1000 columns, 1 to 500 rows)",
         ),
         (
             Frame::message(&PtyControl::Signal {

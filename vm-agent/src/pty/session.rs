@@ -83,8 +83,12 @@ pub enum PtyError {
     /// `argv` was empty.
     #[error("argv is empty")]
     EmptyArgv,
-    /// The terminal size is zero.
-    #[error("terminal size {cols}x{rows} is invalid")]
+    /// The terminal size is zero or larger than any screen.
+    #[error(
+        "terminal size {cols}x{rows} is invalid (1 to {} columns, 1 to {} rows)",
+        protocol::pty::MAX_COLS,
+        protocol::pty::MAX_ROWS
+    )]
     BadSize {
         /// Requested columns.
         cols: u16,
@@ -202,7 +206,7 @@ impl PtySession {
         let Some(program) = opts.argv.first().cloned() else {
             return Err(PtyError::EmptyArgv);
         };
-        if opts.cols == 0 || opts.rows == 0 {
+        if !size_ok(opts.cols, opts.rows) {
             return Err(PtyError::BadSize {
                 cols: opts.cols,
                 rows: opts.rows,
@@ -402,7 +406,7 @@ impl PtySession {
 
     /// Changes the terminal size (the program gets SIGWINCH).
     pub fn resize(&self, cols: u16, rows: u16) -> Result<(), PtyError> {
-        if cols == 0 || rows == 0 {
+        if !size_ok(cols, rows) {
             return Err(PtyError::BadSize { cols, rows });
         }
         let mut shared = self.lock();
@@ -706,4 +710,10 @@ fn session_members(sid: u32) -> Vec<i32> {
                 == Some(sid)
         })
         .collect()
+}
+
+/// Whether a terminal of `cols` x `rows` is one a screen can have: the detector keeps a cell per
+/// position, and a 65535x65535 request would be a 34 GB screen.
+fn size_ok(cols: u16, rows: u16) -> bool {
+    (1..=protocol::pty::MAX_COLS).contains(&cols) && (1..=protocol::pty::MAX_ROWS).contains(&rows)
 }
