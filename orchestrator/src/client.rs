@@ -44,7 +44,7 @@ pub const MAX_ERROR_MESSAGE: usize = 1024;
 
 /// The most [`StreamCall::collect_exec`] keeps of each output stream: collecting is for short
 /// commands; a longer output is streamed, not collected.
-pub const MAX_COLLECTED_OUTPUT: usize = 16 * 1024 * 1024;
+pub const MAX_COLLECTED_OUTPUT: usize = 64 * 1024 * 1024;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]

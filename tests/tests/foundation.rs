@@ -159,6 +159,24 @@ async fn large_streamed_output_is_intact() {
     );
 }
 
+/// Collecting is for short commands: an output past the host's bound is a clear error, not an
+/// ever-growing buffer, and the connection carries on.
+#[tokio::test]
+async fn collected_output_is_bounded() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let too_much = (orchestrator::client::MAX_COLLECTED_OUTPUT + 1024 * 1024).to_string();
+    let err = client
+        .exec_collect(&["head", "-c", &too_much, "/dev/zero"], None)
+        .await
+        .expect_err("too much to collect");
+    assert!(
+        matches!(err, ClientError::OutputTooLarge(n) if n == orchestrator::client::MAX_COLLECTED_OUTPUT),
+        "{err}"
+    );
+    assert_eq!(client.health().await.expect("health").status, "ok");
+}
+
 #[tokio::test]
 async fn a_bad_frame_is_refused_and_the_connection_survives() {
     let agent = AgentProcess::start().await;
@@ -352,6 +370,30 @@ async fn files_round_trip_atomically_with_their_mode() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(leftovers.len(), 1, "temp files left: {leftovers:?}");
+    // A symlink planted on the way (the agent is root; a guest user may own the directory):
+    // refused, nothing written through it.
+    let outside = agent.dir().join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    std::os::unix::fs::symlink(&outside, agent.dir().join("home/deep/link")).expect("symlink");
+    let err = client
+        .write_file(&WriteFileRequest {
+            path: agent
+                .dir()
+                .join("home/deep/link/x.json")
+                .display()
+                .to_string(),
+            content: b"{}".to_vec(),
+            mode: None,
+            create_dirs: true,
+        })
+        .await
+        .expect_err("through a symlink");
+    let ClientError::Agent(body) = err else {
+        panic!("an agent error");
+    };
+    assert_eq!(body.code, ErrorCode::Forbidden);
+    assert!(body.message.contains("symlink"), "{body:?}");
+    assert_eq!(std::fs::read_dir(&outside).expect("ls").count(), 0);
     let err = client
         .read_file("/nonexistent/x")
         .await

@@ -1,12 +1,17 @@
 //! Basic whole-file read and write. Writes are atomic (temp file in the same directory, fsync,
-//! rename) so a reader never sees half a file. The hardened credential writer is separate.
+//! rename) so a reader never sees half a file, and walk to the directory one component at a
+//! time without following a symlink (`creds::confine`, as the credential writer does): the
+//! agent is root, and a guest user may have planted a link on the way.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use protocol::messages::{ReadFileRequest, ReadFileResponse, WriteFileRequest, WriteFileResponse};
 use protocol::{ErrorBody, ErrorCode, MAX_BODY_BYTES};
+
+use crate::creds::confine::{ConfinedPath, Owner};
+use crate::creds::path_error;
 
 /// Largest file served by `read_file`: its base64 form must fit in one response body.
 pub const MAX_FILE_BYTES: u64 = (MAX_BODY_BYTES as u64 / 4) * 3 - 4096;
@@ -72,44 +77,49 @@ pub async fn write(req: WriteFileRequest) -> Result<WriteFileResponse, ErrorBody
 }
 
 fn write_atomic(path: &Path, req: &WriteFileRequest) -> Result<WriteFileResponse, ErrorBody> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+
+    let target = ConfinedPath::new(&[PathBuf::from("/")], path).map_err(path_error)?;
+    let create = req.create_dirs.then(Owner::current);
+    let Some((dir, _)) = target.open_parent(create).map_err(path_error)? else {
         return Err(ErrorBody::new(
-            ErrorCode::BadRequest,
-            "path has no file name",
+            ErrorCode::NotFound,
+            format!("{} does not exist", target.parent().display()),
         ));
     };
-    if req.create_dirs {
-        std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
-    }
+    target.check_target(&dir).map_err(path_error)?;
     let mode = req.mode.unwrap_or(0o644) & 0o7777;
-    let tmp = dir.join(format!(
+    let tmp = format!(
         ".{}.tmp-{}",
-        name.to_string_lossy(),
+        target.name().to_string_lossy(),
         std::process::id()
-    ));
+    );
+    let tmp_path = target.parent().join(&tmp);
     let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| io_error("create", &tmp, e))?;
+        let fd = rustix::fs::openat(
+            &dir,
+            tmp.as_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(|e| io_error("create", &tmp_path, e.into()))?;
+        let mut file = std::fs::File::from(fd);
         file.write_all(&req.content)
-            .map_err(|e| io_error("write", &tmp, e))?;
+            .map_err(|e| io_error("write", &tmp_path, e))?;
         // The umask may have narrowed the mode at creation.
         file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| io_error("chmod", &tmp, e))?;
-        file.sync_all().map_err(|e| io_error("fsync", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io_error("rename", path, e))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+            .map_err(|e| io_error("chmod", &tmp_path, e))?;
+        file.sync_all()
+            .map_err(|e| io_error("fsync", &tmp_path, e))?;
+        rustix::fs::renameat(&dir, tmp.as_str(), &dir, target.name())
+            .map_err(|e| io_error("rename", path, e.into()))?;
+        let _ = rustix::fs::fsync(&dir);
         Ok(WriteFileResponse {
             bytes: req.content.len() as u64,
         })
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
     }
     result
 }

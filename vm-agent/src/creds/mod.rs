@@ -114,7 +114,8 @@ fn resolve(agent: &Agent, scope: &CredsScope) -> Result<Resolved, ErrorBody> {
 
 /// The wire error for a refused or failed path operation. Paths are not secrets; contents never
 /// reach these messages.
-fn path_error(e: CredPathError) -> ErrorBody {
+/// A refused or failed path walk as the error answer it gets.
+pub(crate) fn path_error(e: CredPathError) -> ErrorBody {
     let code = match &e {
         CredPathError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             ErrorCode::NotFound
