@@ -129,14 +129,27 @@ async fn answer(req: Request<Incoming>, attack: Attack) -> Response<Body> {
                 valid,
             } = attack
             {
-                for i in 0..count {
-                    let event = PtyEvent::Url {
+                let event = |i| {
+                    Frame::message(&PtyEvent::Url {
                         url: flood_url(i, bytes, valid),
                         provider: "codex".into(),
                         source: UrlSource::Screen,
-                    };
-                    let Ok(frame) = Frame::message(&event) else {
-                        return;
+                    })
+                };
+                // Large URLs are one frame sent again and again (its bytes shared, not copied):
+                // what the host holds is then the host's doing, not this agent's.
+                let shared = if bytes > 64 * 1024 {
+                    event(0).ok()
+                } else {
+                    None
+                };
+                for i in 0..count {
+                    let frame = match &shared {
+                        Some(frame) => frame.clone(),
+                        None => match event(i) {
+                            Ok(frame) => frame,
+                            Err(_) => return,
+                        },
                     };
                     if tx.send(frame).await.is_err() {
                         return;

@@ -23,7 +23,7 @@ use crate::shell::step;
 
 const FLOWS: usize = 20;
 /// A throwaway all-zero key: the bench measures sealing cost, not secrecy.
-const KEY: &str = "bench:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+pub(super) const KEY: &str = "bench:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
 /// Runs the benchmark.
 pub fn run() -> Result<()> {

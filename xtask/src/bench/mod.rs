@@ -7,6 +7,7 @@ mod desktop;
 mod detect;
 mod egress;
 mod egress_tunnel;
+mod hostile;
 mod images;
 mod login;
 mod rpc;
@@ -43,6 +44,9 @@ pub enum Which {
     EgressTunnel,
     /// Sealing and opening a 4 KiB credential.
     Vault,
+    /// A hostile guest: URL floods against the orchestrator (its peak memory), a CLI VM that
+    /// never answers a push (another user's push meanwhile), hostile requests against the agent.
+    Hostile,
     /// Zero-knowledge credentials: HPKE sealing and opening of a 4 KiB credential vs bare
     /// AES-256-GCM, and a refresh in the CLI VM to its sealed version in the store (local agents).
     Seal,
@@ -75,6 +79,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::EgressTunnel => egress_tunnel::run(),
         Which::Login => login::run(),
         Which::Vault => vault::run(),
+        Which::Hostile => hostile::run(),
         Which::Seal => seal::run(),
         Which::Service => service::run(),
         Which::Images => images::run(),
