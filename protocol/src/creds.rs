@@ -84,6 +84,11 @@ pub enum CredsEvent {
     Sealed(SealedCapture),
 }
 
+/// The largest credential file that travels (real ones are a few KiB). Both ends hold to it: the
+/// agent does not read a larger file, the host does not store one; and its base64 form inside a
+/// JSON event stays well under the frame limit ([`crate::frame::DEFAULT_MAX_FRAME`]).
+pub const MAX_CREDENTIAL_BYTES: usize = 256 * 1024;
+
 /// What the host may know of a credential without opening it, read in the VM from the fields the
 /// provider rules name (`expires_at`, `scopes`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

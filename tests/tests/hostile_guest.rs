@@ -207,3 +207,69 @@ async fn a_cli_vm_that_never_answers_a_push_costs_only_its_own_user() {
         t.elapsed()
     );
 }
+
+/// A credential the login VM made up is never stored nor pushed: one written before any login URL
+/// (a login the user never did: account fixation), one from another path, one of the wrong
+/// shape, one too large. Each ends the login with its reason; the store and the CLI VM stay
+/// empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_captures_are_refused_and_nothing_reaches_the_cli_vm() {
+    let good = test_kit::credentials::codex().into_bytes();
+    let cases = [
+        (
+            "before any URL",
+            Attack::ForgedCapture {
+                before_url: true,
+                path: ".codex/auth.json".into(),
+                content: good.clone(),
+            },
+            "before showing a login URL",
+        ),
+        (
+            "another path",
+            Attack::ForgedCapture {
+                before_url: false,
+                path: ".ssh/authorized_keys".into(),
+                content: good.clone(),
+            },
+            "not from",
+        ),
+        (
+            "the wrong shape",
+            Attack::ForgedCapture {
+                before_url: false,
+                path: ".codex/auth.json".into(),
+                content: br#"{"tokens":{}}"#.to_vec(),
+            },
+            "not a complete codex credential",
+        ),
+        (
+            "too large",
+            Attack::ForgedCapture {
+                before_url: false,
+                path: ".codex/auth.json".into(),
+                content: vec![b' '; protocol::creds::MAX_CREDENTIAL_BYTES + 1],
+            },
+            "the limit is",
+        ),
+    ];
+    for (what, attack, says) in cases {
+        let rig = rig(Some(attack)).await;
+        let (_, state, reason) = login(&rig, "fay").await;
+        assert_eq!(state, SessionState::Failed, "{what}: {reason:?}");
+        let reason = reason.unwrap_or_default();
+        assert!(reason.contains(says), "{what}: {reason}");
+        assert!(!reason.contains("fake-"), "{what}: no content in reasons");
+        let stored = rig.service.accounts("fay").await.expect("accounts");
+        assert!(stored.is_empty(), "{what}: stored {stored:?}");
+        let cli = rig.backend.inner().cli_vm_of("fay").expect("CLI VM");
+        let file = rig
+            .backend
+            .inner()
+            .home_of(&cli)
+            .unwrap()
+            .join(".codex/auth.json");
+        assert!(!file.exists(), "{what}: pushed into the CLI VM");
+        nothing_left(&rig).await;
+    }
+}

@@ -451,11 +451,20 @@ async fn run(
     res_browser(res)?.login = None;
     drop(watch);
 
-    // authenticating: seal, store, push.
+    // authenticating: check, seal, store, push.
     if session.state() == SessionState::Ready {
-        // The CLI wrote its credential without printing a URL (already logged in elsewhere).
-        set_state(inner, session, SessionState::AwaitingUserAuth).await?;
+        // A fresh login VM holds no credential: one written before any login URL was shown is
+        // not a login the user did, and linking it would hand the user someone else's account.
+        return Err(FlowError::Login(
+            "the login VM wrote a credential before showing a login URL: refused".into(),
+        ));
     }
+    let expected = guest_path(&home, &provider.credential_file);
+    match &captured {
+        Captured::Plain(c) => super::checks::plain(provider, &expected, c),
+        Captured::Sealed(c) => super::checks::sealed(provider, &expected, c),
+    }
+    .map_err(|e| FlowError::Login(e.to_string()))?;
     set_state(inner, session, SessionState::Authenticating).await?;
     // The agent reports only complete, valid files of the provider's shape.
     let captured = match captured {

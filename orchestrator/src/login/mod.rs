@@ -15,6 +15,7 @@
 
 mod account;
 mod chain;
+mod checks;
 mod deliver;
 mod events;
 mod flow;
@@ -23,6 +24,7 @@ mod provider;
 mod state;
 
 pub use account::{CliAgent, LinkedAccount, Recovered, Revoked, SessionInfo, RESTART_REASON};
+pub use checks::CaptureRefused;
 pub use events::{
     EventStream, LogFull, LoginEvent, LoginEventKind, MAX_GUEST_EVENTS, MAX_GUEST_EVENT_BYTES,
 };

@@ -41,13 +41,24 @@ pub enum Attack {
     },
     /// Accepts every call but never answers `creds_put` (nor any credential call).
     StallCredentials,
+    /// Reports a codex credential capture it made up: `content` at `path` (relative to the VM's
+    /// home), either before any login URL or shortly after a valid one.
+    ForgedCapture {
+        /// Whether the capture comes before the login shows a URL.
+        before_url: bool,
+        /// Where it claims the file was, relative to the home.
+        path: String,
+        /// What it claims the file held.
+        content: Vec<u8>,
+    },
 }
 
-/// Serves one stream as a hostile agent.
-async fn serve(stream: tokio::io::DuplexStream, attack: Attack) {
+/// Serves one stream as a hostile agent of a VM whose guest home is `home`.
+async fn serve(stream: tokio::io::DuplexStream, attack: Attack, home: String) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let attack = attack.clone();
-        async move { Ok::<_, Infallible>(answer(req, attack).await) }
+        let home = home.clone();
+        async move { Ok::<_, Infallible>(answer(req, attack, home).await) }
     });
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), service)
@@ -90,7 +101,18 @@ fn flood_url(i: usize, bytes: usize, valid: bool) -> String {
     head + &"p".repeat(pad)
 }
 
-async fn answer(req: Request<Incoming>, attack: Attack) -> Response<Body> {
+/// The made-up capture of a [`Attack::ForgedCapture`].
+fn forged(home: &str, path: &str, content: &[u8]) -> CredsEvent {
+    CredsEvent::Captured(protocol::creds::CapturedCredential {
+        provider: "codex".into(),
+        path: format!("{}/{path}", home.trim_end_matches('/')),
+        content: content.to_vec(),
+        sha256: String::new(),
+        mtime_ms: 0,
+    })
+}
+
+async fn answer(req: Request<Incoming>, attack: Attack, home: String) -> Response<Body> {
     let method = req.uri().path().trim_start_matches("/v1/").to_owned();
     // The request is read whole (unary) or left open (streams): either way nothing is kept.
     let stalls = attack == Attack::StallCredentials && method.starts_with("creds_");
@@ -109,11 +131,23 @@ async fn answer(req: Request<Incoming>, attack: Attack) -> Response<Body> {
             let _ = req.into_body().collect().await;
             json(serde_json::to_value(WriteFileResponse { bytes: 0 }).unwrap_or_default())
         }
-        "creds_watch" => stream(|tx| async move {
+        "creds_watch" => stream(move |tx| async move {
             let _ = tx
                 .send_message(&CredsEvent::Watching { paths: Vec::new() })
                 .await;
-            // Never captures; holds the call open until the host drops it.
+            if let Attack::ForgedCapture {
+                before_url,
+                path,
+                content,
+            } = &attack
+            {
+                if !before_url {
+                    // After the login's URL (sent as the terminal starts) has been shown.
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                let _ = tx.send_message(&forged(&home, path, content)).await;
+            }
+            // Holds the call open until the host drops it.
             tx.closed().await;
         }),
         "pty" => stream(move |tx| async move {
@@ -123,6 +157,19 @@ async fn answer(req: Request<Incoming>, attack: Attack) -> Response<Body> {
                     pid: 1,
                 })
                 .await;
+            if let Attack::ForgedCapture {
+                before_url: false, ..
+            } = &attack
+            {
+                let url = flood_url(0, 0, true);
+                let _ = tx
+                    .send_message(&PtyEvent::Url {
+                        url,
+                        provider: "codex".into(),
+                        source: UrlSource::Browser,
+                    })
+                    .await;
+            }
             if let Attack::UrlFlood {
                 count,
                 bytes,
@@ -165,13 +212,14 @@ async fn answer(req: Request<Incoming>, attack: Attack) -> Response<Body> {
 #[derive(Debug)]
 struct HostileConnector {
     attack: Attack,
+    home: String,
 }
 
 impl Connector for HostileConnector {
     fn connect(&self) -> BoxFuture<'_, Result<AgentStream, TransportError>> {
         Box::pin(async move {
             let (host, guest) = tokio::io::duplex(256 * 1024);
-            tokio::spawn(serve(guest, self.attack.clone()));
+            tokio::spawn(serve(guest, self.attack.clone(), self.home.clone()));
             let stream: AgentStream = Box::pin(host);
             Ok(stream)
         })
@@ -211,7 +259,10 @@ impl<B: VmBackend> HostileBackend<B> {
 
     fn turned(mut handle: VmHandle, attack: Option<Attack>) -> VmHandle {
         if let Some(attack) = attack {
-            handle.connector = Arc::new(HostileConnector { attack });
+            handle.connector = Arc::new(HostileConnector {
+                attack,
+                home: handle.guest_home.clone(),
+            });
         }
         handle
     }

@@ -32,7 +32,7 @@ const QUIET_AFTER_WRITE: Duration = Duration::from_millis(150);
 /// follows at least one new level of a `mkdir -p`).
 const MAX_REPLAN_ROUNDS: usize = 32;
 /// Credential files are a few KiB; anything bigger is not one and is not read into memory.
-const MAX_CREDENTIAL_FILE: u64 = 1 << 20;
+const MAX_CREDENTIAL_FILE: u64 = protocol::creds::MAX_CREDENTIAL_BYTES as u64;
 
 /// Credential bytes: printed as `[redacted]`, never as content.
 #[derive(Clone, PartialEq, Eq)]
