@@ -12,6 +12,7 @@ mod backend;
 mod pool;
 pub mod qemu;
 mod qemu_backend;
+pub mod serial;
 mod watch;
 
 pub use backend::{BackendCause, BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};

@@ -15,7 +15,7 @@ use protocol::Hello;
 use tokio::process::{Child, Command};
 use tracing::{debug, info, warn};
 
-use super::watch;
+use super::{serial, watch};
 use crate::transport::{HelloListener, HybridVsockConnector, TransportError};
 
 /// Name of the vhost-user socket between QEMU and the backend.
@@ -258,6 +258,8 @@ pub struct QemuVm {
     hello: Hello,
     boot_to_hello: Duration,
     connector: HybridVsockConnector,
+    /// Copies the serial console into its bounded logs while QEMU runs.
+    console: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl QemuLauncher {
@@ -341,6 +343,7 @@ impl QemuLauncher {
                 listen_port: None,
             },
             boot_to_hello: Duration::ZERO,
+            console: None,
         };
         // On error `vm` drops here, which kills what was started and removes the directory.
         vm.boot(cfg).await?;
@@ -376,6 +379,7 @@ impl QemuVm {
             .stdout(log_file(&backend_log)?)
             .stderr(log_file(&backend_log)?)
             .kill_on_drop(true)
+            .die_with_parent()
             .spawn()
             .map_err(io(format!("start {}", cfg.vhost_device_vsock.display())))?;
         let created = tokio::time::timeout(BACKEND_START_TIMEOUT, async {
@@ -388,7 +392,13 @@ impl QemuVm {
         self.backend = Some(backend);
         created.map_err(|_| VmError::BackendTimeout(BACKEND_START_TIMEOUT))??;
 
-        let serial = self.dir.join("serial.log");
+        let serial = self.dir.join(serial::SERIAL_SOCKET);
+        if serial.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(VmError::PathTooLong(serial));
+        }
+        // Listening before QEMU starts: QEMU connects its serial port at launch.
+        self.console =
+            Some(serial::collect(&self.dir).map_err(io("listen for the serial console"))?);
         let qemu_log = self.dir.join("qemu.log");
         let launched = Instant::now();
         let mut qemu = Command::new(&cfg.qemu)
@@ -397,6 +407,7 @@ impl QemuVm {
             .stdout(log_file(&qemu_log)?)
             .stderr(log_file(&qemu_log)?)
             .kill_on_drop(true)
+            .die_with_parent()
             .spawn()
             .map_err(io(format!("start {}", cfg.qemu.display())))?;
         info!(vm = %self.name, dir = %self.dir.display(), accel = %cfg.accel, pid = qemu.id(), "qemu started");
@@ -409,7 +420,7 @@ impl QemuVm {
                 Ok(h) => Ok(h),
                 Err(TransportError::Timeout(timeout, _)) => Err(VmError::HelloTimeout {
                     timeout,
-                    serial: tail(&serial),
+                    serial: serial::tail(&self.dir, LOG_TAIL_BYTES as u64),
                 }),
                 Err(e) => Err(e.into()),
             },
@@ -467,9 +478,10 @@ impl QemuVm {
             .collect()
     }
 
-    /// The guest's serial console so far (kernel messages, agent logs).
+    /// The guest's serial console (kernel messages, agent logs): what its bounded logs still
+    /// hold, at most [`serial::SERIAL_LOG_CAP`] twice over.
     pub fn serial_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("serial.log")).unwrap_or_default()
+        serial::tail(&self.dir, 2 * serial::SERIAL_LOG_CAP)
     }
 
     /// Waits up to `timeout` for QEMU to exit by itself (the guest powered off).
@@ -494,6 +506,9 @@ impl QemuVm {
     /// directory, and returns what was removed. Also recorded as an `audit` event.
     pub async fn destroy(mut self) -> Result<DestroyReport, VmError> {
         let started = Instant::now();
+        if let Some(console) = self.console.take() {
+            console.abort();
+        }
         let mut stopped_pids = Vec::new();
         for child in [self.qemu.take(), self.backend.take()]
             .into_iter()
@@ -540,6 +555,9 @@ impl Drop for QemuVm {
     /// A VM dropped without [`QemuVm::destroy`] (an error, a panicking test) still leaves nothing
     /// behind: processes are killed and the directory removed, best effort.
     fn drop(&mut self) {
+        if let Some(console) = self.console.take() {
+            console.abort();
+        }
         for child in [self.qemu.as_mut(), self.backend.as_mut()]
             .into_iter()
             .flatten()
@@ -604,6 +622,10 @@ fn qemu_args(cfg: &QemuConfig, vhost: &Path, serial: &Path, disk: Option<&Path>)
             "-display",
             "none",
             "-no-reboot",
+            // QEMU's seccomp filter: no obsolete system calls, no privilege changes, no new
+            // processes, no scheduler or resource changes, whatever a guest makes it do.
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]
         .map(String::from),
     );
@@ -619,8 +641,10 @@ fn qemu_args(cfg: &QemuConfig, vhost: &Path, serial: &Path, disk: Option<&Path>)
         format!("socket,id=vsock0,path={}", vhost.display()),
         "-device".into(),
         "vhost-user-vsock-device,chardev=vsock0".into(),
+        "-chardev".into(),
+        format!("socket,id=serial0,path={}", serial.display()),
         "-serial".into(),
-        format!("file:{}", serial.display()),
+        "chardev:serial0".into(),
         "-kernel".into(),
         cfg.kernel.display().to_string(),
         "-initrd".into(),
@@ -695,10 +719,32 @@ fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0).round() as u64)
 }
 
+/// A VM's processes end with the host process that started them, even when it is killed and
+/// `kill_on_drop` never runs: no QEMU outlives a crashed orchestrator holding a user's VM.
+trait DieWithParent {
+    fn die_with_parent(&mut self) -> &mut Self;
+}
+
+impl DieWithParent for Command {
+    fn die_with_parent(&mut self) -> &mut Self {
+        // SAFETY: the closure runs in the child between fork and exec and only makes one
+        // async-signal-safe system call (prctl), touching no memory of the parent.
+        unsafe {
+            self.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        self
+    }
+}
+
 fn log_file(path: &Path) -> Result<std::fs::File, VmError> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .map_err(io(format!("open {}", path.display())))
 }
@@ -708,7 +754,7 @@ fn exited(process: &'static str, status: std::io::Result<ExitStatus>, log: &Path
         Ok(status) => VmError::Exited {
             process,
             status,
-            log: tail(log),
+            log: serial::tail_file(log, LOG_TAIL_BYTES as u64),
         },
         Err(e) => VmError::Io {
             what: format!("wait for {process}"),
@@ -717,18 +763,49 @@ fn exited(process: &'static str, status: std::io::Result<ExitStatus>, log: &Path
     }
 }
 
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut start = text.len().saturating_sub(LOG_TAIL_BYTES);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vm_process_dies_with_what_started_it() {
+        // The thread that forks stands for the orchestrator: when it goes, the child goes,
+        // though nothing kills it (no kill_on_drop).
+        let pid = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let child = Command::new("sleep")
+                    .arg("1000")
+                    .die_with_parent()
+                    .spawn()
+                    .unwrap();
+                let pid = child.id().unwrap();
+                std::mem::forget(child);
+                pid
+            })
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Killed, it is a zombie (or reaped): state Z, or no such process.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+            if stat.is_empty() || state == Some('Z') {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sleep {pid} outlived its parent: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Reap it.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+    }
 
     #[test]
     fn command_line_has_the_recipe_essentials() {
@@ -746,6 +823,10 @@ mod tests {
         assert!(joined.contains("socket,id=vsock0,path=/tmp/vmX/vhost.sock"));
         assert!(!joined.contains("-cpu host"));
         assert!(!joined.contains("-netdev"), "no network card unless asked");
+        assert!(
+            joined.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"),
+            "{joined}"
+        );
         cfg.network = Some(UserNetwork {
             udp_forwards: vec![UdpForward {
                 host: "127.0.0.1:40000".parse().unwrap(),
