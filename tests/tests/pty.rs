@@ -1010,3 +1010,58 @@ async fn survivors_after_5s(pids: &[i32]) -> Vec<i32> {
     }
     pids.iter().copied().filter(|p| process_alive(*p)).collect()
 }
+
+/// The browser shim takes a session's URLs only from that session's own processes: a process
+/// outside it that knows the session id (another session's CLI, anything of the guest user) is
+/// refused, from what the kernel says the caller is.
+#[tokio::test]
+async fn the_shim_refuses_a_caller_outside_the_session_it_names() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let mut call = client
+        .pty(&PtyRequest::Spawn(PtySpawn::new(["sleep", "30"])))
+        .await
+        .expect("spawn");
+    let session = match call.next().await.expect("pty stream") {
+        Some(StreamItem::Event(PtyEvent::Started { session, .. })) => session,
+        other => panic!("expected Started, got {other:?}"),
+    };
+    let stream = tokio::net::UnixStream::connect(shim_dir(agent.pid()).join("shim.sock"))
+        .await
+        .expect("connect to the shim");
+    let (read, mut write) = stream.into_split();
+    let line = serde_json::json!({
+        "session": session,
+        "url": "https://claude.com/cai/oauth/authorize?code=true&client_id=forged&code_challenge=x&state=y",
+        "via": "forger",
+    });
+    write
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .expect("send");
+    let mut reply = String::new();
+    tokio::io::BufReader::new(read)
+        .read_line(&mut reply)
+        .await
+        .expect("reply");
+    assert!(
+        reply.starts_with("error: the caller is not a process of pty session"),
+        "{reply}"
+    );
+    // Nothing reached the session: no URL event before it is closed.
+    orchestrator::pty::control(
+        &call,
+        &PtyControl::Signal {
+            signal: "SIGKILL".into(),
+        },
+    )
+    .await
+    .expect("kill");
+    while let Some(item) = call.next().await.expect("pty stream") {
+        assert!(
+            !matches!(item, StreamItem::Event(PtyEvent::Url { .. })),
+            "a forged URL was reported: {item:?}"
+        );
+    }
+}

@@ -223,17 +223,50 @@ fn sweep_stale(parent: &Path) {
 }
 
 async fn handle(sessions: &PtySessions, open: &UrlOpener, stream: tokio::net::UnixStream) {
+    // Who is calling, from the kernel (SO_PEERCRED), not from what the caller says.
+    let caller = stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .and_then(|p| u32::try_from(p).ok());
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = tokio::io::BufReader::new(read).take(MAX_LINE as u64);
     let reply = match reader.read_until(b'\n', &mut line).await {
-        Ok(_) => answer(sessions, open, &line),
+        Ok(_) => answer(sessions, open, caller, &line),
         Err(e) => format!("error: {e}"),
     };
     let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
 }
 
-fn answer(sessions: &PtySessions, open: &UrlOpener, line: &[u8]) -> String {
+/// Whether process `pid` is `ancestor` or descends from it (following parents in `/proc`; a
+/// program the CLI started detached, in a session of its own, still descends from it).
+fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut at = pid;
+    for _ in 0..64 {
+        if at == ancestor {
+            return true;
+        }
+        if at <= 1 {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{at}/stat")) else {
+            return false;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let parent = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok());
+        match parent {
+            Some(p) => at = p,
+            None => return false,
+        }
+    }
+    false
+}
+
+fn answer(sessions: &PtySessions, open: &UrlOpener, caller: Option<u32>, line: &[u8]) -> String {
     let Ok(req) = serde_json::from_slice::<serde_json::Value>(line) else {
         return "error: not a JSON line".into();
     };
@@ -243,6 +276,16 @@ fn answer(sessions: &PtySessions, open: &UrlOpener, line: &[u8]) -> String {
     let Some(s) = sessions.get(session) else {
         return format!("error: no pty session {session:?}");
     };
+    // A session's URLs come from its own programs: another process (another session's CLI, a
+    // process of the guest user outside any login) cannot put a URL into it.
+    if !caller.is_some_and(|pid| descends_from(pid, s.pid())) {
+        warn!(
+            session,
+            ?caller,
+            "a shim call from outside its session refused"
+        );
+        return format!("error: the caller is not a process of pty session {session:?}");
+    }
     let reported = s.report_browser_url(url);
     if let Some(provider) = s.provider() {
         open(provider, url);
