@@ -209,6 +209,58 @@ async fn bad_pushes_are_refused_clearly_and_nothing_is_written() {
     assert_eq!(client.health().await.expect("health").status, "ok");
 }
 
+/// A push of several files is all or nothing: when one cannot be written, none is replaced and
+/// no temporary file is left.
+#[tokio::test]
+async fn a_push_of_several_files_is_all_or_nothing() {
+    let agent = AgentProcess::start().await;
+    let home = home(&agent);
+    let client = agent.client().await;
+    let put = |files: Vec<CredentialFile>| {
+        let client = client.clone();
+        async move {
+            client
+                .creds_put(&CredsPutRequest {
+                    scope: CredsScope {
+                        provider: "claude_code".into(),
+                        ..Default::default()
+                    },
+                    files,
+                })
+                .await
+        }
+    };
+    let file = |path: &str, tag: &str| CredentialFile {
+        path: path.into(),
+        content: claude_json(tag).into_bytes(),
+    };
+    put(vec![file("~/.claude/.credentials.json", "0001")])
+        .await
+        .expect("first push");
+    // The second file's directory is a planted symlink: the push is refused whole.
+    let outside = agent.dir().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, home.join("planted")).unwrap();
+    let err = put(vec![
+        file("~/.claude/.credentials.json", "0002"),
+        file("~/planted/extra.json", "0002"),
+    ])
+    .await
+    .expect_err("refused");
+    assert!(err.to_string().contains("symlink"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(home.join(".claude/.credentials.json")).unwrap(),
+        claude_json("0001"),
+        "the first file was not replaced"
+    );
+    let left: Vec<_> = std::fs::read_dir(home.join(".claude"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
 /// A `creds_put_sealed` of `content` as `owner`'s `version`, sealed to `key` for `sealed_as`.
 async fn put_sealed(
     client: &orchestrator::AgentClient,

@@ -171,9 +171,16 @@ fn put_blocking(
         }
         plan.push((path, file.content));
     }
-    let mut written = Vec::with_capacity(plan.len());
-    for (path, content) in plan {
-        let out = write::put_file(&roots, &path, &content, resolved.owner).map_err(path_error)?;
+    // Every file staged (written whole beside its target) before any is put in place: a file
+    // that cannot be written leaves all the old ones as they were.
+    let staged = plan
+        .iter()
+        .map(|(path, content)| write::stage(&roots, path, content, resolved.owner))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(path_error)?;
+    let mut written = Vec::with_capacity(staged.len());
+    for file in staged {
+        let out = file.commit().map_err(path_error)?;
         info!(provider = %resolved.provider, path = %out.path.display(), sha256 = %out.sha256, "credential file pushed");
         written.push(WrittenFile {
             path: out.path.display().to_string(),

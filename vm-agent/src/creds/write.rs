@@ -42,33 +42,79 @@ pub fn put_file(
     content: &[u8],
     owner: Owner,
 ) -> Result<PutOutcome, CredPathError> {
+    stage(roots, path, content, owner)?.commit()
+}
+
+/// A credential file written whole beside its target, not yet in place: [`Staged::commit`] puts
+/// it there; dropped uncommitted, it is removed and the target keeps its old content. Several
+/// files are staged first and committed after, so a push of several is checked and written
+/// whole before any old file is replaced.
+#[derive(Debug)]
+pub struct Staged {
+    dir: OwnedFd,
+    tmp_name: String,
+    target: ConfinedPath,
+    outcome: Option<PutOutcome>,
+}
+
+/// Writes `content` into a temp file beside `path` (confined to `roots`, owned by `owner`,
+/// mode 0600, fsynced).
+pub fn stage(
+    roots: &[PathBuf],
+    path: &Path,
+    content: &[u8],
+    owner: Owner,
+) -> Result<Staged, CredPathError> {
     let target = ConfinedPath::new(roots, path)?;
     let full = target.full();
     let (dir, created_dirs) = target
         .open_parent(Some(owner))?
         .ok_or_else(|| CredPathError::io(&full, Errno::NOENT))?;
     target.check_target(&dir)?;
-
     let (tmp_name, tmp) = create_temp(&dir, &target)?;
-    let written = write_temp(&tmp, content, owner)
-        .and_then(|()| {
-            // A symlink planted at the target name between the check and now is replaced, not
-            // followed: rename works on the directory entry.
-            rustix::fs::renameat(&dir, tmp_name.as_str(), &dir, target.name())
-        })
-        .and_then(|()| rustix::fs::fsync(&dir));
-    drop(tmp);
-    if let Err(e) = written {
-        let _ = rustix::fs::unlinkat(&dir, tmp_name.as_str(), AtFlags::empty());
-        return Err(CredPathError::io(&full, e));
+    let staged = Staged {
+        dir,
+        tmp_name,
+        target,
+        outcome: Some(PutOutcome {
+            path: full.clone(),
+            len: content.len(),
+            sha256: hex_sha256(content),
+            created_dirs,
+        }),
+    };
+    // On error `staged` drops here and removes the temp file.
+    write_temp(&tmp, content, owner).map_err(|e| CredPathError::io(&full, e))?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Renames the staged file over its target and syncs the directory.
+    pub fn commit(mut self) -> Result<PutOutcome, CredPathError> {
+        let full = self.target.full();
+        // A symlink planted at the target name between the check and now is replaced, not
+        // followed: rename works on the directory entry.
+        rustix::fs::renameat(
+            &self.dir,
+            self.tmp_name.as_str(),
+            &self.dir,
+            self.target.name(),
+        )
+        .and_then(|()| rustix::fs::fsync(&self.dir))
+        .map_err(|e| CredPathError::io(&full, e))?;
+        tracing::debug!(path = %full.display(), "credential file written");
+        self.outcome
+            .take()
+            .ok_or_else(|| CredPathError::io(&full, Errno::INVAL))
     }
-    tracing::debug!(path = %full.display(), len = content.len(), "credential file written");
-    Ok(PutOutcome {
-        path: full,
-        len: content.len(),
-        sha256: hex_sha256(content),
-        created_dirs,
-    })
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.outcome.is_some() {
+            let _ = rustix::fs::unlinkat(&self.dir, self.tmp_name.as_str(), AtFlags::empty());
+        }
+    }
 }
 
 fn create_temp(dir: &OwnedFd, target: &ConfinedPath) -> Result<(String, OwnedFd), CredPathError> {
