@@ -402,3 +402,69 @@ async fn files_round_trip_atomically_with_their_mode() {
     let err = client.read_file("relative/x").await.expect_err("relative");
     assert_eq!(agent_code(err), ErrorCode::BadRequest);
 }
+
+/// Many large request bodies at once cannot make the agent hold more than its budget (a small VM
+/// would run out of memory): past it a call is refused with a clear error, and once the held
+/// bodies end the same call goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_at_once_are_refused_past_the_agents_budget() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    const MIB: usize = 1024 * 1024;
+    // Three bodies of 15 MiB each that never end: the agent holds all of them.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (tx, body) = protocol::body::ChannelBody::channel(32);
+        for _ in 0..15 {
+            tx.send(Frame::data(FrameKind::Stdin, vec![b' '; MIB - 5]))
+                .await
+                .expect("queue");
+        }
+        let request = http::Request::post("/v1/write_file")
+            .header(PROTOCOL_HEADER, "1")
+            .body(body.boxed())
+            .expect("request");
+        let client = client.clone();
+        held.push((
+            tx,
+            tokio::spawn(async move { client.send_raw(request).await }),
+        ));
+    }
+    let big = |n: usize| WriteFileRequest {
+        path: agent
+            .dir()
+            .join(format!("home/big-{n}"))
+            .display()
+            .to_string(),
+        // 10 MiB, about 13.3 MiB as JSON (base64).
+        content: vec![b'x'; 10 * MIB],
+        mode: None,
+        create_dirs: false,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    let refusal = loop {
+        n += 1;
+        match client.write_file(&big(n)).await {
+            Err(ClientError::Agent(body)) => break body,
+            Ok(_) => {
+                // The held bodies are not all read yet.
+                assert!(tokio::time::Instant::now() < deadline, "never refused");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(refusal.code, ErrorCode::TooLarge, "{refusal:?}");
+    assert!(refusal.message.contains("already holds"), "{refusal:?}");
+    client.health().await.expect("the agent serves");
+    // The held bodies end (malformed, refused): their share comes back.
+    for (tx, answer) in held {
+        drop(tx);
+        let _ = answer.await;
+    }
+    client
+        .write_file(&big(0))
+        .await
+        .expect("within the budget again");
+}

@@ -41,6 +41,8 @@ pub struct Agent {
     seal_key: Option<protocol::sealed::KeyPair>,
     /// The last sealed version written per (home, provider): an older one is a replay.
     sealed_versions: std::sync::Mutex<BTreeMap<(std::path::PathBuf, String), i64>>,
+    /// Request body bytes held at once, all calls together.
+    body_budget: crate::rpc::body::BodyBudget,
     #[cfg(feature = "desktop")]
     desktops: Arc<agent_desktop::Desktops>,
     /// The browser VM's Chromium, when the image has one.
@@ -82,6 +84,7 @@ impl Agent {
                 .inspect_err(|e| tracing::error!(error = %e, "no key for sealed credentials"))
                 .ok(),
             sealed_versions: std::sync::Mutex::default(),
+            body_budget: crate::rpc::body::BodyBudget::new(),
             #[cfg(feature = "desktop")]
             desktops: Arc::new(agent_desktop::Desktops::new(config.display.clone())),
             #[cfg(feature = "desktop")]
@@ -127,6 +130,11 @@ impl Agent {
         self.providers
             .get_or_init(|| Arc::new(ProviderRules::from_env()))
             .clone()
+    }
+
+    /// The budget every call's request body is read within.
+    pub fn body_budget(&self) -> &crate::rpc::body::BodyBudget {
+        &self.body_budget
     }
 
     /// The key credentials are sealed to for this VM.

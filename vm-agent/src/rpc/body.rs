@@ -1,6 +1,7 @@
 //! Request parsing and response building shared by every route.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -11,6 +12,7 @@ use protocol::body::{FrameReader, ReadError};
 use protocol::frame::FrameKind;
 use protocol::{ErrorBody, ErrorCode, Streaming, Unary, MAX_BODY_BYTES};
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Body of every response.
 pub type ResponseBody = BoxBody<Bytes, Infallible>;
@@ -34,9 +36,53 @@ pub fn error(body: &ErrorBody) -> Response<ResponseBody> {
     json(status, body)
 }
 
-/// Reads a JSON request body of at most [`MAX_BODY_BYTES`]. A declared length over the limit is
+/// How many bytes of request bodies the agent holds at once, all calls together: a few full
+/// bodies. Many large calls at once are refused past it instead of exhausting a small VM.
+pub const IN_FLIGHT_BODY_BYTES: usize = 3 * MAX_BODY_BYTES;
+
+/// The agent's budget of request body bytes in flight (one per agent, found by every call in its
+/// request's extensions).
+#[derive(Debug, Clone)]
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    /// A budget of [`IN_FLIGHT_BODY_BYTES`].
+    pub fn new() -> Self {
+        Self(Arc::new(Semaphore::new(IN_FLIGHT_BODY_BYTES)))
+    }
+
+    fn take(&self, held: &mut Option<OwnedSemaphorePermit>, n: usize) -> Result<(), ErrorBody> {
+        let Ok(more) = u32::try_from(n) else {
+            return Err(too_large(n as u64));
+        };
+        let permit = self.0.clone().try_acquire_many_owned(more).map_err(|_| {
+            ErrorBody::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the agent already holds {IN_FLIGHT_BODY_BYTES} bytes of requests; try again"
+                ),
+            )
+        })?;
+        match held {
+            Some(h) => h.merge(permit),
+            None => *held = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reads a JSON request body of at most [`MAX_BODY_BYTES`], within the agent's [`BodyBudget`]
+/// (the returned permit holds its share until dropped). A declared length over the limit is
 /// refused before any byte of the body is read.
-pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ErrorBody> {
+pub async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<(T, Option<OwnedSemaphorePermit>), ErrorBody> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -47,19 +93,28 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T,
             return Err(too_large(len));
         }
     }
-    let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
+    let budget = req.extensions().get::<BodyBudget>().cloned();
+    let mut held = None;
+    let mut body = Limited::new(req.into_body(), MAX_BODY_BYTES);
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 too_large(MAX_BODY_BYTES as u64 + 1)
             } else {
                 ErrorBody::new(ErrorCode::BadRequest, format!("reading body: {e}"))
             }
-        })?
-        .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("malformed request: {e}")))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if let Some(budget) = &budget {
+                budget.take(&mut held, data.len())?;
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("malformed request: {e}")))?;
+    Ok((value, held))
 }
 
 fn too_large(len: u64) -> ErrorBody {
@@ -77,7 +132,8 @@ where
     Fut: std::future::Future<Output = Result<M::Response, ErrorBody>>,
 {
     match read_json::<M::Request>(req).await {
-        Ok(request) => match handler(request).await {
+        // The body's share of the budget is held until the call has answered.
+        Ok((request, _held)) => match handler(request).await {
             Ok(response) => json(StatusCode::OK, &response),
             Err(e) => error(&e),
         },

@@ -21,8 +21,9 @@ use crate::{creds, exec, files, pty, system};
 /// Entry point of every request.
 pub async fn route(
     agent: Arc<Agent>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    req.extensions_mut().insert(agent.body_budget().clone());
     if let Err(e) = check_version(&req) {
         return Ok(error(&e));
     }
