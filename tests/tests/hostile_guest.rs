@@ -273,3 +273,38 @@ async fn forged_captures_are_refused_and_nothing_reaches_the_cli_vm() {
         nothing_left(&rig).await;
     }
 }
+
+/// A desktop agent trickling candidates without end is cut off at the session's bound, whether
+/// the host gathers them into the answer or relays them one by one.
+#[tokio::test]
+async fn a_desktop_that_floods_candidates_is_cut_off() {
+    use orchestrator::desktop::{DesktopSession, MAX_CANDIDATES};
+    let offer = protocol::desktop::DesktopOffer {
+        sdp: "v=0\r\n".into(),
+        display: None,
+        video: Default::default(),
+        ice: Default::default(),
+    };
+    let connector = test_kit::hostile::connector(Attack::CandidateFlood { count: 100_000 });
+    let client = orchestrator::AgentClient::connect(&*connector)
+        .await
+        .unwrap();
+    let mut session = DesktopSession::open(&client, &offer).await.expect("answer");
+    let err = session.answer_with_candidates().await.expect_err("cut off");
+    assert!(
+        err.to_string()
+            .contains(&format!("more than {MAX_CANDIDATES} candidates")),
+        "{err}"
+    );
+    let mut session = DesktopSession::open(&client, &offer).await.expect("answer");
+    let mut relayed = 0;
+    let err = loop {
+        match session.next_event().await {
+            Ok(Some(_)) => relayed += 1,
+            Ok(None) => panic!("the flood ended by itself"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(relayed, MAX_CANDIDATES);
+    assert!(err.to_string().contains("candidates"), "{err}");
+}

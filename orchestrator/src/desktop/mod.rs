@@ -18,6 +18,18 @@ use crate::client::{AgentClient, ClientError, StreamCall, StreamItem};
 /// answer SDP back.
 pub const VIEWER_HTML: &str = include_str!("viewer.html");
 
+/// The most ICE candidates one session takes from the agent (a VM has a few addresses).
+pub const MAX_CANDIDATES: usize = 32;
+
+/// The longest candidate line taken (real ones are under 200 bytes).
+pub const MAX_CANDIDATE_LEN: usize = 512;
+
+/// The longest SDP answer taken (real ones are a few KiB).
+pub const MAX_ANSWER_LEN: usize = 64 * 1024;
+
+/// Events held while the answer's candidates are gathered.
+const MAX_EARLY_EVENTS: usize = 64;
+
 /// One viewer's session with the agent. The viewer watches as long as this value lives.
 #[derive(Debug)]
 pub struct DesktopSession {
@@ -27,6 +39,8 @@ pub struct DesktopSession {
     early: VecDeque<DesktopEvent>,
     /// Candidates on these addresses are kept out of the answer.
     hidden: Vec<IpAddr>,
+    /// Candidates taken from the agent so far.
+    candidates: usize,
 }
 
 impl DesktopSession {
@@ -36,12 +50,19 @@ impl DesktopSession {
         loop {
             match call.next().await? {
                 Some(StreamItem::Event(DesktopEvent::Answer { sdp })) => {
+                    if sdp.len() > MAX_ANSWER_LEN {
+                        return Err(ClientError::Decode(format!(
+                            "the agent's answer has {} bytes, more than {MAX_ANSWER_LEN}",
+                            sdp.len()
+                        )));
+                    }
                     return Ok(Self {
                         call,
                         answer: sdp,
                         early: VecDeque::new(),
                         hidden: Vec::new(),
-                    })
+                        candidates: 0,
+                    });
                 }
                 Some(StreamItem::Event(DesktopEvent::Closed { reason })) => {
                     return Err(ClientError::Decode(format!(
@@ -73,6 +94,7 @@ impl DesktopSession {
         loop {
             match self.call.next().await? {
                 Some(StreamItem::Event(DesktopEvent::Candidate { candidate })) => {
+                    self.admit(&candidate)?;
                     if !on_hidden(&candidate, &self.hidden) {
                         self.answer = with_candidate(&self.answer, &candidate);
                     }
@@ -86,7 +108,14 @@ impl DesktopSession {
                         "desktop closed while gathering candidates: {reason}"
                     )));
                 }
-                Some(StreamItem::Event(event)) => self.early.push_back(event),
+                Some(StreamItem::Event(event)) => {
+                    if self.early.len() >= MAX_EARLY_EVENTS {
+                        return Err(ClientError::Decode(format!(
+                            "the agent sent more than {MAX_EARLY_EVENTS} events before its candidates"
+                        )));
+                    }
+                    self.early.push_back(event)
+                }
                 Some(StreamItem::Data(..)) => {}
                 None => {
                     return Err(ClientError::Decode(
@@ -95,6 +124,23 @@ impl DesktopSession {
                 }
             }
         }
+    }
+
+    /// Counts a candidate from the agent against the session's bounds.
+    fn admit(&mut self, candidate: &str) -> Result<(), ClientError> {
+        self.candidates += 1;
+        if self.candidates > MAX_CANDIDATES {
+            return Err(ClientError::Decode(format!(
+                "the agent sent more than {MAX_CANDIDATES} candidates"
+            )));
+        }
+        if candidate.len() > MAX_CANDIDATE_LEN {
+            return Err(ClientError::Decode(format!(
+                "the agent sent a {}-byte candidate (at most {MAX_CANDIDATE_LEN})",
+                candidate.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Keeps candidates on `addresses` out of the answer, now and from later trickles (a VM's
@@ -134,6 +180,10 @@ impl DesktopSession {
         }
         loop {
             match self.call.next().await? {
+                Some(StreamItem::Event(DesktopEvent::Candidate { candidate })) => {
+                    self.admit(&candidate)?;
+                    return Ok(Some(DesktopEvent::Candidate { candidate }));
+                }
                 Some(StreamItem::Event(event)) => return Ok(Some(event)),
                 Some(StreamItem::Data(..)) => {}
                 None => return Ok(None),

@@ -41,6 +41,11 @@ pub enum Attack {
     },
     /// Accepts every call but never answers `creds_put` (nor any credential call).
     StallCredentials,
+    /// Answers a desktop offer, then trickles `count` candidates.
+    CandidateFlood {
+        /// How many.
+        count: usize,
+    },
     /// Reports a codex credential capture it made up: `content` at `path` (relative to the VM's
     /// home), either before any login URL or shortly after a valid one.
     ForgedCapture {
@@ -205,6 +210,27 @@ async fn answer(req: Request<Incoming>, attack: Attack, home: String) -> Respons
             }
             tx.closed().await;
         }),
+        "desktop" => stream(move |tx| async move {
+            let _ = tx
+                .send_message(&protocol::desktop::DesktopEvent::Answer {
+                    sdp: "v=0\r\n".into(),
+                })
+                .await;
+            if let Attack::CandidateFlood { count } = attack {
+                for i in 0..count {
+                    let candidate = format!(
+                        "candidate:{i} 1 udp 2130706431 10.0.{}.{} 40000 typ host",
+                        (i / 250) % 250,
+                        i % 250
+                    );
+                    let event = protocol::desktop::DesktopEvent::Candidate { candidate };
+                    if tx.send_message(&event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            tx.closed().await;
+        }),
         other => refuse(&format!("the hostile agent does not do {other}")),
     }
 }
@@ -224,6 +250,14 @@ impl Connector for HostileConnector {
             Ok(stream)
         })
     }
+}
+
+/// A connector to a hostile agent of a VM whose guest home is `/root`, for driving it directly.
+pub fn connector(attack: Attack) -> Arc<dyn Connector> {
+    Arc::new(HostileConnector {
+        attack,
+        home: "/root".into(),
+    })
 }
 
 /// A [`VmBackend`] whose browser VMs (and the CLI VMs of chosen users) answer as hostile agents.
