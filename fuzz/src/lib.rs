@@ -1,11 +1,15 @@
-//! The agent's URL detector and provider rules, compiled from the agent's own source files
-//! (`vm-agent/src/detect`, `vm-agent/src/providers`) so the fuzz build needs only their few
-//! dependencies, not the whole agent.
+//! The agent's URL detector, provider rules and credential path confinement, compiled from the
+//! agent's own source files (`vm-agent/src/detect`, `vm-agent/src/providers`,
+//! `vm-agent/src/creds/confine.rs`) so the fuzz build needs only their few dependencies, not the
+//! whole agent. The protocol's decoders are fuzzed through the `protocol` crate itself.
 
 #[path = "../../vm-agent/src/providers/mod.rs"]
 pub mod providers;
 
 #[path = "../../vm-agent/src/detect/mod.rs"]
 pub mod detect;
+
+#[path = "../../vm-agent/src/creds/confine.rs"]
+pub mod confine;
 
 pub mod input;

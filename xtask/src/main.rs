@@ -42,11 +42,15 @@ enum Command {
         #[command(subcommand)]
         which: bench::Which,
     },
-    /// Fuzz the login-URL detector (cargo fuzz) for a bounded time.
+    /// Fuzz the login-URL detector, or with --all every target (cargo fuzz), for a bounded time
+    /// each.
     Fuzz {
-        /// How long to fuzz.
+        /// How long to fuzz each target.
         #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
         seconds: u64,
+        /// Every target, not only the URL detector.
+        #[arg(long)]
+        all: bool,
     },
     /// Serve the host service and its page over real microVMs (`--check`: walk it headless).
     Demo(demo::DemoArgs),
@@ -63,7 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Image { which } => image::run(which),
         Command::Test => test::run(),
         Command::Bench { which } => bench::run(which),
-        Command::Fuzz { seconds } => fuzz::run(seconds),
+        Command::Fuzz { seconds, all } => fuzz::run(seconds, all),
         Command::Demo(args) => demo::run(args),
         Command::ProviderCheck => provider_check::run(),
     };

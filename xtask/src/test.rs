@@ -38,7 +38,7 @@ pub fn run() -> Result<()> {
         .args(["test", "--workspace"])
         .env(test_kit::postgres::URL_ENV, postgres.url()))?;
     drop(postgres);
-    crate::fuzz::run(crate::fuzz::DEFAULT_SECONDS)?;
+    crate::fuzz::run(crate::fuzz::DEFAULT_SECONDS, true)?;
     step("the demo's walk, headless (cargo xtask demo --check)");
     crate::demo::run(crate::demo::DemoArgs {
         check: true,
