@@ -345,6 +345,11 @@ fn text_copied_in_the_vm_reaches_the_viewer_and_back() {
     let mut browser = open_viewer(&relay);
     browser.wait_for("viewer.dc.readyState === 'open'", Duration::from_secs(20));
 
+    // What the page puts into this machine's clipboard is recorded.
+    browser.eval(
+        "viewer.writes = []; Object.defineProperty(navigator, 'clipboard', { configurable: true, \
+           value: { writeText: (t) => { viewer.writes.push(t); return Promise.resolve(); } } }); true",
+    );
     // VM to browser: an X client copies; the viewer page shows it in its clipboard panel.
     let copied = "copied in the VM: grüße ✓ 🙂\nsecond line";
     let xclip = Xclip::copy(&x.display, copied);
@@ -358,6 +363,12 @@ fn text_copied_in_the_vm_reaches_the_viewer_and_back() {
         browser.eval("document.getElementById('clip').hidden"),
         json!(false)
     );
+    // It reaches this machine's clipboard only when the user asks.
+    assert_eq!(browser.eval("viewer.writes.length"), json!(0));
+    let (cx, cy) = element_centre(&mut browser, "clipCopy");
+    browser.click(cx, cy);
+    browser.wait_for("viewer.writes.length === 1", Duration::from_secs(10));
+    assert_eq!(browser.eval("viewer.writes[0]"), json!(copied));
     drop(xclip);
 
     // Larger than one data channel message: it arrives in pieces, whole.
