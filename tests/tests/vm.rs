@@ -343,3 +343,62 @@ async fn fake_cli_logins_work_in_a_real_vm() {
     drop(client);
     destroy_without_traces(vm).await;
 }
+
+/// A host that crashed left VM directories (its QEMUs died with it): the next run's `recover`
+/// sweeps the ones whose owner is gone, audits it, and leaves another live host's alone.
+#[tokio::test]
+async fn recover_sweeps_what_a_crashed_host_left_and_audits_it() {
+    use orchestrator::egress::{EgressPorts, PortRange};
+    use orchestrator::login::{LoginConfig, LoginService};
+    use orchestrator::vm::{QemuConfig, QemuLauncher, QemuVmBackend};
+    let run = tempfile::tempdir().unwrap();
+    // A crashed host's VM: its owner process (a child that exited) is gone.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let gone = child.id();
+    child.wait().unwrap();
+    let left = run.path().join("vmCrash1");
+    std::fs::create_dir(&left).unwrap();
+    std::fs::write(left.join("owner"), format!("{gone} 42")).unwrap();
+    std::fs::write(left.join("serial.log"), b"boot messages").unwrap();
+    // Another live host's VM directory (this process, as it stamps them): kept.
+    let mut config = QemuConfig::new("/nonexistent/vhost", "/k", "/i");
+    config.run_dir = run.path().to_path_buf();
+    let launcher = QemuLauncher::new(config);
+    let live = run.path().join("vmLive01");
+    std::fs::create_dir(&live).unwrap();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let started = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        live.join("owner"),
+        format!("{} {started}", std::process::id()),
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = test_kit::login::sqlite_store(dir.path(), "sweep-test").await;
+    let service = LoginService::new(
+        std::sync::Arc::new(QemuVmBackend::new(launcher, "/root")),
+        store.clone(),
+        test_kit::login::fake_vault(),
+        EgressPorts::new(store.clone(), PortRange::default()),
+        LoginConfig::default(),
+    );
+    let recovered = service.recover().await.expect("recover");
+    assert_eq!(recovered.swept, [left.display().to_string()]);
+    assert!(!left.exists());
+    assert!(live.exists(), "a live host's VM was swept");
+    let audit = store.audit_log(None).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.event == "vm_swept" && e.detail.contains("vmCrash1")),
+        "{audit:?}"
+    );
+}

@@ -73,6 +73,8 @@ pub struct Recovered {
     pub sessions: Vec<String>,
     /// Browser VMs of this host still recorded active, destroyed (or recorded gone).
     pub vms: Vec<String>,
+    /// What VMs of a crashed predecessor left on this machine, removed by the backend.
+    pub swept: Vec<String>,
 }
 
 /// The reason given to sessions a restart interrupted.
@@ -82,7 +84,8 @@ impl LoginService {
     /// Closes what a previous run of this host left active (call once at start, before any
     /// login): its sessions end `failed` with [`RESTART_REASON`] (audited), and its browser VMs are
     /// destroyed through the backend (a backend that no longer knows one has nothing left of it;
-    /// the row is closed either way). CLI VMs are the users' and stay.
+    /// the row is closed either way). CLI VMs are the users' and stay. Then the backend sweeps
+    /// what VMs of a crashed predecessor left on the machine (audited).
     pub async fn recover(&self) -> Result<Recovered, LoginError> {
         let store = &self.inner.store;
         let host = store.host_id().to_owned();
@@ -127,6 +130,17 @@ impl LoginService {
                 )
                 .await?;
             out.vms.push(vm.id);
+        }
+        out.swept = self.inner.backend.sweep().await?;
+        if !out.swept.is_empty() {
+            store
+                .audit(
+                    None,
+                    &AuditEvent::VmSwept {
+                        removed: out.swept.clone(),
+                    },
+                )
+                .await?;
         }
         if !out.sessions.is_empty() || !out.vms.is_empty() {
             tracing::info!(

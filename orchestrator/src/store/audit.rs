@@ -21,6 +21,11 @@ pub enum AuditEvent {
         /// Items removed, as the backend reported them.
         removed: Vec<String>,
     },
+    /// At start, what VMs of a crashed predecessor left was removed.
+    VmSwept {
+        /// What was removed (VM directories).
+        removed: Vec<String>,
+    },
     /// A credential was captured and stored sealed.
     CredentialCaptured {
         /// Provider.
@@ -114,6 +119,11 @@ impl AuditEvent {
             AuditEvent::VmDestroyed { vm_id, removed } => (
                 "vm_destroyed",
                 vm_id.clone(),
+                format!("removed={}", removed.join(",")),
+            ),
+            AuditEvent::VmSwept { removed } => (
+                "vm_swept",
+                String::new(),
                 format!("removed={}", removed.join(",")),
             ),
             AuditEvent::CredentialCaptured { provider, version } => (

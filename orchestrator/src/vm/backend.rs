@@ -128,4 +128,11 @@ pub trait VmBackend: Send + Sync + 'static {
         &'a self,
         vm_id: &'a str,
     ) -> BoxFuture<'a, Result<CleanupReport, BackendError>>;
+
+    /// Removes what VMs of a host process that is gone left behind (a crashed predecessor's VM
+    /// directories, sockets, logs); returns what it removed. Called once at start
+    /// ([`crate::login::LoginService::recover`]). Backends with nothing to sweep keep the default.
+    fn sweep(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }

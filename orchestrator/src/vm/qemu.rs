@@ -28,6 +28,8 @@ const MAX_SOCKET_PATH: usize = 107;
 const BACKEND_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a log an error carries.
 const LOG_TAIL_BYTES: usize = 2000;
+/// In every VM directory: `<pid> <start time>` of the host process that made it.
+const OWNER_FILE: &str = "owner";
 
 /// Which accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +325,11 @@ impl QemuLauncher {
                 cfg.run_dir.display()
             )))?
             .keep();
+        // Whose VM this is, so a sweep after a crash knows the owner is gone.
+        if let Err(e) = std::fs::write(dir.join(OWNER_FILE), owner_stamp()) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(io("write the VM's owner file")(e));
+        }
         let disk = cfg
             .root_image
             .as_ref()
@@ -719,6 +726,66 @@ fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0).round() as u64)
 }
 
+/// This process as a VM directory's owner: its pid and its start time (clock ticks since boot,
+/// from `/proc/self/stat`), so a reused pid is not taken for it.
+fn owner_stamp() -> String {
+    format!("{} {}", std::process::id(), start_time("self").unwrap_or(0))
+}
+
+fn start_time(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 counts from the pid; after the `(comm)` field, it is the 20th.
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Whether the process an owner file names still runs.
+fn owner_alive(stamp: &str) -> bool {
+    let mut parts = stamp.split_whitespace();
+    let (Some(pid), Some(started)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    pid.parse::<u32>().is_ok() && start_time(pid).map(|t| t.to_string()) == Some(started.to_owned())
+}
+
+impl QemuLauncher {
+    /// Removes the VM directories in this launcher's `run_dir` whose owning host process is gone
+    /// (its VMs' processes died with it: parent-death signal); returns them. A directory without
+    /// an owner file is not judged (it is not one of ours, or is being made right now).
+    pub fn sweep_orphans(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.config.run_dir) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let is_vm_dir = entry.file_name().to_string_lossy().starts_with("vm")
+                && entry.file_type().is_ok_and(|t| t.is_dir());
+            if !is_vm_dir {
+                continue;
+            }
+            let Ok(stamp) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
+                continue;
+            };
+            if owner_alive(&stamp) {
+                continue;
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    info!(dir = %dir.display(), "swept a VM directory its crashed owner left");
+                    removed.push(dir);
+                }
+                Err(e) => warn!(dir = %dir.display(), error = %e, "cannot sweep a VM directory"),
+            }
+        }
+        removed
+    }
+}
+
 /// A VM's processes end with the host process that started them, even when it is killed and
 /// `kill_on_drop` never runs: no QEMU outlives a crashed orchestrator holding a user's VM.
 trait DieWithParent {
@@ -766,6 +833,40 @@ fn exited(process: &'static str, status: std::io::Result<ExitStatus>, log: &Path
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sweep_removes_only_directories_whose_owner_is_gone() {
+        let run = tempfile::tempdir().unwrap();
+        let mut cfg = QemuConfig::new("/bin/vhost", "/k", "/i");
+        cfg.run_dir = run.path().to_path_buf();
+        let launcher = QemuLauncher::new(cfg);
+        let make = |name: &str, owner: Option<String>| {
+            let dir = run.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("serial.log"), b"x").unwrap();
+            if let Some(owner) = owner {
+                std::fs::write(dir.join(OWNER_FILE), owner).unwrap();
+            }
+            dir
+        };
+        let mine = make("vmMine01", Some(owner_stamp()));
+        // A pid that exited (a child reaped here), and a live pid with another start time.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let dead = make("vmDead01", Some(format!("{dead_pid} 12345")));
+        let reused = make("vmReus01", Some(format!("{} 1", std::process::id())));
+        let unowned = make("vmNone01", None);
+        let other = make("notavm", Some(format!("{dead_pid} 1")));
+        let mut removed = launcher.sweep_orphans();
+        removed.sort();
+        let mut want = vec![dead, reused];
+        want.sort();
+        assert_eq!(removed, want);
+        for kept in [mine, unowned, other] {
+            assert!(kept.exists(), "{} swept", kept.display());
+        }
+    }
 
     #[test]
     fn a_vm_process_dies_with_what_started_it() {

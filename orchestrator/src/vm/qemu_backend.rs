@@ -341,6 +341,17 @@ impl VmBackend for QemuVmBackend {
         .boxed()
     }
 
+    fn sweep(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        async move {
+            let mut removed = self.browser.sweep_orphans();
+            if self.cli.config().run_dir != self.browser.config().run_dir {
+                removed.extend(self.cli.sweep_orphans());
+            }
+            Ok(removed.iter().map(|d| d.display().to_string()).collect())
+        }
+        .boxed()
+    }
+
     fn destroy_vm<'a>(
         &'a self,
         vm_id: &'a str,
