@@ -265,6 +265,64 @@ fn the_agent_trickles_a_relay_on_a_turn_server_and_goes_on_without_a_working_one
     );
 }
 
+/// Short-lived credentials (the TURN REST scheme) instead of one long-term password: the host
+/// mints them per session from a secret only it and the TURN server hold; the agent allocates
+/// with fresh ones, and expired ones get no relay.
+#[test]
+fn the_agent_allocates_with_short_lived_credentials_and_expired_ones_are_refused() {
+    use orchestrator::desktop::TurnRest;
+    use std::time::SystemTime;
+    const SECRET: &str = "fake-turn-secret-0001";
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let x = Xvfb::start(320, 240);
+    let _canvas = Canvas::open(&x.display, 0x336699);
+    let turn = Coturn::start_with_secret(SECRET);
+    let agent = rt.block_on(AgentProcess::start_logged(&[(
+        "DISPLAY",
+        x.display.as_str(),
+    )]));
+    let client = rt.block_on(agent.client());
+    let rest = TurnRest::new(
+        vec![turn.url()],
+        protocol::secret::Secret::new(SECRET.into()),
+        Duration::from_secs(600),
+    );
+
+    let fresh = rest.server("session-0001", SystemTime::now());
+    let user = fresh.username.clone().expect("a user name");
+    assert!(user.ends_with(":session-0001"), "{user}");
+    let mut session = rt
+        .block_on(client.desktop(&offer(vec![fresh])))
+        .expect("answer");
+    let found = trickled(&rt, &mut session);
+    assert!(
+        candidates(&found.join("\n")).iter().any(|c| c.0 == "relay"),
+        "a relay with fresh credentials: {found:?}"
+    );
+    assert!(
+        turn.log().contains(&format!("username=<{user}>")),
+        "coturn saw the short-lived user:\n{}",
+        turn.log()
+    );
+
+    // Minted an hour ago for ten minutes: expired.
+    let stale = rest.server(
+        "session-0002",
+        SystemTime::now() - Duration::from_secs(3600),
+    );
+    let mut refused = rt
+        .block_on(client.desktop(&offer(vec![stale])))
+        .expect("answer");
+    let found = trickled(&rt, &mut refused);
+    assert!(
+        !candidates(&found.join("\n")).iter().any(|c| c.0 == "relay"),
+        "no relay with expired credentials: {found:?}"
+    );
+    let log = agent.log();
+    assert!(!log.contains(SECRET), "the secret reached the agent's log");
+    drop((session, refused));
+}
+
 /// Keeps only the agent's relay candidates in the answer: the browser never learns another
 /// address of the agent.
 fn only_relay_candidates(candidate: &str) -> bool {

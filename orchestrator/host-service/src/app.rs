@@ -34,6 +34,9 @@ pub struct ServiceConfig {
     pub desktop_display: Option<String>,
     /// How the browser VMs' agents reach a viewer (their ICE settings).
     pub desktop_ice: IceSettings,
+    /// A TURN server taking short-lived credentials: each viewer session's agent gets its own
+    /// (added to `desktop_ice`'s servers), never a long-term password shared by every VM.
+    pub desktop_turn: Option<orchestrator::desktop::TurnRest>,
 }
 
 impl Default for ServiceConfig {
@@ -46,6 +49,7 @@ impl Default for ServiceConfig {
             job_timeout: Duration::from_secs(600),
             desktop_display: None,
             desktop_ice: IceSettings::default(),
+            desktop_turn: None,
         }
     }
 }

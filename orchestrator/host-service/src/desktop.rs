@@ -99,11 +99,16 @@ pub async fn offer(
         .ok()
         .filter(|s| s.starts_with("v=0"))
         .ok_or_else(|| ApiError::bad_request("body: an SDP offer"))?;
+    let mut ice = state.config.desktop_ice.clone();
+    if let Some(turn) = &state.config.desktop_turn {
+        ice.servers
+            .push(turn.server(&session, std::time::SystemTime::now()));
+    }
     let offer = DesktopOffer {
         sdp: sdp.to_owned(),
         display: state.config.desktop_display.clone(),
         video: Default::default(),
-        ice: state.config.desktop_ice.clone(),
+        ice,
     };
     let mut viewer = state.login.desktop(&session, &offer).await?;
     let answer = viewer

@@ -13,6 +13,10 @@ use protocol::frame::Frame;
 
 use crate::client::{AgentClient, ClientError, StreamCall, StreamItem};
 
+mod turn;
+
+pub use turn::TurnRest;
+
 /// The viewer: one static HTML page with its script, no build step. Open it with
 /// `?signal=<url>` (default `offer`, relative to the page): it posts its offer there and expects the
 /// answer SDP back.

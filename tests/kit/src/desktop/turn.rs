@@ -32,8 +32,30 @@ pub struct Coturn {
 }
 
 impl Coturn {
-    /// Starts the server and waits until it answers STUN.
+    /// Starts the server with the long-term user [`TURN_USER`] and waits until it answers STUN.
     pub fn start() -> Self {
+        Self::start_with(&[
+            "--lt-cred-mech",
+            "--realm",
+            TURN_REALM,
+            "--user",
+            &format!("{TURN_USER}:{TURN_PASSWORD}"),
+        ])
+    }
+
+    /// Starts the server taking only short-lived credentials made with `secret` (the TURN REST
+    /// scheme: `use-auth-secret`), and waits until it answers STUN.
+    pub fn start_with_secret(secret: &str) -> Self {
+        Self::start_with(&[
+            "--use-auth-secret",
+            "--static-auth-secret",
+            secret,
+            "--realm",
+            TURN_REALM,
+        ])
+    }
+
+    fn start_with(auth: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let (lo, hi) = crate::ports::free_udp_range(RELAY_PORTS);
@@ -43,8 +65,7 @@ impl Coturn {
             .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
             .args(["--listening-port", &port.to_string()])
             .args(["--min-port", &lo.to_string(), "--max-port", &hi.to_string()])
-            .args(["--lt-cred-mech", "--realm", TURN_REALM])
-            .args(["--user", &format!("{TURN_USER}:{TURN_PASSWORD}")])
+            .args(auth)
             .args([
                 "--no-tls",
                 "--no-dtls",
