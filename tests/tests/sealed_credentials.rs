@@ -9,8 +9,7 @@
 //! VMs are local agent processes; the CLI is the fake one (a recorded real login replayed: the
 //! providers cannot be reached here).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use host_service::ServiceConfig;
@@ -19,35 +18,35 @@ use protocol::sealed::{seal, KeyPair, PublicKey, SealContext, Sealed};
 use serde_json::{json, Value};
 use test_kit::local_backend::LocalAgentBackend;
 use test_kit::service::{fake_cli_backend, file_config, Client, ServiceRig};
-use test_kit::tap::{find_token, tcp_tap, Tap, TapBackend};
+use test_kit::tap::{find_token, tcp_tap, trace_log, Tap, TapBackend};
 
 const PASSWORD: &str = "correct horse battery";
+/// The upstream proxy's password (obviously fake): in no log, store file or HTTP answer.
+const PROXY_PASSWORD: &str = "fake-proxy-password-0001";
+/// The vault's key, as `HOST_SERVICE_VAULT_KEY` would give it (obviously fake, not all zeros so
+/// its raw bytes cannot match by chance).
+const VAULT_KEY: [u8; 32] = *b"fake-vault-key-0001-not-a-secret";
 
-/// Every log line of this test process, at trace level.
-fn trace_log() -> Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(sink.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        log
-    })
-    .clone()
+/// [`VAULT_KEY`] in base64, as the configuration holds it.
+fn vault_key_b64() -> String {
+    "ZmFrZS12YXVsdC1rZXktMDAwMS1ub3QtYS1zZWNyZXQ=".to_owned()
 }
 
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+/// The host's own secrets, scanned for beside the tokens.
+fn host_secrets() -> Vec<String> {
+    vec![PROXY_PASSWORD.to_owned(), vault_key_b64()]
+}
+
+/// Fails if any of `secrets` (in any form) or the vault key's raw bytes is in one of `scanned`.
+fn assert_no_secret(scanned: &[(&'static str, Vec<u8>)], secrets: &[String]) {
+    for (what, bytes) in scanned {
+        if let Some((i, form)) = find_token(bytes, secrets) {
+            panic!("secret {i} found in the {what} as {form:?}");
+        }
+        assert!(
+            !bytes.windows(VAULT_KEY.len()).any(|w| w == VAULT_KEY),
+            "the vault key's bytes are in the {what}"
+        );
     }
 }
 
@@ -68,7 +67,15 @@ async fn rig(sealing: Sealing) -> Rig {
     let (tapped, agents) = TapBackend::new(backend.clone());
     let mut file = file_config(&dir.path().join("state.db"), &[]);
     file.sealing = sealing;
-    let service = ServiceRig::start(&file, tapped, ServiceConfig::default())
+    // A real deployment's secrets, so the scans can look for them too.
+    file.egress.proxy_host = Some("proxy.example.test:3128".into());
+    file.egress.proxy_user = Some("fake-proxy-user".into());
+    std::env::set_var(host_service::config::PROXY_PASSWORD_ENV, PROXY_PASSWORD);
+    let vault = Arc::new(orchestrator::vault::Vault::new(
+        orchestrator::vault::Keyring::from_spec(&format!("scan:{}", vault_key_b64()), "scan")
+            .unwrap(),
+    ));
+    let service = ServiceRig::start_with_vault(&file, tapped, vault, ServiceConfig::default())
         .await
         .unwrap();
     let (base, http) = tcp_tap(service.base.trim_start_matches("http://").to_owned())
@@ -405,17 +412,17 @@ async fn user_sealed_credentials_reach_the_cli_vm_and_refresh_without_the_host_r
     assert_eq!((r.status, r.code()), (409, "refused"), "{r:?}");
     assert_eq!(std::fs::read(rig.cli_file()).unwrap(), refreshed);
 
-    // No token crossed the host in any form.
+    // No token crossed the host in any form, nor the host's own secrets (the store's file holds
+    // the session reasons and audit rows too).
     let mut all_tokens = tokens;
     all_tokens.extend(tokens_of(refreshed));
+    all_tokens.extend(host_secrets());
     let mut scanned = rig.host_bytes();
     scanned.push(("agent streams", rig.agents.bytes()));
     for (what, bytes) in &scanned {
         assert!(!bytes.is_empty(), "{what} was tapped");
-        if let Some((i, form)) = find_token(bytes, &all_tokens) {
-            panic!("token {i} found in the {what} as {form:?}");
-        }
     }
+    assert_no_secret(&scanned, &all_tokens);
     assert!(
         String::from_utf8_lossy(&trace_log().lock().unwrap()).contains("TRACE"),
         "the log really is at trace level"
@@ -450,10 +457,10 @@ async fn in_the_host_sealed_mode_the_tap_sees_the_pushed_token_and_only_there() 
         find_token(&rig.agents.bytes(), &tokens).is_some(),
         "the tap sees the pushed file"
     );
-    for (what, bytes) in rig.host_bytes() {
-        if let Some((i, form)) = find_token(&bytes, &tokens) {
-            panic!("token {i} found in the {what} as {form:?}");
-        }
-    }
+    let mut secrets = tokens;
+    secrets.extend(host_secrets());
+    assert_no_secret(&rig.host_bytes(), &secrets);
+    // The proxy password never reaches a VM either (the gateway holds it, not the agents).
+    assert_no_secret(&[("agent streams", rig.agents.bytes())], &host_secrets());
     rig.service.stop().await;
 }

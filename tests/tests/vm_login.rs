@@ -3,7 +3,8 @@
 //! `vhost-device-vsock`. The login runs on a PTY in the browser VM, its URL reaches the host, the
 //! "user" completes it, the credential is captured, stored sealed, pushed into the running CLI VM,
 //! and the CLI there is logged in; then both VMs are destroyed with zero traces: no process, no
-//! file, no active store row.
+//! file, no active store row. Every host log line (trace level), the CLI VM's serial console, the
+//! store's file and the audit rows hold no token, proxy password or vault key in any form.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,9 +31,16 @@ async fn sh(client: &AgentClient, script: &str) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_traces() {
+    let trace_lines = test_kit::tap::trace_log();
     let dir = tempfile::tempdir().expect("tempdir");
     let store = test_kit::login::sqlite_store(dir.path(), "host-vm-test").await;
-    let vault = test_kit::login::fake_vault();
+    // Obviously fake, and not all zeros, so its raw bytes cannot match by chance.
+    const VAULT_KEY: &[u8; 32] = b"fake-vault-key-0002-not-a-secret";
+    const VAULT_KEY_B64: &str = "ZmFrZS12YXVsdC1rZXktMDAwMi1ub3QtYS1zZWNyZXQ=";
+    let vault = Arc::new(orchestrator::vault::Vault::new(
+        orchestrator::vault::Keyring::from_spec(&format!("scan:{VAULT_KEY_B64}"), "scan")
+            .expect("keyring"),
+    ));
     let backend = Arc::new(QemuVmBackend::new(test_kit::vm::launcher(), "/root"));
     let config = LoginConfig {
         timeout: Duration::from_secs(240),
@@ -144,6 +152,8 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
     // Destroying the CLI VM leaves nothing either, and the audit says what went.
     let cli_pids = backend.pids(&cli.id);
     let cli_dir = backend.dir(&cli.id).expect("CLI VM dir");
+    let serial = orchestrator::vm::serial::tail(&cli_dir, 4 * 1024 * 1024);
+    assert!(!serial.is_empty(), "the CLI VM's console was kept");
     let report = service.destroy_vm("alice", &cli.id).await.expect("destroy");
     assert!(report.removed.iter().any(|r| r.starts_with("process ")));
     for pid in cli_pids {
@@ -161,4 +171,45 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
     assert_eq!(destroyed, 2, "{log:?}");
     let text = format!("{log:?}");
     assert!(!text.contains("fake-refresh-token") && !text.contains("fake-proxy-pass"));
+
+    // The secret scan: tokens of the pushed file, the proxy password, the vault key.
+    let secrets: Vec<String> = [
+        "fake-refresh-token-0001",
+        "fake-access-token-0001",
+        "fake-proxy-pass",
+        VAULT_KEY_B64,
+    ]
+    .map(String::from)
+    .to_vec();
+    let audit_rows: Vec<String> = store
+        .audit_log(None)
+        .await
+        .expect("audit")
+        .iter()
+        .map(|e| format!("{} {} {}", e.event, e.subject, e.detail))
+        .collect();
+    let mut scanned = vec![
+        ("host log", trace_lines.lock().unwrap().clone()),
+        ("CLI VM console", serial.into_bytes()),
+        ("audit rows", audit_rows.join("\n").into_bytes()),
+    ];
+    for entry in std::fs::read_dir(dir.path()).expect("store dir") {
+        let path = entry.expect("entry").path();
+        if path.to_string_lossy().contains("store.db") {
+            scanned.push(("store file", std::fs::read(&path).expect("store file")));
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&scanned[0].1).contains("TRACE"),
+        "the host log is at trace level"
+    );
+    for (what, bytes) in &scanned {
+        if let Some((i, form)) = test_kit::tap::find_token(bytes, &secrets) {
+            panic!("secret {i} found in the {what} as {form:?}");
+        }
+        assert!(
+            !bytes.windows(VAULT_KEY.len()).any(|w| w == VAULT_KEY),
+            "the vault key's bytes are in the {what}"
+        );
+    }
 }

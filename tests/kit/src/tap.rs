@@ -171,6 +171,40 @@ pub async fn tcp_tap(target: String) -> io::Result<(String, Tap)> {
     Ok((base, tap))
 }
 
+/// Every log line of this test process, at trace level: the process's global `tracing`
+/// subscriber writes into the returned buffer (installed by the first call; a test binary that
+/// wants its logs scanned calls this before anything logs).
+pub fn trace_log() -> Arc<Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        log
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The forms `token` can travel in: raw, JSON-escaped, percent-encoded, and base64 / base64url
 /// of it at each of the three alignments it can have inside a longer encoded text (the middle
 /// part that does not depend on its neighbours).
