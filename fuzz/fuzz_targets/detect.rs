@@ -5,22 +5,13 @@
 #![no_main]
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use vm_agent_fuzz::detect::{DetectedUrl, UrlDetector};
 use vm_agent_fuzz::input::FuzzInput;
-use vm_agent_fuzz::providers::ProviderRules;
-
-fn rules() -> Arc<ProviderRules> {
-    static RULES: OnceLock<Arc<ProviderRules>> = OnceLock::new();
-    RULES
-        .get_or_init(|| Arc::new(ProviderRules::builtin()))
-        .clone()
-}
 
 fn run<'a>(input: &FuzzInput<'a>, reads: impl Iterator<Item = &'a [u8]>) -> Vec<DetectedUrl> {
-    let mut detector = UrlDetector::new(input.cols, input.rows, rules());
+    let mut detector = UrlDetector::new(input.cols, input.rows, vm_agent_fuzz::builtin_rules());
     let mut found = Vec::new();
     for read in reads {
         found.extend(detector.feed(read));

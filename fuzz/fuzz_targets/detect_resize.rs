@@ -4,25 +4,16 @@
 #![no_main]
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use vm_agent_fuzz::detect::UrlDetector;
 use vm_agent_fuzz::input::FuzzInput;
-use vm_agent_fuzz::providers::ProviderRules;
-
-fn rules() -> Arc<ProviderRules> {
-    static RULES: OnceLock<Arc<ProviderRules>> = OnceLock::new();
-    RULES
-        .get_or_init(|| Arc::new(ProviderRules::builtin()))
-        .clone()
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some(input) = FuzzInput::decode(data) else {
         return;
     };
-    let mut detector = UrlDetector::new(input.cols, input.rows, rules());
+    let mut detector = UrlDetector::new(input.cols, input.rows, vm_agent_fuzz::builtin_rules());
     let mut seen = HashSet::new();
     for (i, read) in input.reads().enumerate() {
         for u in detector.feed(read) {

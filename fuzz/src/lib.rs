@@ -13,3 +13,12 @@ pub mod detect;
 pub mod confine;
 
 pub mod input;
+
+/// The built-in provider rules, compiled once per fuzzing process.
+pub fn builtin_rules() -> std::sync::Arc<providers::ProviderRules> {
+    static RULES: std::sync::OnceLock<std::sync::Arc<providers::ProviderRules>> =
+        std::sync::OnceLock::new();
+    RULES
+        .get_or_init(|| std::sync::Arc::new(providers::ProviderRules::builtin()))
+        .clone()
+}

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator::egress::{EgressPorts, PortRange};
-use orchestrator::login::{Delivery, LoginConfig, LoginEventKind, LoginService, Sealing};
+use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, Sealing};
 use orchestrator::vault::{RecordContext, Scheme};
 use orchestrator::vm::{QemuVmBackend, VmBackend};
 use orchestrator::AgentClient;
-use protocol::sealed::{seal, KeyPair, SealContext, Sealed, SUITE};
+use protocol::sealed::{KeyPair, SealContext, Sealed, SUITE};
 use test_kit::browser_vm::GUEST_HOME;
 
 const USER: &str = "alice";
@@ -77,19 +77,8 @@ async fn deliver_as_the_page(service: &LoginService, user_key: &KeyPair, provide
         .await
         .expect("pending")
         .expect("something to deliver");
-    let ctx = SealContext {
-        user: USER,
-        provider,
-        version: pending.version,
-    };
-    let plain = user_key
-        .open(&ctx, &pending.sealed)
-        .expect("the user's key opens it");
-    let delivery = Delivery {
-        version: pending.version,
-        vm_id: pending.vm_id.clone(),
-        sealed: seal(&pending.vm_key, &ctx, &plain).expect("re-seal"),
-    };
+    let delivery =
+        test_kit::login::reseal_as_the_page(user_key, &pending).expect("the user's key opens it");
     service
         .deliver(USER, provider, &delivery)
         .await

@@ -28,10 +28,10 @@ use anyhow::{bail, ensure, Context, Result};
 use base64::Engine;
 use host_service::config::{EgressSection, FileConfig, StoreSection};
 use host_service::ServiceConfig;
-use orchestrator::login::{Delivery, PendingDelivery, Sealing};
+use orchestrator::login::{PendingDelivery, Sealing};
 use orchestrator::vault::{Keyring, Vault};
 use orchestrator::vm::{QemuLauncher, QemuVmBackend, WarmPool};
-use protocol::sealed::{seal, KeyPair, SealContext};
+use protocol::sealed::KeyPair;
 use serde_json::json;
 use test_kit::service::Client;
 
@@ -404,17 +404,7 @@ async fn deliver_as_the_page(c: &Client, key: &KeyPair) -> Result<()> {
     let r = c.get(&format!("/v1/accounts/{PROVIDER}/delivery")).await?;
     ensure!(r.status == 200, "nothing to deliver: {r:?}");
     let pending: PendingDelivery = serde_json::from_value(r.json)?;
-    let ctx = SealContext {
-        user: &pending.user,
-        provider: PROVIDER,
-        version: pending.version,
-    };
-    let plain = key.open(&ctx, &pending.sealed)?;
-    let delivery = Delivery {
-        version: pending.version,
-        vm_id: pending.vm_id.clone(),
-        sealed: seal(&pending.vm_key, &ctx, &plain)?,
-    };
+    let delivery = test_kit::login::reseal_as_the_page(key, &pending)?;
     let r = c
         .post(
             &format!("/v1/accounts/{PROVIDER}/delivery"),

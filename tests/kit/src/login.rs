@@ -41,3 +41,23 @@ pub const HAPPY_PATH: [orchestrator::login::SessionState; 6] = {
         Completed,
     ]
 };
+
+/// What the user's page does with a pending user-sealed credential: opens the stored envelope
+/// with the user's key and re-seals it to the CLI VM's key (the page does it with WebCrypto;
+/// `tests/page/hpke.cjs` checks that code against this crate's).
+pub fn reseal_as_the_page(
+    user_key: &protocol::sealed::KeyPair,
+    pending: &orchestrator::login::PendingDelivery,
+) -> Result<orchestrator::login::Delivery, protocol::sealed::SealError> {
+    let ctx = protocol::sealed::SealContext {
+        user: &pending.user,
+        provider: &pending.provider,
+        version: pending.version,
+    };
+    let plain = user_key.open(&ctx, &pending.sealed)?;
+    Ok(orchestrator::login::Delivery {
+        version: pending.version,
+        vm_id: pending.vm_id.clone(),
+        sealed: protocol::sealed::seal(&pending.vm_key, &ctx, &plain)?,
+    })
+}

@@ -264,6 +264,12 @@ async fn agent_attacks(agent_bin: &std::path::Path) -> Result<()> {
         spawn.rows = rows;
         Frame::message(&PtyRequest::Spawn(spawn))
     };
+    // `cat` reading its input: a stream whose next frame is the attack.
+    let cat = Frame::message(&protocol::messages::ExecRequest {
+        argv: vec!["cat".into()],
+        stdin: true,
+        ..Default::default()
+    })?;
     let attacks: Vec<(&str, http::Request<orchestrator::client::RequestBody>)> = vec![
         (
             "unknown method",
@@ -287,32 +293,14 @@ async fn agent_attacks(agent_bin: &std::path::Path) -> Result<()> {
         ),
         (
             "a frame header declaring 64 MiB",
-            post(
-                "/v1/exec",
-                "1",
-                stream(
-                    Frame::message(&protocol::messages::ExecRequest {
-                        argv: vec!["cat".into()],
-                        stdin: true,
-                        ..Default::default()
-                    })?,
-                    &[4u8, 4, 0, 0, 0],
-                ),
-            )?,
+            post("/v1/exec", "1", stream(cat.clone(), &[4u8, 4, 0, 0, 0]))?,
         ),
         (
             "an unknown frame kind",
             post(
                 "/v1/exec",
                 "1",
-                stream(
-                    Frame::message(&protocol::messages::ExecRequest {
-                        argv: vec!["cat".into()],
-                        stdin: true,
-                        ..Default::default()
-                    })?,
-                    &[99u8, 0, 0, 0, 1, b'x'],
-                ),
+                stream(cat.clone(), &[99u8, 0, 0, 0, 1, b'x']),
             )?,
         ),
         (

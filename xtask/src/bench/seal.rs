@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use orchestrator::login::{Delivery, LoginConfig, Sealing};
+use orchestrator::login::{LoginConfig, Sealing};
 use protocol::sealed::{seal, KeyPair, SealContext};
 
 use super::{figure, stats::percentile};
@@ -91,17 +91,7 @@ async fn refresh_figures(
         .pending_delivery(USER, PROVIDER)
         .await?
         .context("nothing to deliver after the login")?;
-    let ctx = SealContext {
-        user: USER,
-        provider: PROVIDER,
-        version: pending.version,
-    };
-    let plain = user_key.open(&ctx, &pending.sealed)?;
-    let delivery = Delivery {
-        version: pending.version,
-        vm_id: pending.vm_id.clone(),
-        sealed: seal(&pending.vm_key, &ctx, &plain)?,
-    };
+    let delivery = test_kit::login::reseal_as_the_page(&user_key, &pending)?;
     service.deliver(USER, PROVIDER, &delivery).await?;
     let recipe = service
         .provider(PROVIDER)
