@@ -377,15 +377,7 @@ async fn user_sealed_credentials_reach_the_cli_vm_and_refresh_without_the_host_r
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        record.envelope.scheme,
-        orchestrator::vault::Scheme::UserSealed
-    );
-    let v2 = Sealed {
-        suite: protocol::sealed::SUITE.into(),
-        enc: record.envelope.nonce.clone(),
-        ciphertext: record.envelope.ciphertext.clone(),
-    };
+    let v2 = record.envelope.user_sealed().expect("user-sealed");
     let opened = user_key
         .open(&ctx(&rig.user, "claude_code", 2), &v2)
         .expect("version 2 opens with the user's key");

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use orchestrator::egress::{EgressPorts, PortRange};
 use orchestrator::login::{LoginConfig, LoginEventKind, LoginService, Sealing};
-use orchestrator::vault::{RecordContext, Scheme};
+use orchestrator::vault::RecordContext;
 use orchestrator::vm::{QemuVmBackend, VmBackend};
 use orchestrator::AgentClient;
-use protocol::sealed::{KeyPair, SealContext, Sealed, SUITE};
+use protocol::sealed::{KeyPair, SealContext, Sealed};
 use test_kit::browser_vm::GUEST_HOME;
 
 const USER: &str = "alice";
@@ -39,15 +39,8 @@ async fn stored_envelope(store: &orchestrator::store::Store, provider: &str) -> 
         .await
         .expect("get")
         .expect("stored");
-    assert_eq!(record.envelope.scheme, Scheme::UserSealed);
-    (
-        record.version,
-        Sealed {
-            suite: SUITE.to_owned(),
-            enc: record.envelope.nonce,
-            ciphertext: record.envelope.ciphertext,
-        },
-    )
+    let sealed = record.envelope.user_sealed().expect("user-sealed");
+    (record.version, sealed)
 }
 
 /// A whole login of `provider`, the "user" pasting the code as soon as the URL shows.

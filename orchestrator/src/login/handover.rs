@@ -7,7 +7,7 @@
 //! agent opens it and writes the file. Refreshes come back sealed to the user ([`super::chain`]).
 
 use protocol::creds::{CredsPutSealedRequest, CredsScope, SealedCapture};
-use protocol::sealed::{PublicKey, Sealed, SUITE};
+use protocol::sealed::{PublicKey, Sealed};
 use serde::{Deserialize, Serialize};
 
 use super::chain::{check_holder, user_envelope, user_key};
@@ -15,7 +15,6 @@ use super::deliver::{connect_cli, pushed};
 use super::flow::FlowError;
 use super::{Inner, LoginError, LoginService, Sealing};
 use crate::store::{AuditEvent, NewVersion};
-use crate::vault::Scheme;
 
 /// What the user's page needs to move a stored credential into their CLI VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +115,10 @@ impl LoginService {
         let Some(record) = self.inner.store.credential(user, provider).await? else {
             return Ok(None);
         };
-        if record.envelope.scheme != Scheme::UserSealed || !record.push_pending() {
+        let Some(sealed) = record.envelope.user_sealed() else {
+            return Ok(None);
+        };
+        if !record.push_pending() {
             return Ok(None);
         }
         let cli = connect_cli(&self.inner, user).await?;
@@ -125,11 +127,7 @@ impl LoginService {
             provider: provider.to_owned(),
             user: user.to_owned(),
             version: record.version,
-            sealed: Sealed {
-                suite: SUITE.to_owned(),
-                enc: record.envelope.nonce,
-                ciphertext: record.envelope.ciphertext,
-            },
+            sealed,
             vm_id: cli.vm_id,
             vm_key,
         }))

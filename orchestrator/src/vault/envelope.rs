@@ -60,6 +60,18 @@ pub struct Envelope {
     pub ciphertext: Vec<u8>,
 }
 
+impl Envelope {
+    /// The HPKE envelope a user-sealed record stores (its encapsulated key kept as the nonce), as
+    /// the user's page receives it; `None` for a host-sealed record.
+    pub fn user_sealed(&self) -> Option<protocol::sealed::Sealed> {
+        (self.scheme == Scheme::UserSealed).then(|| protocol::sealed::Sealed {
+            suite: protocol::sealed::SUITE.to_owned(),
+            enc: self.nonce.clone(),
+            ciphertext: self.ciphertext.clone(),
+        })
+    }
+}
+
 impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Envelope")

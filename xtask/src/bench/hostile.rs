@@ -70,24 +70,15 @@ async fn service(
     LoginService,
     Arc<HostileBackend<test_kit::local_backend::LocalAgentBackend>>,
 )> {
-    std::fs::create_dir_all(dir)?;
     let config = LoginConfig {
         call_timeout: DEADLINE,
         push_retry_delay: Duration::from_secs(3600),
         ..LoginConfig::default()
     };
-    let (_, local, store) =
-        super::login::local_service(dir, agent_bin.to_path_buf(), fake_cli, config.clone()).await?;
+    let (local, store) =
+        super::login::local_backend(dir, agent_bin.to_path_buf(), fake_cli).await?;
     let backend = HostileBackend::new(local, browser);
-    let service = LoginService::new(
-        backend.clone(),
-        store.clone(),
-        Arc::new(orchestrator::vault::Vault::new(
-            orchestrator::vault::Keyring::from_spec(super::login::KEY, "bench")?,
-        )),
-        orchestrator::egress::EgressPorts::new(store, orchestrator::egress::PortRange::default()),
-        config,
-    );
+    let service = super::login::service_on(backend.clone(), store, config)?;
     Ok((service, backend))
 }
 

@@ -23,7 +23,7 @@ use crate::shell::step;
 
 const FLOWS: usize = 20;
 /// A throwaway all-zero key: the bench measures sealing cost, not secrecy.
-pub(super) const KEY: &str = "bench:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+const KEY: &str = "bench:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
@@ -41,6 +41,18 @@ pub(super) async fn local_service(
     fake_cli: &std::path::Path,
     config: LoginConfig,
 ) -> Result<(LoginService, Arc<LocalAgentBackend>, Store)> {
+    let (backend, store) = local_backend(dir, agent_bin, fake_cli).await?;
+    let service = service_on(backend.clone(), store.clone(), config)?;
+    Ok((service, backend, store))
+}
+
+/// Local agent VMs under `dir` whose CLIs are the fake ones, and an SQLite store there.
+pub(super) async fn local_backend(
+    dir: &std::path::Path,
+    agent_bin: std::path::PathBuf,
+    fake_cli: &std::path::Path,
+) -> Result<(Arc<LocalAgentBackend>, Store)> {
+    std::fs::create_dir_all(dir)?;
     let store = Store::open(
         &StoreConfig::Sqlite {
             path: dir.join("login.db"),
@@ -60,10 +72,18 @@ pub(super) async fn local_service(
         env: Vec::new(),
         agent_start_gate: None,
     }));
+    Ok((backend, store))
+}
+
+/// A login service over `backend` and `store`, sealing with the throwaway key.
+pub(super) fn service_on(
+    backend: Arc<dyn orchestrator::vm::VmBackend>,
+    store: Store,
+    config: LoginConfig,
+) -> Result<LoginService> {
     let vault = Arc::new(Vault::new(Keyring::from_spec(KEY, "bench")?));
     let egress = EgressPorts::new(store.clone(), PortRange::default());
-    let service = LoginService::new(backend.clone(), store.clone(), vault, egress, config);
-    Ok((service, backend, store))
+    Ok(LoginService::new(backend, store, vault, egress, config))
 }
 
 /// One login, the user typing the code as soon as the URL shows; returns its duration.

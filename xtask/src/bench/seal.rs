@@ -143,11 +143,10 @@ async fn refresh_figures(
             provider: PROVIDER,
             version,
         },
-        &protocol::sealed::Sealed {
-            suite: protocol::sealed::SUITE.to_owned(),
-            enc: stored.envelope.nonce,
-            ciphertext: stored.envelope.ciphertext,
-        },
+        &stored
+            .envelope
+            .user_sealed()
+            .context("the stored version is user-sealed")?,
     )?;
     ensure!(
         last.as_slice() == serde_json::to_vec(&credential)?,
