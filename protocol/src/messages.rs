@@ -159,6 +159,9 @@ pub struct ExecRequest {
     /// Whether the caller will send stdin; otherwise stdin is `/dev/null`.
     #[serde(default)]
     pub stdin: bool,
+    /// The guest user the process runs as (see [`crate::pty::PtySpawn::user`]).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Control messages of an [`Exec`] response.

@@ -83,6 +83,12 @@ pub struct PtySpawn {
     /// Keep the session running when this call ends, for a later attach; close it explicitly.
     #[serde(default)]
     pub keep_on_detach: bool,
+    /// The guest user the program runs as, its `HOME`, `USER` and `LOGNAME` with it. Default: the
+    /// image's unprivileged user (the agent alone is root), or the agent's own user where the
+    /// image names none. Only an agent running as root can run a program as another user;
+    /// `"root"` must be asked for by name.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 fn default_cols() -> u16 {
@@ -106,6 +112,7 @@ impl PtySpawn {
             mode: None,
             interactive: false,
             keep_on_detach: false,
+            user: None,
         }
     }
 }

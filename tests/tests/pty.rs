@@ -838,18 +838,20 @@ fn shim_dir(pid: u32) -> PathBuf {
 }
 
 #[tokio::test]
-async fn the_shim_directory_is_private_and_removed_when_the_agent_stops() {
+async fn the_shim_directory_is_traversable_only_and_removed_when_the_agent_stops() {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let uid = nix::unistd::getuid().as_raw();
     let mut agent = AgentProcess::start().await;
     let dir = shim_dir(agent.pid());
     let meta = std::fs::symlink_metadata(&dir).expect("shim directory exists");
     assert!(meta.is_dir());
-    assert_eq!(meta.mode() & 0o777, 0o700, "{}", dir.display());
+    // Programs run as the image's unprivileged user: they may reach the socket and the symlinks
+    // but not list the directory; the socket checks each caller's process.
+    assert_eq!(meta.mode() & 0o777, 0o711, "{}", dir.display());
     assert_eq!(meta.uid(), uid);
     let socket = std::fs::symlink_metadata(dir.join("shim.sock")).expect("socket");
     assert!(socket.file_type().is_socket());
-    assert_eq!(socket.mode() & 0o777, 0o600);
+    assert_eq!(socket.mode() & 0o777, 0o666);
     assert_eq!(socket.uid(), uid);
     // Programs are pointed at it.
     let (out, code) = run_in_pty(
@@ -1063,5 +1065,133 @@ async fn the_shim_refuses_a_caller_outside_the_session_it_names() {
             !matches!(item, StreamItem::Event(PtyEvent::Url { .. })),
             "a forged URL was reported: {item:?}"
         );
+    }
+}
+
+/// Runs `script` through `exec` as `user` (the agent's default when `None`): its stdout, or the
+/// agent's refusal.
+async fn exec_as(
+    client: &orchestrator::AgentClient,
+    script: &str,
+    user: Option<&str>,
+) -> Result<String, orchestrator::ClientError> {
+    let request = protocol::messages::ExecRequest {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        user: user.map(Into::into),
+        ..Default::default()
+    };
+    let mut call = client.exec(&request).await?;
+    call.close_input();
+    let out = call.collect_exec().await?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The agent alone is root: every program runs as its unprivileged user (`--user` here, the
+/// image's `user` in a VM) with that user's `HOME`, `USER` and `LOGNAME`, through `exec` and on a
+/// PTY, and cannot signal the agent or read its memory; root only when a call names it. An agent
+/// that is not root (a developer's) runs everything as itself and refuses another user.
+#[tokio::test]
+async fn programs_run_as_the_unprivileged_user_unless_root_is_named() {
+    if !nix::unistd::geteuid().is_root() {
+        let agent = AgentProcess::start().await;
+        let refused = exec_as(&agent.client().await, "id -u", Some("root")).await;
+        let Err(orchestrator::ClientError::Agent(body)) = refused else {
+            panic!("a non-root agent ran a program as root: {refused:?}");
+        };
+        assert_eq!(body.code, ErrorCode::Forbidden, "{body}");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("passwd")
+        .expect("the machine has the user nobody");
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let agent = AgentProcess::launch_with_args(
+        &test_kit::agent::workspace_bin("vm-agent"),
+        &[],
+        &["--user".into(), "nobody".into()],
+        true,
+    )
+    .await
+    .expect("start vm-agent --user nobody");
+    let client = agent.client().await;
+
+    let who = "id -u; id -g; id -G; echo $HOME $USER $LOGNAME";
+    let home = nobody.dir.display();
+    assert_eq!(
+        exec_as(&client, who, None).await.expect("exec"),
+        format!("{uid}\n{gid}\n{gid}\n{home} nobody nobody\n"),
+        "exec runs as the agent's user, with no other group"
+    );
+    let pid = agent.pid();
+    assert_eq!(
+        exec_as(
+            &client,
+            &format!(
+                "kill -0 {pid} 2>/dev/null || echo no-signal; \
+                 cat /proc/{pid}/environ >/dev/null 2>&1 || echo no-memory"
+            ),
+            None,
+        )
+        .await
+        .expect("exec"),
+        "no-signal\nno-memory\n"
+    );
+    assert_eq!(
+        exec_as(&client, "id -u", Some("root"))
+            .await
+            .expect("exec as root"),
+        "0\n"
+    );
+    let unknown = exec_as(&client, "id -u", Some("no-such-user")).await;
+    let Err(orchestrator::ClientError::Agent(body)) = unknown else {
+        panic!("ran as a user that does not exist: {unknown:?}");
+    };
+    assert_eq!(body.code, ErrorCode::NotFound, "{body}");
+
+    // On a PTY (through the agent's wrapper, which enters the session's cgroup first).
+    let (out, code) = run_in_pty(client.clone(), vec!["sh".into(), "-c".into(), who.into()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("{uid}\r\n{gid}\r\n{gid}\r\n{home} nobody nobody")),
+        "{out}"
+    );
+    let mut spawn = PtySpawn::new(["id", "-u"]);
+    spawn.user = Some("root".into());
+    let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+    let seen = drive(&mut call, None).await;
+    assert_eq!(String::from_utf8_lossy(&seen.output).trim(), "0");
+}
+
+/// A file the host writes (a CLI's settings) belongs to the owner of the directory it lands in,
+/// and so do the directories made for it: the CLI, running as that user, can change it.
+#[tokio::test]
+async fn written_files_belong_to_the_owner_of_their_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let home = agent.dir().join("someone");
+    std::fs::create_dir(&home).expect("home");
+    let (uid, gid) = if nix::unistd::geteuid().is_root() {
+        (65534, 65534)
+    } else {
+        (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
+    };
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).expect("chown the home");
+    let path = home.join(".cli/settings.json");
+    client
+        .write_file(&protocol::messages::WriteFileRequest {
+            path: path.display().to_string(),
+            content: b"{}".to_vec(),
+            mode: Some(0o600),
+            create_dirs: true,
+        })
+        .await
+        .expect("write_file");
+    for p in [path.clone(), home.join(".cli")] {
+        let md = std::fs::metadata(&p).expect("written");
+        assert_eq!((md.uid(), md.gid()), (uid, gid), "{}", p.display());
     }
 }

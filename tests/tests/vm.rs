@@ -14,6 +14,7 @@ use protocol::messages::WriteFileRequest;
 use protocol::pty::{PtyEvent, PtyRequest, PtySpawn};
 use protocol::ErrorCode;
 use test_kit::process_alive;
+use test_kit::vm::GUEST_HOME;
 
 async fn sh(client: &AgentClient, script: &str) -> String {
     let out = client
@@ -124,28 +125,29 @@ async fn a_real_vm_serves_the_agent_over_vsock_and_leaves_no_traces() {
     );
     sh(&client, "killall httpd").await;
 
-    // A file pushed from the host is there, with its mode, for guest processes too.
+    // A file pushed from the host is there, with its mode, for guest processes too, and belongs
+    // to the user whose home it is in (the programs run as that user, not as root).
     let content = br#"{"fake_token":"fake-access-token-0001"}"#.to_vec();
+    let pushed = format!("{GUEST_HOME}/.fake-cli/credentials.json");
     client
         .write_file(&WriteFileRequest {
-            path: "/root/.fake-cli/credentials.json".into(),
+            path: pushed.clone(),
             content: content.clone(),
             mode: Some(0o600),
             create_dirs: true,
         })
         .await
         .expect("write a file in the guest");
-    let back = client
-        .read_file("/root/.fake-cli/credentials.json")
-        .await
-        .expect("read it back");
+    let back = client.read_file(&pushed).await.expect("read it back");
     assert_eq!(back.content, content);
     assert_eq!(back.mode & 0o777, 0o600);
     assert_eq!(
-        sh(&client, "stat -c %a /root/.fake-cli/credentials.json")
-            .await
-            .trim(),
-        "600"
+        sh(
+            &client,
+            &format!("stat -c '%a %U %G' {pushed} {GUEST_HOME}/.fake-cli")
+        )
+        .await,
+        "600 user user\n700 user user\n"
     );
 
     drop(client);
@@ -265,7 +267,7 @@ struct GuestLogin {
     size: (u16, u16),
     /// The recording the wrapper replays at that size.
     case: &'static str,
-    /// Where the fake CLI writes the credentials (HOME is /root in the guest).
+    /// Where the fake CLI writes the credentials, under the guest user's home.
     cred: &'static str,
     /// The command that says whether the CLI is logged in.
     status: &'static str,
@@ -286,7 +288,7 @@ async fn fake_cli_logins_work_in_a_real_vm() {
             provider: "codex",
             size: (80, 24),
             case: "codex/login-80x24",
-            cred: "/root/.codex/auth.json",
+            cred: ".codex/auth.json",
             status: "codex login status",
         },
         GuestLogin {
@@ -296,7 +298,7 @@ async fn fake_cli_logins_work_in_a_real_vm() {
             // The default mode prints the full link (CLAUDE_CODE_FULL_SIGN_IN_LINK, added by the
             // agent), which the fake claude replays from its recording.
             case: "claude_code/auth-login-full-100x30",
-            cred: "/root/.claude/.credentials.json",
+            cred: ".claude/.credentials.json",
             status: "claude auth status",
         },
         GuestLogin {
@@ -304,7 +306,7 @@ async fn fake_cli_logins_work_in_a_real_vm() {
             provider: "gemini_cli",
             size: (80, 24),
             case: "gemini_cli/display-80x24",
-            cred: "/root/.gemini/oauth_creds.json",
+            cred: ".gemini/oauth_creds.json",
             status: "gemini --fake-status",
         },
     ];
@@ -328,7 +330,14 @@ async fn fake_cli_logins_work_in_a_real_vm() {
         assert_eq!(code, 0, "{argv:?} exit code");
         assert_eq!(urls, urls_of(case), "{argv:?}");
 
-        let file = client.read_file(cred).await.expect("credential file");
+        // The CLI ran as the unprivileged user: its file is that user's.
+        let cred = format!("{GUEST_HOME}/{cred}");
+        assert_eq!(
+            sh(&client, &format!("stat -c %U {cred}")).await,
+            "user\n",
+            "{cred}"
+        );
+        let file = client.read_file(&cred).await.expect("credential file");
         assert_eq!(file.mode & 0o777, 0o600, "{cred}");
         assert!(
             String::from_utf8_lossy(&file.content).contains("fake-access-token-0001"),
@@ -384,7 +393,7 @@ async fn recover_sweeps_what_a_crashed_host_left_and_audits_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = test_kit::login::sqlite_store(dir.path(), "sweep-test").await;
     let service = LoginService::new(
-        std::sync::Arc::new(QemuVmBackend::new(launcher, "/root")),
+        std::sync::Arc::new(QemuVmBackend::new(launcher, GUEST_HOME)),
         store.clone(),
         test_kit::login::fake_vault(),
         EgressPorts::new(store.clone(), PortRange::default()),

@@ -41,7 +41,10 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
         orchestrator::vault::Keyring::from_spec(&format!("scan:{VAULT_KEY_B64}"), "scan")
             .expect("keyring"),
     ));
-    let backend = Arc::new(QemuVmBackend::new(test_kit::vm::launcher(), "/root"));
+    let backend = Arc::new(QemuVmBackend::new(
+        test_kit::vm::launcher(),
+        test_kit::vm::GUEST_HOME,
+    ));
     let config = LoginConfig {
         timeout: Duration::from_secs(240),
         hello_timeout: Duration::from_secs(60),
@@ -131,8 +134,16 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
     let client = AgentClient::connect(&*cli.connector)
         .await
         .expect("connect");
-    let (code, out) = sh(&client, "stat -c %a /root/.codex/auth.json").await;
-    assert_eq!((code, out.as_str()), (0, "600"));
+    // The pushed file is the unprivileged user's, whose CLI reads it.
+    let (code, out) = sh(
+        &client,
+        &format!(
+            "stat -c '%a %U' {}/.codex/auth.json",
+            test_kit::vm::GUEST_HOME
+        ),
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "600 user"));
     let (code, out) = sh(&client, "codex login status").await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Logged in"), "{out}");

@@ -33,7 +33,7 @@ fn a_pooled_browser_vms_desktop_reaches_the_page_through_its_own_forward() {
             QemuLauncher::new(browser),
             QemuLauncher::new(cli),
             dir.path().join("disks"),
-            "/root",
+            test_kit::vm::GUEST_HOME,
         )
         .with_desktop_forwards(IpAddr::V4(Ipv4Addr::LOCALHOST), first, last),
     );

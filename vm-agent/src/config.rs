@@ -145,6 +145,11 @@ pub struct AgentConfig {
     #[arg(long)]
     pub display: Option<String>,
 
+    /// The unprivileged user every exec and PTY program runs as unless the call names another
+    /// (the agent must be root to switch). Without it programs run as the agent.
+    #[arg(long)]
+    pub user: Option<String>,
+
     /// Do not dial the host at all (set from `--no-hello`).
     #[arg(skip)]
     pub hello: Option<HostAddr>,
@@ -192,6 +197,7 @@ impl AgentConfig {
             egress: Some(DEFAULT_EGRESS),
             egress_proxy: default_proxy_addr(),
             display: image.display.clone(),
+            user: image.user.clone(),
             hello: Some(DEFAULT_HELLO),
             started_at: Some(started_at),
             under_init: true,

@@ -57,10 +57,14 @@ fn spawn(agent: &Agent, request: &ExecRequest) -> Result<Child, ErrorBody> {
     let Some((program, args)) = request.argv.split_first() else {
         return Err(ErrorBody::new(ErrorCode::BadRequest, "argv is empty"));
     };
+    let run_as = agent
+        .users()
+        .resolve(request.user.as_deref())
+        .map_err(|e| e.to_error_body())?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
-        .envs(agent.process_env(&request.env))
+        .envs(agent.process_env(&request.env, run_as.as_ref()))
         .stdin(if request.stdin {
             Stdio::piped()
         } else {
@@ -72,6 +76,14 @@ fn spawn(agent: &Agent, request: &ExecRequest) -> Result<Child, ErrorBody> {
         .kill_on_drop(true);
     if let Some(cwd) = &request.cwd {
         cmd.current_dir(cwd);
+    }
+    if let Some(user) = &run_as {
+        let (uid, gid) = (user.uid, user.gid);
+        // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
+        // on values computed before the fork.
+        unsafe {
+            cmd.pre_exec(move || crate::users::RunAs::become_user(uid, gid));
+        }
     }
     cmd.spawn().map_err(|e| {
         let code = match e.kind() {

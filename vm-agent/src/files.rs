@@ -76,11 +76,29 @@ pub async fn write(req: WriteFileRequest) -> Result<WriteFileResponse, ErrorBody
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?
 }
 
+/// Who owns what `write_file` creates: the owner of the nearest existing directory above it, so
+/// a file the host writes into a user's home (a CLI's settings) is that user's and the CLI, which
+/// runs as that user, can change it. Only root can give a file away; any other agent keeps it.
+fn inherited_owner(path: &Path) -> Owner {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Owner::current();
+    }
+    path.ancestors()
+        .skip(1)
+        .find_map(|dir| std::fs::metadata(dir).ok().filter(|m| m.is_dir()))
+        .map_or_else(Owner::current, |m| Owner {
+            uid: m.uid(),
+            gid: m.gid(),
+        })
+}
+
 fn write_atomic(path: &Path, req: &WriteFileRequest) -> Result<WriteFileResponse, ErrorBody> {
     use rustix::fs::{AtFlags, Mode, OFlags};
 
     let target = ConfinedPath::new(&[PathBuf::from("/")], path).map_err(path_error)?;
-    let create = req.create_dirs.then(Owner::current);
+    let owner = inherited_owner(path);
+    let create = req.create_dirs.then_some(owner);
     let Some((dir, _)) = target.open_parent(create).map_err(path_error)? else {
         return Err(ErrorBody::new(
             ErrorCode::NotFound,
@@ -103,12 +121,14 @@ fn write_atomic(path: &Path, req: &WriteFileRequest) -> Result<WriteFileResponse
             Mode::from_raw_mode(mode),
         )
         .map_err(|e| io_error("create", &tmp_path, e.into()))?;
+        // Owner and mode first (the umask may have narrowed the mode at creation), the content
+        // after: never a moment where another user could open it.
+        owner
+            .apply(&fd, mode)
+            .map_err(|e| io_error("chown", &tmp_path, e.into()))?;
         let mut file = std::fs::File::from(fd);
         file.write_all(&req.content)
             .map_err(|e| io_error("write", &tmp_path, e))?;
-        // The umask may have narrowed the mode at creation.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| io_error("chmod", &tmp_path, e))?;
         file.sync_all()
             .map_err(|e| io_error("fsync", &tmp_path, e))?;
         rustix::fs::renameat(&dir, tmp.as_str(), &dir, target.name())

@@ -18,6 +18,8 @@ pub const IMAGE_CONFIG_PATH: &str = "/etc/vm-agent/agent.toml";
 pub struct ImageConfig {
     /// The X display the desktop streams and the browser shows on.
     pub display: Option<String>,
+    /// The unprivileged user every exec and PTY program runs as unless a call names another.
+    pub user: Option<String>,
     /// Programs started in order at boot, each once the one before is ready, restarted when they
     /// exit.
     #[serde(default)]
@@ -87,6 +89,11 @@ mod tests {
         let text = std::fs::read_to_string(path).expect("the recipe's file");
         let config: ImageConfig = toml::from_str(&text).expect("parses");
         assert_eq!(config.display.as_deref(), Some(":0"));
+        assert_eq!(
+            config.user.as_deref(),
+            Some("user"),
+            "programs run unprivileged"
+        );
         let names: Vec<&str> = config.service.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["x-server", "window-manager", "terminal"]);
         let browser = config.browser.expect("a browser");
@@ -94,6 +101,16 @@ mod tests {
             (browser.program.as_str(), browser.user.as_str()),
             ("chromium", "user")
         );
+    }
+
+    #[test]
+    fn the_cli_images_file_names_its_unprivileged_user() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../rootfs/cli/files/etc/vm-agent/agent.toml");
+        let text = std::fs::read_to_string(path).expect("the recipe's file");
+        let config: ImageConfig = toml::from_str(&text).expect("parses");
+        assert_eq!(config.user.as_deref(), Some("user"));
+        assert!(config.browser.is_none() && config.display.is_none());
     }
 
     #[test]

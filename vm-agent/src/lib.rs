@@ -28,6 +28,7 @@ pub mod shutdown;
 pub mod state;
 pub mod system;
 pub mod transport;
+pub mod users;
 
 use std::sync::Arc;
 

@@ -36,12 +36,13 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    // Started by ourselves to run a PTY program inside its session's cgroup: enter it, exec.
+    // Started by ourselves to run a PTY program inside its session's cgroup, as its user:
+    // enter, become, exec.
     if args
         .get(1)
-        .is_some_and(|a| a == vm_agent::procset::ENTER_CGROUP_ARG)
+        .is_some_and(|a| a == vm_agent::procset::ENTER_ARG)
     {
-        let e = vm_agent::procset::enter_and_exec(&args[2..]);
+        let e = vm_agent::procset::Enter::run(&args[2..]);
         eprintln!("vm-agent: {e}");
         return std::process::ExitCode::from(127);
     }

@@ -19,26 +19,83 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tracing::{debug, warn};
 
-/// First argument of the agent binary run as the wrapper that starts a program inside a cgroup:
-/// `vm-agent --enter-cgroup DIR PROGRAM ARGS...`.
-pub const ENTER_CGROUP_ARG: &str = "--enter-cgroup";
+/// First argument of the agent binary run as the wrapper that starts a session's program:
+/// `vm-agent --enter CGROUP|- UID:GID|- PROGRAM ARGS...` (see [`Enter`]).
+pub const ENTER_ARG: &str = "--enter";
 
-/// The wrapper's side: moves this process into the cgroup `args[0]`, then becomes the program
-/// `args[1]` with arguments `args[2..]` (same pid, environment and terminal). So the program is
-/// in the cgroup before its first instruction, and nothing it forks can start outside. Returns
-/// only if the program could not be started.
-pub fn enter_and_exec(args: &[OsString]) -> std::io::Error {
-    use std::os::unix::process::CommandExt;
-    let (Some(dir), Some(program)) = (args.first(), args.get(1)) else {
-        return std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("usage: vm-agent {ENTER_CGROUP_ARG} DIR PROGRAM [ARGS...]"),
-        );
-    };
-    // "0": the writing process. If this fails the program still runs (its environment marker
-    // still finds what it starts).
-    let _ = std::fs::write(Path::new(dir).join("cgroup.procs"), "0");
-    std::process::Command::new(program).args(&args[2..]).exec()
+/// What the wrapper does before it becomes a session's program (same pid, environment and
+/// terminal): it moves into the session's cgroup, so nothing the program forks can start
+/// outside, then becomes the program's user, so the program never runs a single instruction
+/// with the agent's rights. The order matters: moving into a cgroup needs the agent's rights.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Enter {
+    /// The cgroup to move into.
+    pub cgroup: Option<PathBuf>,
+    /// The user id and group id to become.
+    pub user: Option<(u32, u32)>,
+}
+
+impl Enter {
+    /// Whether the program can be started directly (no cgroup, no other user).
+    pub fn is_nothing(&self) -> bool {
+        self.cgroup.is_none() && self.user.is_none()
+    }
+
+    /// The wrapper's command line up to and including `program` (its arguments follow).
+    pub fn command_line(&self, agent: PathBuf, program: PathBuf) -> Vec<OsString> {
+        let cgroup = self
+            .cgroup
+            .as_ref()
+            .map_or_else(|| OsString::from("-"), |c| c.clone().into_os_string());
+        let user = self
+            .user
+            .map_or_else(|| "-".to_owned(), |(uid, gid)| format!("{uid}:{gid}"));
+        vec![
+            agent.into(),
+            ENTER_ARG.into(),
+            cgroup,
+            user.into(),
+            program.into(),
+        ]
+    }
+
+    /// The wrapper's side, with the arguments after [`ENTER_ARG`]: enters, then becomes the
+    /// program. Returns only if it could not: a user it could not become is an error, and the
+    /// program is not started.
+    pub fn run(args: &[OsString]) -> std::io::Error {
+        use std::os::unix::process::CommandExt;
+        let usage = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("usage: vm-agent {ENTER_ARG} CGROUP|- UID:GID|- PROGRAM [ARGS...]"),
+            )
+        };
+        let [cgroup, user, program, rest @ ..] = args else {
+            return usage();
+        };
+        let user = match user.to_str() {
+            Some("-") => None,
+            Some(pair) => match pair
+                .split_once(':')
+                .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)))
+            {
+                Some(ids) => Some(ids),
+                None => return usage(),
+            },
+            None => return usage(),
+        };
+        if cgroup != "-" {
+            // "0": the writing process. If this fails the program still runs (its environment
+            // marker still finds what it starts).
+            let _ = std::fs::write(Path::new(cgroup).join("cgroup.procs"), "0");
+        }
+        if let Some((uid, gid)) = user {
+            if let Err(e) = crate::users::RunAs::become_user(uid, gid) {
+                return e;
+            }
+        }
+        std::process::Command::new(program).args(rest).exec()
+    }
 }
 
 /// Prefix of the agent's own cgroup (`vm-agent.<pid>`) under the cgroup it was started in.
@@ -117,7 +174,7 @@ impl ProcessSet {
         }
     }
 
-    /// The set's cgroup, if it has one: a program started through [`ENTER_CGROUP_ARG`] with it
+    /// The set's cgroup, if it has one: a program started through [`ENTER_ARG`] with it
     /// runs inside it from its first instruction.
     pub fn cgroup(&self) -> Option<&Path> {
         self.cgroup.as_deref()

@@ -3,8 +3,10 @@
 //! CLI uses it, and the URL lands in the same per-session detector, so the same URL from the shim and
 //! from the screen is one event.
 //!
-//! The agent listens on a Unix socket in a private directory (0700) with mode 0600 (owner only), and
-//! gives every PTY program `BROWSER=<dir>/bin/vm-agent-browser`, `PATH=<dir>/bin:...` (gemini runs
+//! The agent listens on a Unix socket in its own directory. The programs run as the image's
+//! unprivileged user, so the directory can be traversed but not listed (0711) and anyone may
+//! connect to the socket (0666): what decides is the kernel's word on the caller
+//! (`SO_PEERCRED`), which must be a process of the session it names. It gives every PTY program `BROWSER=<dir>/bin/vm-agent-browser`, `PATH=<dir>/bin:...` (gemini runs
 //! `xdg-open` from `PATH`), [`SOCKET_ENV`] and [`SESSION_ENV`].
 
 use std::collections::BTreeMap;
@@ -93,8 +95,8 @@ pub struct ShimServer {
 }
 
 impl ShimServer {
-    /// Creates a private directory (0700) under `parent` with the shim symlinks to `exe` and binds
-    /// the socket (0600). Directories that agents killed without a chance to clean up left behind
+    /// Creates a directory (0711: traversable, not listable) under `parent` with the shim
+    /// symlinks to `exe` and binds the socket (0666; callers are checked by their process). Directories that agents killed without a chance to clean up left behind
     /// (same owner, process gone) are removed first.
     pub fn start(parent: &Path, exe: &Path) -> std::io::Result<ShimServer> {
         sweep_stale(parent);
@@ -103,10 +105,11 @@ impl ShimServer {
             // Ours by name: an earlier agent that had this pid (a VM's PID 1 on every boot).
             std::fs::remove_dir_all(&dir)?;
         }
-        // Created private, and not over anything that appeared since: never a moment at 0755.
+        // Created with its final mode, and not over anything that appeared since: never a
+        // moment at 0755.
         let private = || {
             let mut b = std::fs::DirBuilder::new();
-            b.mode(0o700);
+            b.mode(0o711);
             b
         };
         private().create(&dir)?;
@@ -116,7 +119,7 @@ impl ShimServer {
         }
         let socket = dir.join("shim.sock");
         let listener = std::os::unix::net::UnixListener::bind(&socket)?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
         listener.set_nonblocking(true)?;
         Ok(ShimServer {
             dir,

@@ -43,6 +43,8 @@ pub struct Agent {
     sealed_versions: std::sync::Mutex<BTreeMap<(std::path::PathBuf, String), i64>>,
     /// Request body bytes held at once, all calls together.
     body_budget: crate::rpc::body::BodyBudget,
+    /// Whom programs run as.
+    users: crate::users::Users,
     #[cfg(feature = "desktop")]
     desktops: Arc<agent_desktop::Desktops>,
     /// The browser VM's Chromium, when the image has one.
@@ -85,6 +87,7 @@ impl Agent {
                 .ok(),
             sealed_versions: std::sync::Mutex::default(),
             body_budget: crate::rpc::body::BodyBudget::new(),
+            users: crate::users::Users::new(config.user.clone()),
             #[cfg(feature = "desktop")]
             desktops: Arc::new(agent_desktop::Desktops::new(config.display.clone())),
             #[cfg(feature = "desktop")]
@@ -274,9 +277,19 @@ impl Agent {
         guard.clone()
     }
 
-    /// The environment for a new process: the agent's own (with its display and its egress
-    /// proxy), then the configured one, then `extra`.
-    pub fn process_env(&self, extra: &protocol::secret::EnvVars) -> BTreeMap<String, String> {
+    /// Whom programs run as.
+    pub fn users(&self) -> &crate::users::Users {
+        &self.users
+    }
+
+    /// The environment for a new process running as `run_as` (`None`: as the agent): the
+    /// agent's own (with its display and its egress proxy), that user's `HOME`, `USER` and
+    /// `LOGNAME`, then the configured environment, then `extra`.
+    pub fn process_env(
+        &self,
+        extra: &protocol::secret::EnvVars,
+        run_as: Option<&crate::users::RunAs>,
+    ) -> BTreeMap<String, String> {
         let configured = self.configured();
         let mut env: BTreeMap<String, String> = std::env::vars().collect();
         if let Some(display) = &self.display {
@@ -285,6 +298,9 @@ impl Agent {
         }
         if let Some(proxy) = self.egress_proxy {
             env.extend(crate::egress::proxy_env(proxy).map(|(k, v)| (k.to_owned(), v)));
+        }
+        if let Some(user) = run_as {
+            env.extend(user.env().map(|(k, v)| (k.to_owned(), v)));
         }
         env.extend(configured.env.0);
         if let Some(id) = configured.session_id {

@@ -156,7 +156,7 @@ async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Resu
         None => step("egress: no upstream proxy (DEMO_PROXY_HOST unset): the VMs have no way out"),
     }
     let disks = dir.path().join("cli-disks");
-    let mut backend = QemuVmBackend::with_images(browser, cli, &disks, "/root");
+    let mut backend = QemuVmBackend::with_images(browser, cli, &disks, crate::image::GUEST_HOME);
     if !args.check {
         // The golden browser VM's desktop reaches the page through a UDP forward of its own.
         backend = backend.with_desktop_forwards(

@@ -73,6 +73,9 @@ enum Verb {
         /// Working directory.
         #[arg(long)]
         cwd: Option<String>,
+        /// The guest user to run as (default: the image's unprivileged user).
+        #[arg(long)]
+        user: Option<String>,
         /// Program and arguments.
         #[arg(last = true, required = true)]
         argv: Vec<String>,
@@ -255,8 +258,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             raw,
             env,
             cwd,
+            user,
             argv,
-        } => return exec(&client, stdin, raw, env, cwd, argv).await,
+        } => {
+            let req = ExecRequest {
+                argv,
+                env: EnvVars::from_pairs(env),
+                cwd,
+                stdin,
+                user,
+            };
+            return exec(&client, req, raw).await;
+        }
         Verb::ReadFile { path, raw } => {
             let file = client.read_file(&path).await?;
             if raw {
@@ -343,20 +356,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn exec(
-    client: &AgentClient,
-    forward_stdin: bool,
-    raw: bool,
-    env: Vec<(String, String)>,
-    cwd: Option<String>,
-    argv: Vec<String>,
-) -> Result<ExitCode, CliError> {
-    let req = ExecRequest {
-        argv,
-        env: EnvVars::from_pairs(env),
-        cwd,
-        stdin: forward_stdin,
-    };
+async fn exec(client: &AgentClient, req: ExecRequest, raw: bool) -> Result<ExitCode, CliError> {
+    let forward_stdin = req.stdin;
     let mut call = client.exec(&req).await?;
     if forward_stdin {
         if let Some(input) = call.input() {

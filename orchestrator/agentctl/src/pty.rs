@@ -42,6 +42,9 @@ pub struct PtyArgs {
     /// Working directory in the guest.
     #[arg(long)]
     pub cwd: Option<String>,
+    /// The guest user to run as (default: the image's unprivileged user).
+    #[arg(long)]
+    pub user: Option<String>,
     /// Program and arguments.
     #[arg(last = true, required = true)]
     pub argv: Vec<String>,
@@ -169,6 +172,7 @@ impl PtyArgs {
             mode: self.mode,
             interactive: self.interactive,
             keep_on_detach: false,
+            user: self.user,
         };
         let mut call = client.pty(&PtyRequest::Spawn(spawn)).await?;
         let _raw = self.interactive.then(RawMode::enter);

@@ -350,6 +350,7 @@ async fn run(state: Arc<AppState>, job: Arc<Job>, argv: Vec<String>, timeout: Du
                 env: EnvVars(state.config.job_env.clone()),
                 cwd: Some(cli.guest_home.clone()),
                 stdin: false,
+                user: None,
             })
             .await?;
         // No input: the agent finishes the call only once the request side is closed too.

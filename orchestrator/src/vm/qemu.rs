@@ -135,6 +135,37 @@ impl UserNetwork {
     pub const PREFIX_LEN: u8 = 24;
     /// Where forwarded traffic appears to come from inside the guest (the host's alias).
     pub const HOST_ALIAS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+
+    /// Brings the guest's card up at [`UserNetwork::GUEST_ADDR`] through its agent (the images
+    /// configure no network: the agent needs only vsock). As the guest's root, asked for by
+    /// name: programs run as the image's unprivileged user otherwise.
+    pub async fn bring_up_guest(client: &crate::AgentClient) -> Result<(), String> {
+        let script = format!(
+            "ip link set eth0 up && ip addr add {}/{} dev eth0",
+            Self::GUEST_ADDR,
+            Self::PREFIX_LEN
+        );
+        let request = protocol::messages::ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), script],
+            user: Some("root".into()),
+            ..Default::default()
+        };
+        let out = async {
+            let mut call = client.exec(&request).await?;
+            // No input: the call ends once its request side is closed too.
+            call.close_input();
+            call.collect_exec().await
+        }
+        .await
+        .map_err(|e| format!("bringing the guest's network up: {e}"))?;
+        if out.status.shell_code() != 0 {
+            return Err(format!(
+                "bringing the guest's network up failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One forwarded UDP port.

@@ -294,27 +294,12 @@ impl QemuVmBackend {
     }
 }
 
-/// Brings the guest's network card up at [`UserNetwork::GUEST_ADDR`] through its agent.
+/// Brings the guest's network card up through its agent.
 async fn guest_network_up(vm: &QemuVm) -> Result<(), String> {
     let client = AgentClient::connect(&vm.connector())
         .await
         .map_err(|e| format!("reaching the agent to bring its network up: {e}"))?;
-    let script = format!(
-        "ip link set eth0 up && ip addr add {}/{} dev eth0",
-        UserNetwork::GUEST_ADDR,
-        UserNetwork::PREFIX_LEN
-    );
-    let out = client
-        .exec_collect(&["sh", "-c", &script], None)
-        .await
-        .map_err(|e| format!("bringing the guest's network up: {e}"))?;
-    if out.status.shell_code() != 0 {
-        return Err(format!(
-            "bringing the guest's network up failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
+    UserNetwork::bring_up_guest(&client).await
 }
 
 impl VmBackend for QemuVmBackend {

@@ -10,8 +10,7 @@ use protocol::messages::{Empty, WriteFileRequest};
 use protocol::providers::ProviderFile;
 use protocol::pty::{Pty, PtyEvent, PtyRequest, PtySpawn, UrlSource};
 
-/// The home of the user the CLIs run as in the images.
-pub const GUEST_HOME: &str = "/root";
+pub use crate::vm::GUEST_HOME;
 
 /// Waits until the browser VM's Chromium answers; returns its state.
 pub async fn browser_ready(client: &AgentClient) -> BrowserState {

@@ -252,11 +252,12 @@ impl Connector for HostileConnector {
     }
 }
 
-/// A connector to a hostile agent of a VM whose guest home is `/root`, for driving it directly.
+/// A connector to a hostile agent of a VM whose guest home is the images' (`GUEST_HOME`), for
+/// driving it directly.
 pub fn connector(attack: Attack) -> Arc<dyn Connector> {
     Arc::new(HostileConnector {
         attack,
-        home: "/root".into(),
+        home: crate::vm::GUEST_HOME.into(),
     })
 }
 

@@ -9,6 +9,10 @@ use std::sync::OnceLock;
 
 use orchestrator::vm::{QemuConfig, QemuLauncher, UdpForward, UserNetwork};
 
+/// The home of the unprivileged user the CLIs and every exec and PTY program run as in every
+/// image (the agent alone is root).
+pub const GUEST_HOME: &str = "/home/user";
+
 /// What `cargo xtask image <which>` printed.
 #[derive(Debug, Clone)]
 pub struct VmAssets {

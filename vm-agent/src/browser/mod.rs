@@ -335,9 +335,7 @@ fn x_socket(display: &str) -> String {
 /// Starts the browser as its user, with the DevTools pipe on its fds 3 and 4.
 fn launch(config: &BrowserConfig) -> Result<(tokio::process::Child, Cdp), BrowserError> {
     let start = |e: &dyn std::fmt::Display| BrowserError::Start(e.to_string());
-    let user = nix::unistd::User::from_name(&config.user)
-        .map_err(|e| start(&e))?
-        .ok_or_else(|| start(&format!("no user {:?}", config.user)))?;
+    let user = crate::users::RunAs::lookup(&config.user).map_err(|e| start(&e))?;
     // Ours: `to_browser` (write) and `from_browser` (read). The browser's: fd 3 reads our
     // commands, fd 4 writes its answers. Kept above 10 until the child puts them in place, so
     // no dup2 can overwrite the other.
@@ -355,18 +353,18 @@ fn launch(config: &BrowserConfig) -> Result<(tokio::process::Child, Cdp), Browse
     drop((cmd_read, ans_write));
     let (child_in_raw, child_out_raw) = (child_in.as_raw_fd(), child_out.as_raw_fd());
     let (uid, gid) = (user.uid, user.gid);
-    let profile = user.dir.join(".config").join("vm-agent-chromium");
+    let profile = user.home.join(".config").join("vm-agent-chromium");
     let mut cmd = tokio::process::Command::new(&config.program);
     cmd.args(&config.args)
         .arg("--remote-debugging-pipe")
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("about:blank")
         .env_clear()
-        .env("HOME", &user.dir)
+        .env("HOME", &user.home)
         .env("USER", &config.user)
         .env("DISPLAY", &config.display)
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .current_dir(&user.dir)
+        .current_dir(&user.home)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
@@ -376,14 +374,7 @@ fn launch(config: &BrowserConfig) -> Result<(tokio::process::Child, Cdp), Browse
             if libc::dup2(child_in_raw, 3) < 0 || libc::dup2(child_out_raw, 4) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let groups = [gid.as_raw()];
-            if libc::setgroups(1, groups.as_ptr()) != 0
-                || libc::setgid(gid.as_raw()) != 0
-                || libc::setuid(uid.as_raw()) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            crate::users::RunAs::become_user(uid, gid)
         });
     }
     let child = cmd.spawn().map_err(|e| start(&e))?;

@@ -56,9 +56,11 @@ impl Resolved {
 }
 
 /// Whose home: the explicit `home`, else the named user's, else the `HOME` the CLIs the agent
-/// spawns would see (configured or the agent's own), else the agent user's passwd entry.
+/// spawns would see (their user's, configured or the agent's own), else the agent user's passwd
+/// entry.
 fn resolve(agent: &Agent, scope: &CredsScope) -> Result<Resolved, ErrorBody> {
-    let env: BTreeMap<String, String> = agent.process_env(&scope.env);
+    let run_as = agent.users().resolve(None).map_err(|e| e.to_error_body())?;
+    let env: BTreeMap<String, String> = agent.process_env(&scope.env, run_as.as_ref());
     let home = match (&scope.home, &scope.user, env.get("HOME")) {
         (Some(home), _, _) => PathBuf::from(home),
         (None, Some(user), _) => {

@@ -142,7 +142,11 @@ fn start(agent: &Agent, spawn: &PtySpawn) -> Result<Arc<PtySession>, ErrorBody> 
         .map(|m| m.env.clone())
         .unwrap_or_default();
     extra.extend(spawn.env.0.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let mut env = agent.process_env(&protocol::secret::EnvVars(extra));
+    let run_as = agent
+        .users()
+        .resolve(spawn.user.as_deref())
+        .map_err(|e| e.to_error_body())?;
+    let mut env = agent.process_env(&protocol::secret::EnvVars(extra), run_as.as_ref());
     agent.pty_shim_env(&mut env);
     let opts = SpawnOptions {
         argv: spawn.argv.clone(),
@@ -153,6 +157,7 @@ fn start(agent: &Agent, spawn: &PtySpawn) -> Result<Arc<PtySession>, ErrorBody> 
         provider: spawn.provider.clone(),
         mode: spawn.mode.clone(),
         scrollback: super::session::DEFAULT_SCROLLBACK,
+        run_as,
     };
     Ok(agent.pty().spawn(opts, rules)?)
 }

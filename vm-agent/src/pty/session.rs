@@ -75,6 +75,8 @@ pub struct SpawnOptions {
     pub mode: Option<String>,
     /// Bytes of scrollback to keep.
     pub scrollback: usize,
+    /// The user the program runs as (`None`: as the agent).
+    pub run_as: Option<crate::users::RunAs>,
 }
 
 /// Why a session could not be started or driven.
@@ -251,7 +253,9 @@ impl PtySession {
         if !opts.env.contains_key("TERM") {
             cmd.env("TERM", "xterm-256color");
         }
-        if let Some(cwd) = &opts.cwd {
+        // Named even when it is the agent's own: portable-pty's default is `HOME`, which may not
+        // exist for the program's user (`nobody`'s is `/nonexistent`).
+        if let Some(cwd) = opts.cwd.clone().or_else(|| std::env::current_dir().ok()) {
             cmd.cwd(cwd);
         }
         let child = pair
@@ -572,25 +576,25 @@ impl PtySession {
     }
 }
 
-/// The command line that starts `opts.argv` as a member of `procs`: through the agent binary's
-/// cgroup wrapper when the set has a cgroup (the program is found on the session's `PATH` first,
-/// so a missing one is refused here as before).
+/// The command line that starts `opts.argv` as a member of `procs`, as its user: through the
+/// agent binary's wrapper ([`crate::procset::Enter`]) when the set has a cgroup or the program
+/// runs as another user (the program is found on the session's `PATH` first, so a missing one is
+/// refused here as before).
 fn command_line(
     opts: &SpawnOptions,
     procs: &ProcessSet,
 ) -> Result<Vec<std::ffi::OsString>, Box<dyn std::error::Error + Send + Sync>> {
     let argv: Vec<std::ffi::OsString> = opts.argv.iter().map(Into::into).collect();
-    let Some(cgroup) = procs.cgroup() else {
-        return Ok(argv);
+    let enter = crate::procset::Enter {
+        cgroup: procs.cgroup().map(Into::into),
+        user: opts.run_as.as_ref().map(|u| (u.uid, u.gid)),
     };
+    if enter.is_nothing() {
+        return Ok(argv);
+    }
     let program = find_program(&opts.argv[0], opts.env.get("PATH"), opts.cwd.as_deref())
         .ok_or_else(|| format!("{:?} not found", opts.argv[0]))?;
-    let mut line: Vec<std::ffi::OsString> = vec![
-        std::env::current_exe()?.into(),
-        crate::procset::ENTER_CGROUP_ARG.into(),
-        cgroup.into(),
-        program.into(),
-    ];
+    let mut line = enter.command_line(std::env::current_exe()?, program);
     line.extend(argv.into_iter().skip(1));
     Ok(line)
 }

@@ -59,7 +59,7 @@ fn vm_desktop() -> Result<()> {
             QemuLauncher::new(browser),
             QemuLauncher::new(cli_assets.qemu_config()),
             dir.path().join("disks"),
-            "/root",
+            crate::image::GUEST_HOME,
         )
         .with_desktop_forwards(
             std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),

@@ -40,6 +40,14 @@ impl<W: Write> CpioWriter<W> {
         self.entry(path, S_IFDIR | mode, 0, &[])
     }
 
+    /// Adds a directory owned by `uid`:`gid` (a user's home).
+    pub fn dir_owned(&mut self, path: &str, mode: u32, uid: u32, gid: u32) -> io::Result<()> {
+        if !self.dirs.insert(path.to_owned()) {
+            return Ok(());
+        }
+        self.entry_owned(path, S_IFDIR | mode, 0, (uid, gid), &[])
+    }
+
     /// Adds the missing ancestors of `path` (mode 0755), outermost first: the kernel's unpacker
     /// does not create them.
     pub fn parents(&mut self, path: &str) -> io::Result<()> {
@@ -80,6 +88,17 @@ impl<W: Write> CpioWriter<W> {
     }
 
     fn entry(&mut self, path: &str, mode: u32, rdev: u32, data: &[u8]) -> io::Result<()> {
+        self.entry_owned(path, mode, rdev, (0, 0), data)
+    }
+
+    fn entry_owned(
+        &mut self,
+        path: &str,
+        mode: u32,
+        rdev: u32,
+        (uid, gid): (u32, u32),
+        data: &[u8],
+    ) -> io::Result<()> {
         let name = path.trim_start_matches('/');
         let ino = self.next_ino;
         self.next_ino += 1;
@@ -87,8 +106,6 @@ impl<W: Write> CpioWriter<W> {
         let header = format!(
             "070701{ino:08x}{mode:08x}{uid:08x}{gid:08x}{nlink:08x}{mtime:08x}{size:08x}\
              {dmaj:08x}{dmin:08x}{rmaj:08x}{rmin:08x}{namesize:08x}{check:08x}",
-            uid = 0,
-            gid = 0,
             mtime = 0,
             size = data.len(),
             dmaj = 0,

@@ -18,7 +18,14 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 /// Bumped when the layout below changes, so old cached images are not reused.
-const LAYOUT_VERSION: &str = "layout-3";
+const LAYOUT_VERSION: &str = "layout-4";
+
+/// The unprivileged guest user of every image: name, uid (and gid), home.
+pub const GUEST_USER: &str = "user";
+/// See [`GUEST_USER`].
+pub const GUEST_UID: u32 = 1000;
+/// See [`GUEST_USER`]: where the CLIs keep their credentials.
+pub const GUEST_HOME: &str = "/home/user";
 
 /// Where the agent finds the module load order in the image (one file name per line).
 pub const MODULE_ORDER_PATH: &str = "/lib/modules/load-order";
@@ -290,8 +297,28 @@ pub fn build(cache: &Path, agent: &Path, which: Which) -> Result<Image> {
     if let Some(desktop) = &desktop {
         desktop.pack(&mut w)?;
     }
-    w.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
-    w.file("/etc/group", 0o644, b"root:x:0:\n")?;
+    // The unprivileged user every exec and PTY program runs as (the agent alone is root), as
+    // in the golden images (`rootfs/common/setup.sh`).
+    w.dir_owned(GUEST_HOME, 0o700, GUEST_UID, GUEST_UID)?;
+    w.file(
+        "/etc/passwd",
+        0o644,
+        format!(
+            "root:x:0:0:root:/root:/bin/sh\n{GUEST_USER}:x:{GUEST_UID}:{GUEST_UID}::{GUEST_HOME}:/bin/sh\n"
+        )
+        .as_bytes(),
+    )?;
+    w.file(
+        "/etc/group",
+        0o644,
+        format!("root:x:0:\n{GUEST_USER}:x:{GUEST_UID}:\n").as_bytes(),
+    )?;
+    w.dir("/etc/vm-agent", 0o755)?;
+    w.file(
+        "/etc/vm-agent/agent.toml",
+        0o644,
+        format!("# Programs run as the unprivileged user.\nuser = \"{GUEST_USER}\"\n").as_bytes(),
+    )?;
     w.finish()?
         .into_inner()
         .map_err(|e| e.into_error())?

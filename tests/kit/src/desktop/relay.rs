@@ -52,24 +52,9 @@ impl Relay {
         port: u16,
     ) -> Self {
         let guest = orchestrator::vm::UserNetwork::GUEST_ADDR;
-        let prefix = orchestrator::vm::UserNetwork::PREFIX_LEN;
-        let up = client
-            .exec_collect(
-                &[
-                    "sh",
-                    "-c",
-                    &format!("ip link set eth0 up && ip addr add {guest}/{prefix} dev eth0"),
-                ],
-                None,
-            )
+        orchestrator::vm::UserNetwork::bring_up_guest(&client)
             .await
             .expect("bring the guest's network up");
-        assert_eq!(
-            up.status.shell_code(),
-            0,
-            "guest network: {}",
-            String::from_utf8_lossy(&up.stderr)
-        );
         let ice = IceSettings {
             bind: vec![IpAddr::V4(guest)],
             nat_1to1_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
