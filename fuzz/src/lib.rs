@@ -1,7 +1,8 @@
 //! The agent's URL detector, provider rules and credential path confinement, compiled from the
 //! agent's own source files (`vm-agent/src/detect`, `vm-agent/src/providers`,
 //! `vm-agent/src/creds/confine.rs`) so the fuzz build needs only their few dependencies, not the
-//! whole agent. The protocol's decoders are fuzzed through the `protocol` crate itself.
+//! whole agent; the desktop's STUN and TURN code likewise ([`desktop`]). The protocol's decoders
+//! are fuzzed through the `protocol` crate itself.
 
 #[path = "../../vm-agent/src/providers/mod.rs"]
 pub mod providers;
@@ -11,6 +12,8 @@ pub mod detect;
 
 #[path = "../../vm-agent/src/creds/confine.rs"]
 pub mod confine;
+
+pub mod desktop;
 
 pub mod input;
 

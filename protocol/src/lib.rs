@@ -33,6 +33,7 @@ pub mod providers;
 pub mod pty;
 pub mod sealed;
 pub mod secret;
+pub mod shim;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use hello::{Hello, HelloAck};

@@ -3,7 +3,7 @@
 //! `vhost-device-vsock`. The login runs on a PTY in the browser VM, its URL reaches the host, the
 //! "user" completes it, the credential is captured, stored sealed, pushed into the running CLI VM,
 //! and the CLI there is logged in; then both VMs are destroyed with zero traces: no process, no
-//! file, no active store row. Every host log line (trace level), the CLI VM's serial console, the
+//! file, no active store row. Every host log line (trace level), both VMs' serial consoles, the
 //! store's file and the audit rows hold no token, proxy password or vault key in any form.
 
 use std::sync::Arc;
@@ -68,8 +68,17 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
     let mut states = Vec::new();
     let mut url = None;
     let mut browser_pids = Vec::new();
-    let mut browser_dir = None;
+    let mut browser_dir: Option<std::path::PathBuf> = None;
+    // The browser VM's console, read while it exists (its directory goes with it): the last
+    // read holds the capture and everything before.
+    let mut browser_serial = String::new();
     while let Some(ev) = events.next().await {
+        if let Some(dir) = &browser_dir {
+            let tail = orchestrator::vm::serial::tail(dir, 4 * 1024 * 1024);
+            if !tail.is_empty() {
+                browser_serial = tail;
+            }
+        }
         match ev.kind {
             LoginEventKind::AuthUrl { url: u, .. } => {
                 // The user's browser would open this; the user logs in and pastes the code.
@@ -199,9 +208,14 @@ async fn a_login_in_a_browser_vm_lands_in_the_running_cli_vm_and_leaves_no_trace
         .iter()
         .map(|e| format!("{} {} {}", e.event, e.subject, e.detail))
         .collect();
+    assert!(
+        !browser_serial.is_empty(),
+        "the browser VM's console was read"
+    );
     let mut scanned = vec![
         ("host log", trace_lines.lock().unwrap().clone()),
         ("CLI VM console", serial.into_bytes()),
+        ("browser VM console", browser_serial.into_bytes()),
         ("audit rows", audit_rows.join("\n").into_bytes()),
     ];
     for entry in std::fs::read_dir(dir.path()).expect("store dir") {

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use protocol::shim::{ShimRequest, MAX_LINE};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
@@ -32,8 +33,6 @@ pub const SHIM_NAMES: &[&str] = &["vm-agent-browser", "xdg-open"];
 pub const SOCKET_ENV: &str = "AGENT_SHIM_SOCKET";
 /// Name of the shim's directory under the temporary directory, followed by the agent's pid.
 pub const DIR_PREFIX: &str = "vm-agent-shim-";
-/// Longest request line accepted from a shim.
-const MAX_LINE: usize = 64 * 1024;
 
 /// Why the shim could not hand its URL over.
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +75,12 @@ pub fn run_client(args: &[OsString]) -> Result<(), ShimError> {
     let session = std::env::var(SESSION_ENV).unwrap_or_default();
     let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let line = serde_json::json!({ "session": session, "url": url, "via": name });
-    stream.write_all(format!("{line}\n").as_bytes())?;
+    let request = ShimRequest {
+        session,
+        url: url.into_owned(),
+        via: name,
+    };
+    stream.write_all(request.to_line().as_bytes())?;
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply)?;
     match reply.trim_end() {
@@ -234,7 +237,8 @@ async fn handle(sessions: &PtySessions, open: &UrlOpener, stream: tokio::net::Un
         .and_then(|p| u32::try_from(p).ok());
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
-    let mut reader = tokio::io::BufReader::new(read).take(MAX_LINE as u64);
+    // One byte past the limit, so a longer line is refused as too long rather than cut.
+    let mut reader = tokio::io::BufReader::new(read).take(MAX_LINE as u64 + 1);
     let reply = match reader.read_until(b'\n', &mut line).await {
         Ok(_) => answer(sessions, open, caller, &line),
         Err(e) => format!("error: {e}"),
@@ -270,12 +274,11 @@ fn descends_from(pid: u32, ancestor: u32) -> bool {
 }
 
 fn answer(sessions: &PtySessions, open: &UrlOpener, caller: Option<u32>, line: &[u8]) -> String {
-    let Ok(req) = serde_json::from_slice::<serde_json::Value>(line) else {
-        return "error: not a JSON line".into();
+    let request = match ShimRequest::parse(line) {
+        Ok(request) => request,
+        Err(e) => return format!("error: {e}"),
     };
-    let (Some(session), Some(url)) = (req["session"].as_str(), req["url"].as_str()) else {
-        return "error: session and url required".into();
-    };
+    let (session, url) = (request.session.as_str(), request.url.as_str());
     let Some(s) = sessions.get(session) else {
         return format!("error: no pty session {session:?}");
     };

@@ -31,6 +31,9 @@ const TARGETS: &[(&str, bool)] = &[
     ("required_fields", false),
     ("egress_head", false),
     ("confined_path", false),
+    ("messages", false),
+    ("turn", false),
+    ("shim_request", false),
 ];
 /// How long CI fuzzes each target by default.
 pub const DEFAULT_SECONDS: u64 = 30;

@@ -33,6 +33,8 @@ use codec::{
     DATA, ERROR, INDICATION, REFRESH, SEND, SUCCESS,
 };
 
+// Named by path so the fuzz build, which compiles this file on its own, finds it too.
+#[path = "turn/codec.rs"]
 mod codec;
 
 /// REQUESTED-TRANSPORT's protocol number for UDP.
