@@ -411,3 +411,83 @@ async fn recover_sweeps_what_a_crashed_host_left_and_audits_it() {
         "{audit:?}"
     );
 }
+
+/// QEMU and its vsock backend run as a dedicated unprivileged user from their first instruction
+/// (no capabilities, owning only their VM's directory), and still die with the host process that
+/// started them when it is killed outright and no cleanup runs; the next host's sweep removes the
+/// directory it left.
+#[test]
+fn vm_processes_run_unprivileged_and_die_with_a_killed_host() {
+    use std::io::BufRead;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Kills the holder if the test fails before it does.
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut holder = Holder(
+        std::process::Command::new(test_kit::agent::workspace_bin("vm-holder"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start vm-holder"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(holder.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the holder's line");
+    let (pids, dir) = line
+        .trim()
+        .strip_prefix("pids ")
+        .and_then(|rest| rest.split_once(" dir "))
+        .unwrap_or_else(|| panic!("the holder said {line:?}"));
+    let pids: Vec<i32> = pids.split(' ').map(|p| p.parse().expect("pid")).collect();
+    let dir = std::path::PathBuf::from(dir);
+    assert_eq!(pids.len(), 2, "QEMU and the backend: {pids:?}");
+
+    let vm_user = nix::unistd::User::from_name(test_kit::vm::VM_USER)
+        .expect("passwd")
+        .expect("the VM user")
+        .uid
+        .as_raw()
+        .to_string();
+    for pid in &pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {status}"))
+                .trim()
+                .to_owned()
+        };
+        assert!(
+            field("Uid:").split_whitespace().all(|u| u == vm_user),
+            "process {pid} runs as {}",
+            field("Uid:")
+        );
+        assert_eq!(field("CapEff:"), "0000000000000000", "process {pid}");
+    }
+    let meta = std::fs::metadata(&dir).expect("the VM's directory");
+    assert_eq!(meta.uid().to_string(), vm_user);
+    assert_eq!(meta.mode() & 0o777, 0o700);
+
+    holder.0.kill().expect("kill the holder");
+    holder.0.wait().expect("reap the holder");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while pids.iter().any(|pid| process_alive(*pid)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VM processes outlived their host: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dir.exists(), "nothing cleaned up after the killed host");
+    let swept = test_kit::vm::launcher().sweep_orphans();
+    assert!(swept.contains(&dir), "{swept:?}");
+    assert!(!dir.exists());
+}

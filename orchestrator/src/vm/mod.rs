@@ -19,5 +19,6 @@ pub use backend::{BackendCause, BackendError, CleanupReport, VmBackend, VmHandle
 pub use pool::WarmPool;
 pub use qemu::{
     Accel, DestroyReport, QemuConfig, QemuLauncher, QemuVm, UdpForward, UserNetwork, VmError,
+    VmUser,
 };
 pub use qemu_backend::QemuVmBackend;

@@ -110,6 +110,36 @@ pub struct QemuConfig {
     /// CLIs' native binaries use AVX2 (claude-code, built with Bun, dies with SIGILL on
     /// `qemu64`). With KVM the host's CPU is passed through regardless.
     pub tcg_cpu: Option<String>,
+    /// A dedicated unprivileged user QEMU and the vsock backend run as (from their first
+    /// instruction), when the host process is root: a guest that breaks out of QEMU lands in an
+    /// account that owns nothing but its VM's directory. Its kernel, initramfs and root image must
+    /// be readable by that user (with KVM, `/dev/kvm` too). `None`: they run as the host process.
+    pub run_as: Option<VmUser>,
+}
+
+/// The user a VM's processes run as ([`QemuConfig::run_as`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmUser {
+    /// Numeric user id.
+    pub uid: u32,
+    /// Numeric group id (its only group).
+    pub gid: u32,
+}
+
+impl VmUser {
+    /// The account `name` of this host, if it has one.
+    pub fn lookup(name: &str) -> Option<VmUser> {
+        let user = nix::unistd::User::from_name(name).ok().flatten()?;
+        Some(VmUser {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })
+    }
+
+    /// Gives `path` to this user.
+    fn own(&self, path: &Path) -> std::io::Result<()> {
+        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
+    }
 }
 
 /// A network card on QEMU's user-mode network (slirp): the VM is reached from the host only on the
@@ -202,6 +232,7 @@ impl QemuConfig {
             root_image: None,
             qemu_img: PathBuf::from("qemu-img"),
             tcg_cpu: None,
+            run_as: None,
         }
     }
 }
@@ -356,8 +387,14 @@ impl QemuLauncher {
                 cfg.run_dir.display()
             )))?
             .keep();
-        // Whose VM this is, so a sweep after a crash knows the owner is gone.
-        if let Err(e) = std::fs::write(dir.join(OWNER_FILE), owner_stamp()) {
+        // Whose VM this is, so a sweep after a crash knows the owner is gone; the directory
+        // (0700) is the VM user's, the stamp stays the host's.
+        // 0700 whatever the umask: its sockets reach the VM's agent and its logs hold the console.
+        let made =
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .and_then(|()| std::fs::write(dir.join(OWNER_FILE), owner_stamp()))
+                .and_then(|()| cfg.run_as.map_or(Ok(()), |user| user.own(&dir)));
+        if let Err(e) = made {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(io("write the VM's owner file")(e));
         }
@@ -395,6 +432,10 @@ impl QemuVm {
             if !disk.exists() {
                 make_overlay(&cfg.qemu_img, golden, disk).await?;
             }
+            if let Some(user) = cfg.run_as {
+                user.own(disk)
+                    .map_err(io(format!("give {} to the VM's user", disk.display())))?;
+            }
         }
         let vsock = self.dir.join(VSOCK_SOCKET);
         let hello_path = self.connector.host_listener_path(cfg.hello_port);
@@ -417,7 +458,7 @@ impl QemuVm {
             .stdout(log_file(&backend_log)?)
             .stderr(log_file(&backend_log)?)
             .kill_on_drop(true)
-            .die_with_parent()
+            .vm_process(cfg.run_as)
             .spawn()
             .map_err(io(format!("start {}", cfg.vhost_device_vsock.display())))?;
         let created = tokio::time::timeout(BACKEND_START_TIMEOUT, async {
@@ -445,7 +486,7 @@ impl QemuVm {
             .stdout(log_file(&qemu_log)?)
             .stderr(log_file(&qemu_log)?)
             .kill_on_drop(true)
-            .die_with_parent()
+            .vm_process(cfg.run_as)
             .spawn()
             .map_err(io(format!("start {}", cfg.qemu.display())))?;
         info!(vm = %self.name, dir = %self.dir.display(), accel = %cfg.accel, pid = qemu.id(), "qemu started");
@@ -817,20 +858,31 @@ impl QemuLauncher {
     }
 }
 
-/// A VM's processes end with the host process that started them, even when it is killed and
-/// `kill_on_drop` never runs: no QEMU outlives a crashed orchestrator holding a user's VM.
-trait DieWithParent {
-    fn die_with_parent(&mut self) -> &mut Self;
+/// A VM's processes run as the VM's user, if it has one, and end with the host process that
+/// started them, even when it is killed and `kill_on_drop` never runs: no QEMU outlives a crashed
+/// orchestrator holding a user's VM.
+trait VmProcess {
+    fn vm_process(&mut self, run_as: Option<VmUser>) -> &mut Self;
 }
 
-impl DieWithParent for Command {
-    fn die_with_parent(&mut self) -> &mut Self {
-        // SAFETY: the closure runs in the child between fork and exec and only makes one
-        // async-signal-safe system call (prctl), touching no memory of the parent.
+impl VmProcess for Command {
+    fn vm_process(&mut self, run_as: Option<VmUser>) -> &mut Self {
+        // SAFETY: the closure runs in the child between fork and exec and only makes
+        // async-signal-safe system calls (setgroups, setgid, setuid, prctl) on values copied
+        // before the fork, touching no memory of the parent.
         unsafe {
-            self.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
+            self.pre_exec(move || {
+                if let Some(VmUser { uid, gid }) = run_as {
+                    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+                    let gid = Gid::from_raw(gid);
+                    setgroups(&[gid])?;
+                    setgid(gid)?;
+                    setuid(Uid::from_raw(uid))?;
+                }
+                // After the change of user: the kernel clears the parent-death signal when a
+                // process's credentials change (which is why QEMU's own `-runas` cannot be used).
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                Ok(())
             });
         }
         self
@@ -911,7 +963,7 @@ mod tests {
             rt.block_on(async {
                 let child = Command::new("sleep")
                     .arg("1000")
-                    .die_with_parent()
+                    .vm_process(None)
                     .spawn()
                     .unwrap();
                 let pid = child.id().unwrap();

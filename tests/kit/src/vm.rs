@@ -91,6 +91,43 @@ pub fn launcher() -> QemuLauncher {
     QemuLauncher::new(config(assets()))
 }
 
+/// The account of this machine the VM processes of [`unprivileged_launcher`] run as.
+pub const VM_USER: &str = "nobody";
+
+/// A QEMU backend for the test image whose QEMU and vsock backend run as [`VM_USER`]
+/// (`QemuConfig::run_as`), with copies of the files they open in a directory that user can read
+/// (the cached originals live under root's home); the directory goes with the returned guard.
+/// Panics unless this process is root: only root can start a process as another user.
+pub fn unprivileged_launcher() -> (QemuLauncher, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "VM processes can run as another user only when the host process is root"
+    );
+    let user = orchestrator::vm::VmUser::lookup(VM_USER)
+        .unwrap_or_else(|| panic!("this machine has no user {VM_USER:?}"));
+    let files = tempfile::tempdir().expect("a directory for the VM user's files");
+    let readable = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    readable(files.path(), 0o755);
+    let copy = |from: &std::path::Path, mode: u32| {
+        let to = files.path().join(from.file_name().expect("a file name"));
+        std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        readable(&to, mode);
+        to
+    };
+    let assets = assets();
+    let mut config = config(&VmAssets {
+        kernel: copy(&assets.kernel, 0o644),
+        initramfs: copy(&assets.initramfs, 0o644),
+        root_image: None,
+        vhost_device_vsock: copy(&assets.vhost_device_vsock, 0o755),
+    });
+    config.run_as = Some(user);
+    (QemuLauncher::new(config), files)
+}
+
 /// A QEMU backend for the golden CLI image: the real CLIs are Node.js programs, for which the
 /// old system's 256 MB is tight (gemini); 512 MB, one vCPU.
 pub fn cli_launcher() -> QemuLauncher {
