@@ -82,12 +82,17 @@ impl ImageConfig {
 mod tests {
     use super::*;
 
+    /// The `agent.toml` of image `image`'s recipe, parsed strictly.
+    fn recipe(image: &str) -> ImageConfig {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../rootfs/{image}/files/etc/vm-agent/agent.toml"));
+        let text = std::fs::read_to_string(path).expect("the recipe's file");
+        toml::from_str(&text).expect("parses")
+    }
+
     #[test]
     fn the_browser_images_file_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../rootfs/browser/files/etc/vm-agent/agent.toml");
-        let text = std::fs::read_to_string(path).expect("the recipe's file");
-        let config: ImageConfig = toml::from_str(&text).expect("parses");
+        let config = recipe("browser");
         assert_eq!(config.display.as_deref(), Some(":0"));
         assert_eq!(
             config.user.as_deref(),
@@ -105,10 +110,7 @@ mod tests {
 
     #[test]
     fn the_cli_images_file_names_its_unprivileged_user() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../rootfs/cli/files/etc/vm-agent/agent.toml");
-        let text = std::fs::read_to_string(path).expect("the recipe's file");
-        let config: ImageConfig = toml::from_str(&text).expect("parses");
+        let config = recipe("cli");
         assert_eq!(config.user.as_deref(), Some("user"));
         assert!(config.browser.is_none() && config.display.is_none());
     }
