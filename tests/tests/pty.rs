@@ -1148,6 +1148,32 @@ async fn programs_run_as_the_unprivileged_user_unless_root_is_named() {
     };
     assert_eq!(body.code, ErrorCode::NotFound, "{body}");
 
+    // A working directory the user may not enter is refused, not entered as root.
+    let closed = agent.dir().join("root-only");
+    std::fs::create_dir(&closed).expect("mkdir");
+    std::fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    let private = protocol::messages::ExecRequest {
+        argv: vec!["ls".into()],
+        cwd: Some(closed.display().to_string()),
+        ..Default::default()
+    };
+    let refused = client.exec(&private).await;
+    let Err(orchestrator::ClientError::Agent(body)) = refused else {
+        panic!("entered a directory its user may not: {refused:?}");
+    };
+    assert_eq!(body.code, ErrorCode::Forbidden, "{body}");
+    let mut spawn = PtySpawn::new(["ls"]);
+    spawn.cwd = Some(closed.display().to_string());
+    let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+    let seen = drive(&mut call, None).await;
+    assert_ne!(
+        seen.exit,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&seen.output)
+    );
+
     // On a PTY (through the agent's wrapper, which enters the session's cgroup first).
     let (out, code) = run_in_pty(client.clone(), vec!["sh".into(), "-c".into(), who.into()]).await;
     assert_eq!(code, 0, "{out}");

@@ -412,10 +412,10 @@ async fn recover_sweeps_what_a_crashed_host_left_and_audits_it() {
     );
 }
 
-/// QEMU and its vsock backend run as a dedicated unprivileged user from their first instruction
-/// (no capabilities, owning only their VM's directory), and still die with the host process that
-/// started them when it is killed outright and no cleanup runs; the next host's sweep removes the
-/// directory it left.
+/// QEMU runs as a dedicated unprivileged account from its first instruction (no capabilities,
+/// in a directory it may pass through but not read), and QEMU and the vsock backend still die
+/// with the host process that started them when it is killed outright and no cleanup runs; the
+/// next host's sweep removes the directory it left.
 #[test]
 fn vm_processes_run_unprivileged_and_die_with_a_killed_host() {
     use std::io::BufRead;
@@ -429,8 +429,10 @@ fn vm_processes_run_unprivileged_and_die_with_a_killed_host() {
             let _ = self.0.wait();
         }
     }
+    let files = tempfile::tempdir().expect("a directory for the VM account's files");
     let mut holder = Holder(
         std::process::Command::new(test_kit::agent::workspace_bin("vm-holder"))
+            .arg(files.path())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -449,13 +451,14 @@ fn vm_processes_run_unprivileged_and_die_with_a_killed_host() {
     let dir = std::path::PathBuf::from(dir);
     assert_eq!(pids.len(), 2, "QEMU and the backend: {pids:?}");
 
-    let vm_user = nix::unistd::User::from_name(test_kit::vm::VM_USER)
+    let account = nix::unistd::User::from_name(test_kit::vm::VM_USER)
         .expect("passwd")
-        .expect("the VM user")
-        .uid
-        .as_raw()
-        .to_string();
-    for pid in &pids {
+        .expect("the VM account");
+    let vm_user = account.uid.as_raw().to_string();
+    let vm_gid = account.gid.as_raw().to_string();
+    let qemu = pids[0];
+    {
+        let pid = qemu;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         let field = |name: &str| {
             status
@@ -467,14 +470,36 @@ fn vm_processes_run_unprivileged_and_die_with_a_killed_host() {
         };
         assert!(
             field("Uid:").split_whitespace().all(|u| u == vm_user),
-            "process {pid} runs as {}",
+            "QEMU runs as {}",
             field("Uid:")
         );
-        assert_eq!(field("CapEff:"), "0000000000000000", "process {pid}");
+        assert!(
+            field("Gid:").split_whitespace().all(|g| g == vm_gid),
+            "{status}"
+        );
+        assert_eq!(field("Groups:"), vm_gid, "its own group only");
+        assert_eq!(
+            field("CapEff:"),
+            "0000000000000000",
+            "QEMU has capabilities"
+        );
     }
+    // The directory stays root's: QEMU's account passes through it to its sockets only (the
+    // backend's socket is gone once QEMU is connected).
     let meta = std::fs::metadata(&dir).expect("the VM's directory");
-    assert_eq!(meta.uid().to_string(), vm_user);
-    assert_eq!(meta.mode() & 0o777, 0o700);
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o711));
+    for (name, theirs) in [
+        ("serial.sock", true),
+        ("serial.log", false),
+        ("owner", false),
+    ] {
+        let owner = std::fs::symlink_metadata(dir.join(name)).expect(name).uid();
+        assert_eq!(
+            owner.to_string() == vm_user,
+            theirs,
+            "{name} owned by {owner}"
+        );
+    }
 
     holder.0.kill().expect("kill the holder");
     holder.0.wait().expect("reap the holder");

@@ -77,13 +77,10 @@ fn spawn(agent: &Agent, request: &ExecRequest) -> Result<Child, ErrorBody> {
     if let Some(cwd) = &request.cwd {
         cmd.current_dir(cwd);
     }
-    if let Some(user) = &run_as {
-        let (uid, gid) = (user.uid, user.gid);
-        // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
-        // on values computed before the fork.
-        unsafe {
-            cmd.pre_exec(move || crate::users::RunAs::become_user(uid, gid));
-        }
+    // std drops the supplementary groups, then the group, then the user, all before it enters
+    // `cwd`: the program never enters a directory its user could not.
+    if let Some(user) = run_as.as_ref().filter(|u| u.needs_switch()) {
+        cmd.uid(user.uid).gid(user.gid);
     }
     cmd.spawn().map_err(|e| {
         let code = match e.kind() {

@@ -42,6 +42,9 @@ pub struct ServiceConfig {
     /// The service counts as ready once this path exists (the X server's socket).
     #[serde(default)]
     pub ready_path: Option<PathBuf>,
+    /// The user it runs as (default: the image's unprivileged [`ImageConfig::user`]).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// The browser the agent starts and drives over Chromium's DevTools pipe.

@@ -111,12 +111,15 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     // The image's session (the browser VM's X server, window manager, terminal), and the socket
     // its terminal shows the login session through.
     if config.under_init {
+        // The terminal runs as the image's user: the socket is that user's.
+        let owner = agent.users().resolve(None).ok().flatten();
         tokio::spawn(pty::terminal::serve(
             agent.pty().clone(),
             pty::terminal::LOGIN_SOCKET.into(),
+            owner.map(|u| (u.uid, u.gid)),
         ));
     }
-    services::start(config.image.service.clone());
+    services::start(config.image.service.clone(), agent.users());
     let mut listeners = Vec::new();
     for addr in &config.listen {
         let listener = transport::Listener::bind(addr).map_err(|source| RunError::Listen {

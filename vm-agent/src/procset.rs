@@ -93,6 +93,11 @@ impl Enter {
             if let Err(e) = crate::users::RunAs::become_user(uid, gid) {
                 return e;
             }
+            // The terminal entered the working directory as root: enter it again as the user,
+            // so a directory the user may not search is refused rather than kept.
+            if let Err(e) = std::env::current_dir().and_then(std::env::set_current_dir) {
+                return e;
+            }
         }
         std::process::Command::new(program).args(rest).exec()
     }

@@ -5,7 +5,7 @@
 //! so a CLI, or a page that turned it hostile, has that user's rights and no more: it cannot
 //! read the agent's memory, replace the agent's binary, touch another home's files or reach the
 //! agent's private sockets. The agent alone stays root. An agent that is not root (development,
-//! tests) runs everything as itself and refuses a call that names someone else.
+//! tests) runs programs as itself, and refuses a call, or a default, naming another user.
 
 use std::path::PathBuf;
 
@@ -86,6 +86,12 @@ impl RunAs {
         ]
     }
 
+    /// Whether running as this user means changing from the agent's own.
+    pub fn needs_switch(&self) -> bool {
+        self.uid != rustix::process::geteuid().as_raw()
+            || self.gid != rustix::process::getegid().as_raw()
+    }
+
     /// Becomes this user: its group as the only group, then its gid, then its uid (in that
     /// order: after `setuid` the others are no longer allowed). Makes only async-signal-safe
     /// system calls, so it may run between `fork` and `exec`.
@@ -117,24 +123,18 @@ impl Users {
         Users { default }
     }
 
-    /// The user a call runs its program as: `requested`, else the default. `None` when that is
-    /// the agent's own user (nothing to change).
+    /// The user a call runs its program as: `requested`, else the default; `None` when neither
+    /// names one (the program runs as the agent, with the agent's environment).
     pub fn resolve(&self, requested: Option<&str>) -> Result<Option<RunAs>, UserError> {
         let Some(name) = requested.or(self.default.as_deref()) else {
             return Ok(None);
         };
         let user = RunAs::lookup(name)?;
-        let (uid, gid) = (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        );
-        if user.uid == uid && user.gid == gid {
-            return Ok(None);
-        }
-        if uid != 0 {
+        let agent = rustix::process::geteuid().as_raw();
+        if user.needs_switch() && agent != 0 {
             return Err(UserError::NotRoot {
                 name: name.to_owned(),
-                agent: uid,
+                agent,
             });
         }
         Ok(Some(user))
@@ -151,13 +151,16 @@ mod tests {
     }
 
     #[test]
-    fn the_agents_own_user_changes_nothing() {
+    fn the_agents_own_user_needs_no_switch_but_gets_its_environment() {
         let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
             .expect("lookup")
             .expect("this process's user is in passwd");
         let users = Users::new(Some(me.name.clone()));
-        assert_eq!(users.resolve(None).expect("resolves"), None);
-        assert_eq!(users.resolve(Some(&me.name)).expect("resolves"), None);
+        for asked in [None, Some(me.name.as_str())] {
+            let user = users.resolve(asked).expect("resolves").expect("a user");
+            assert!(!user.needs_switch());
+            assert_eq!(user.env()[1], ("USER", me.name.clone()));
+        }
     }
 
     #[test]
@@ -176,7 +179,7 @@ mod tests {
         let target = if root { "nobody" } else { "root" };
         match users.resolve(Some(target)) {
             Ok(Some(user)) => {
-                assert!(root, "only root switches");
+                assert!(root && user.needs_switch(), "only root switches");
                 assert_eq!(user.name, target);
                 assert_eq!(
                     user.env()[0],
@@ -187,7 +190,7 @@ mod tests {
                 assert!(!root, "root may run as {target}: {e}");
                 assert_eq!(e.to_error_body().code, ErrorCode::Forbidden);
             }
-            Ok(None) => panic!("{target} is not this process's user"),
+            Ok(None) => panic!("{target} was asked for by name"),
         }
     }
 }

@@ -141,6 +141,11 @@ pub struct VmSection {
     /// CLI VM memory, MiB.
     #[serde(default = "default_cli_mib")]
     pub cli_memory_mib: u32,
+    /// A dedicated unprivileged account of this host QEMU runs as (`QemuConfig::run_as`; the
+    /// service must be root, the images readable by the account). Default: QEMU runs as the
+    /// service.
+    #[serde(default)]
+    pub qemu_user: Option<String>,
 }
 
 fn default_listen() -> String {

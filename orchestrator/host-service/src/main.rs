@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use host_service::config::{build, vault_from_env};
 use host_service::{FileConfig, ServiceConfig};
-use orchestrator::vm::{QemuConfig, QemuLauncher, QemuVmBackend, VmBackend, WarmPool};
+use orchestrator::vm::{QemuConfig, QemuLauncher, QemuVmBackend, VmBackend, VmUser, WarmPool};
 
 /// The example host service (see the crate docs and `config` for the file).
 #[derive(Debug, Parser)]
@@ -23,12 +23,20 @@ fn qemu(
     initramfs: &PathBuf,
     image: &Option<PathBuf>,
     mib: u32,
-) -> QemuConfig {
+) -> Result<QemuConfig> {
     let mut c = QemuConfig::new(&vm.vhost_device_vsock, &vm.kernel, initramfs);
     c.root_image = image.clone();
     c.memory_mib = mib;
     c.vcpus = 2;
-    c
+    // A named account that does not exist stops the service: QEMU never silently runs as root.
+    c.run_as = match &vm.qemu_user {
+        Some(name) => Some(
+            VmUser::lookup(name)
+                .with_context(|| format!("[vm] qemu_user {name:?}: no such account"))?,
+        ),
+        None => None,
+    };
+    Ok(c)
 }
 
 #[tokio::main]
@@ -50,15 +58,15 @@ async fn main() -> Result<()> {
             &vm.browser_initramfs,
             &vm.browser_image,
             vm.browser_memory_mib,
-        )),
+        )?),
         QemuLauncher::new(qemu(
             &vm,
             &vm.cli_initramfs,
             &vm.cli_image,
             vm.cli_memory_mib,
-        )),
+        )?),
         &vm.disks,
-        "/root",
+        orchestrator::vm::GUEST_HOME,
     ));
     let pool = WarmPool::new(
         backend,

@@ -184,7 +184,6 @@ impl EgressGateway {
             Err(e) => return Err(bind(e)),
         }
         let listener = UnixListener::bind(path).map_err(bind)?;
-        crate::transport::give_to_directory_owner(path).map_err(bind)?;
         let served = Arc::new(ServedVm {
             vm,
             allow,

@@ -23,26 +23,6 @@ pub use unix::UnixConnector;
 pub use uri::{connector_from_uri, hello_listener_path, UriError};
 pub use vsock::VsockConnector;
 
-/// Gives a socket the host just bound for a VM's processes to the owner of its directory. A VM
-/// dir belongs to the unprivileged user its QEMU and vsock backend run as
-/// ([`crate::vm::QemuConfig::run_as`]), who must be able to connect; the directory (0700) still
-/// keeps everyone else out. Only root can give a file away; any other host process keeps it (its
-/// VMs run as itself).
-pub(crate) fn give_to_directory_owner(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
-    let Some(dir) = path.parent() else {
-        return Ok(());
-    };
-    let owner = std::fs::metadata(dir)?;
-    if owner.uid() == 0 {
-        return Ok(());
-    }
-    std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
-}
-
 /// A byte stream to an agent.
 pub trait AgentIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AgentIo for T {}

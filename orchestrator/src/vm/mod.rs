@@ -21,4 +21,4 @@ pub use qemu::{
     Accel, DestroyReport, QemuConfig, QemuLauncher, QemuVm, UdpForward, UserNetwork, VmError,
     VmUser,
 };
-pub use qemu_backend::QemuVmBackend;
+pub use qemu_backend::{QemuVmBackend, GUEST_HOME};

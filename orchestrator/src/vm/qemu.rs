@@ -110,10 +110,14 @@ pub struct QemuConfig {
     /// CLIs' native binaries use AVX2 (claude-code, built with Bun, dies with SIGILL on
     /// `qemu64`). With KVM the host's CPU is passed through regardless.
     pub tcg_cpu: Option<String>,
-    /// A dedicated unprivileged user QEMU and the vsock backend run as (from their first
-    /// instruction), when the host process is root: a guest that breaks out of QEMU lands in an
-    /// account that owns nothing but its VM's directory. Its kernel, initramfs and root image must
-    /// be readable by that user (with KVM, `/dev/kvm` too). `None`: they run as the host process.
+    /// A dedicated unprivileged account QEMU runs as from its first instruction, when the host
+    /// process is root: a guest that breaks out of QEMU lands in an account with no
+    /// capabilities that can write only its VM's disk and connect to its sockets (the VM's
+    /// directory stays root's, 0711, its logs and owner stamp unreadable). Every VM of a launcher
+    /// shares the account, so an escape from one QEMU reaches the others' disks (a per-VM
+    /// account would separate them: not done). The vsock backend, which reads the guest's queues
+    /// in memory-safe Rust, stays the host's user. The kernel, initramfs and root image must be
+    /// readable by the account (with KVM, `/dev/kvm` too). `None`: QEMU runs as the host process.
     pub run_as: Option<VmUser>,
 }
 
@@ -136,9 +140,10 @@ impl VmUser {
         })
     }
 
-    /// Gives `path` to this user.
+    /// Gives `path` (in a directory only root writes, so no link can have replaced it; a link
+    /// itself would be changed, not its target) to this user.
     fn own(&self, path: &Path) -> std::io::Result<()> {
-        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
+        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
     }
 }
 
@@ -387,13 +392,13 @@ impl QemuLauncher {
                 cfg.run_dir.display()
             )))?
             .keep();
-        // Whose VM this is, so a sweep after a crash knows the owner is gone; the directory
-        // (0700) is the VM user's, the stamp stays the host's.
-        // 0700 whatever the umask: its sockets reach the VM's agent and its logs hold the console.
+        // Whose VM this is, so a sweep after a crash knows the owner is gone. The directory is
+        // root's whatever the umask: its sockets reach the VM's agent and its logs hold the
+        // console; QEMU's account may only pass through it (0711) to the sockets it is given.
+        let mode = if cfg.run_as.is_some() { 0o711 } else { 0o700 };
         let made =
-            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .and_then(|()| std::fs::write(dir.join(OWNER_FILE), owner_stamp()))
-                .and_then(|()| cfg.run_as.map_or(Ok(()), |user| user.own(&dir)));
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .and_then(|()| std::fs::write(dir.join(OWNER_FILE), owner_stamp()));
         if let Err(e) = made {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(io("write the VM's owner file")(e));
@@ -458,7 +463,7 @@ impl QemuVm {
             .stdout(log_file(&backend_log)?)
             .stderr(log_file(&backend_log)?)
             .kill_on_drop(true)
-            .vm_process(cfg.run_as)
+            .vm_process(None)
             .spawn()
             .map_err(io(format!("start {}", cfg.vhost_device_vsock.display())))?;
         let created = tokio::time::timeout(BACKEND_START_TIMEOUT, async {
@@ -470,6 +475,13 @@ impl QemuVm {
         .await;
         self.backend = Some(backend);
         created.map_err(|_| VmError::BackendTimeout(BACKEND_START_TIMEOUT))??;
+        let give = |path: &Path| match cfg.run_as {
+            Some(user) => user
+                .own(path)
+                .map_err(io(format!("give {} to QEMU's account", path.display()))),
+            None => Ok(()),
+        };
+        give(&vhost)?;
 
         let serial = self.dir.join(serial::SERIAL_SOCKET);
         if serial.as_os_str().len() > MAX_SOCKET_PATH {
@@ -478,6 +490,7 @@ impl QemuVm {
         // Listening before QEMU starts: QEMU connects its serial port at launch.
         self.console =
             Some(serial::collect(&self.dir).map_err(io("listen for the serial console"))?);
+        give(&serial)?;
         let qemu_log = self.dir.join("qemu.log");
         let launched = Instant::now();
         let mut qemu = Command::new(&cfg.qemu)
@@ -867,9 +880,10 @@ trait VmProcess {
 
 impl VmProcess for Command {
     fn vm_process(&mut self, run_as: Option<VmUser>) -> &mut Self {
+        let parent = nix::unistd::getpid();
         // SAFETY: the closure runs in the child between fork and exec and only makes
-        // async-signal-safe system calls (setgroups, setgid, setuid, prctl) on values copied
-        // before the fork, touching no memory of the parent.
+        // async-signal-safe system calls (setgroups, setgid, setuid, prctl, getppid) on values
+        // copied before the fork, touching no memory of the parent and allocating nothing.
         unsafe {
             self.pre_exec(move || {
                 if let Some(VmUser { uid, gid }) = run_as {
@@ -882,6 +896,10 @@ impl VmProcess for Command {
                 // After the change of user: the kernel clears the parent-death signal when a
                 // process's credentials change (which is why QEMU's own `-runas` cannot be used).
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                // The host died between the fork and here: no signal will come, so do not run.
+                if nix::unistd::getppid() != parent {
+                    return Err(nix::errno::Errno::ESRCH.into());
+                }
                 Ok(())
             });
         }

@@ -60,9 +60,13 @@ impl std::fmt::Debug for QemuVmBackend {
     }
 }
 
+/// The home of the unprivileged user the CLIs and every program of the agent run as in every
+/// image this project builds (`rootfs/common/setup.sh`, the test images).
+pub const GUEST_HOME: &str = "/home/user";
+
 impl QemuVmBackend {
-    /// VMs booted by `qemu`, whose CLIs run as the guest user with home `guest_home` (`/root` in the
-    /// test image).
+    /// VMs booted by `qemu`, whose CLIs run as the guest user with home `guest_home`
+    /// ([`GUEST_HOME`] in every image this project builds).
     pub fn new(qemu: QemuLauncher, guest_home: impl Into<String>) -> Self {
         Self {
             browser: qemu.clone(),

@@ -25,7 +25,6 @@ const SERIAL_LOG_OLD: &str = "serial.log.1";
 /// QEMU closes it.
 pub(super) fn collect(dir: &Path) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = UnixListener::bind(dir.join(SERIAL_SOCKET))?;
-    crate::transport::give_to_directory_owner(&dir.join(SERIAL_SOCKET))?;
     let dir = dir.to_path_buf();
     // Created here, 0600: the console may show what the guest prints, for the host alone.
     let log = open_log(&dir.join(SERIAL_LOG))?;

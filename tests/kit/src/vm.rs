@@ -9,9 +9,7 @@ use std::sync::OnceLock;
 
 use orchestrator::vm::{QemuConfig, QemuLauncher, UdpForward, UserNetwork};
 
-/// The home of the unprivileged user the CLIs and every exec and PTY program run as in every
-/// image (the agent alone is root).
-pub const GUEST_HOME: &str = "/home/user";
+pub use orchestrator::vm::GUEST_HOME;
 
 /// What `cargo xtask image <which>` printed.
 #[derive(Debug, Clone)]
@@ -91,14 +89,14 @@ pub fn launcher() -> QemuLauncher {
     QemuLauncher::new(config(assets()))
 }
 
-/// The account of this machine the VM processes of [`unprivileged_launcher`] run as.
+/// The account of this machine QEMU runs as in [`unprivileged_launcher`].
 pub const VM_USER: &str = "nobody";
 
-/// A QEMU backend for the test image whose QEMU and vsock backend run as [`VM_USER`]
-/// (`QemuConfig::run_as`), with copies of the files they open in a directory that user can read
-/// (the cached originals live under root's home); the directory goes with the returned guard.
-/// Panics unless this process is root: only root can start a process as another user.
-pub fn unprivileged_launcher() -> (QemuLauncher, tempfile::TempDir) {
+/// A QEMU backend for the test image whose QEMU runs as [`VM_USER`] (`QemuConfig::run_as`), with
+/// copies of the files it opens in `files`, a directory that account can read (the cached
+/// originals live under root's home); the caller removes it. Panics unless this process is
+/// root: only root can start a process as another user.
+pub fn unprivileged_launcher(files: &std::path::Path) -> QemuLauncher {
     use std::os::unix::fs::PermissionsExt;
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -106,13 +104,12 @@ pub fn unprivileged_launcher() -> (QemuLauncher, tempfile::TempDir) {
     );
     let user = orchestrator::vm::VmUser::lookup(VM_USER)
         .unwrap_or_else(|| panic!("this machine has no user {VM_USER:?}"));
-    let files = tempfile::tempdir().expect("a directory for the VM user's files");
     let readable = |path: &std::path::Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
     };
-    readable(files.path(), 0o755);
+    readable(files, 0o755);
     let copy = |from: &std::path::Path, mode: u32| {
-        let to = files.path().join(from.file_name().expect("a file name"));
+        let to = files.join(from.file_name().expect("a file name"));
         std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
         readable(&to, mode);
         to
@@ -122,10 +119,10 @@ pub fn unprivileged_launcher() -> (QemuLauncher, tempfile::TempDir) {
         kernel: copy(&assets.kernel, 0o644),
         initramfs: copy(&assets.initramfs, 0o644),
         root_image: None,
-        vhost_device_vsock: copy(&assets.vhost_device_vsock, 0o755),
+        vhost_device_vsock: assets.vhost_device_vsock.clone(),
     });
     config.run_as = Some(user);
-    (QemuLauncher::new(config), files)
+    QemuLauncher::new(config)
 }
 
 /// A QEMU backend for the golden CLI image: the real CLIs are Node.js programs, for which the

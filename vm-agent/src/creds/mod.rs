@@ -59,7 +59,11 @@ impl Resolved {
 /// spawns would see (their user's, configured or the agent's own), else the agent user's passwd
 /// entry.
 fn resolve(agent: &Agent, scope: &CredsScope) -> Result<Resolved, ErrorBody> {
-    let run_as = agent.users().resolve(None).map_err(|e| e.to_error_body())?;
+    // The programs' user only where its HOME decides.
+    let run_as = match (&scope.home, &scope.user) {
+        (None, None) => agent.users().resolve(None).map_err(|e| e.to_error_body())?,
+        _ => None,
+    };
     let env: BTreeMap<String, String> = agent.process_env(&scope.env, run_as.as_ref());
     let home = match (&scope.home, &scope.user, env.get("HOME")) {
         (Some(home), _, _) => PathBuf::from(home),

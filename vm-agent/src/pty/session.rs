@@ -587,7 +587,11 @@ fn command_line(
     let argv: Vec<std::ffi::OsString> = opts.argv.iter().map(Into::into).collect();
     let enter = crate::procset::Enter {
         cgroup: procs.cgroup().map(Into::into),
-        user: opts.run_as.as_ref().map(|u| (u.uid, u.gid)),
+        user: opts
+            .run_as
+            .as_ref()
+            .filter(|u| u.needs_switch())
+            .map(|u| (u.uid, u.gid)),
     };
     if enter.is_nothing() {
         return Ok(argv);

@@ -24,9 +24,10 @@ pub const LOGIN_SOCKET: &str = "/run/vm-agent/login.sock";
 /// The agent binary's argument that makes it the terminal's side.
 pub const ATTACH_ARG: &str = "attach-login";
 
-/// Serves the login socket at `path` until the agent stops.
-pub async fn serve(sessions: Arc<PtySessions>, path: PathBuf) {
-    let listener = match bind(&path) {
+/// Serves the login socket at `path` until the agent stops; `owner` (uid, gid), the user the
+/// terminal runs as, may connect to it.
+pub async fn serve(sessions: Arc<PtySessions>, path: PathBuf, owner: Option<(u32, u32)>) {
+    let listener = match bind(&path, owner) {
         Ok(l) => l,
         Err(e) => return warn!(path = %path.display(), error = %e, "no login terminal socket"),
     };
@@ -44,16 +45,23 @@ pub async fn serve(sessions: Arc<PtySessions>, path: PathBuf) {
     }
 }
 
-fn bind(path: &Path) -> std::io::Result<UnixListener> {
+fn bind(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
+        // Root's; the terminal's user only passes through it (0711) to its socket.
+        let mode = if owner.is_some() { 0o711 } else { 0o700 };
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(mode)
             .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
     }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some((uid, gid)) = owner {
+        // In a directory only root writes: nothing can have replaced the socket by a link.
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    }
     Ok(listener)
 }
 

@@ -24,8 +24,8 @@ const LAYOUT_VERSION: &str = "layout-4";
 pub const GUEST_USER: &str = "user";
 /// See [`GUEST_USER`].
 pub const GUEST_UID: u32 = 1000;
-/// See [`GUEST_USER`]: where the CLIs keep their credentials.
-pub const GUEST_HOME: &str = "/home/user";
+/// See [`GUEST_USER`]: where the CLIs keep their credentials (the orchestrator's word for it).
+pub const GUEST_HOME: &str = orchestrator::vm::GUEST_HOME;
 
 /// Where the agent finds the module load order in the image (one file name per line).
 pub const MODULE_ORDER_PATH: &str = "/lib/modules/load-order";

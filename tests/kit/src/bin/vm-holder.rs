@@ -1,7 +1,7 @@
-//! Stands for a host process that holds a VM and then dies without a chance to clean up: boots
-//! the test image with its QEMU and vsock backend as the unprivileged VM user
-//! (`test_kit::vm::unprivileged_launcher`), checks that its agent answers, prints
-//! `pids <qemu> <backend> dir <vm dir>` and waits to be killed.
+//! Stands for a host process that holds a VM and then dies without a chance to clean up:
+//! `vm-holder FILES` boots the test image with QEMU as the unprivileged VM account, its files
+//! copied into `FILES` (`test_kit::vm::unprivileged_launcher`), checks that its agent answers,
+//! prints `pids <qemu> <backend> dir <vm dir>` and waits to be killed.
 
 use orchestrator::AgentClient;
 
@@ -9,7 +9,10 @@ use anyhow::{ensure, Context};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let (launcher, _files) = test_kit::vm::unprivileged_launcher();
+    let files = std::env::args()
+        .nth(1)
+        .context("usage: vm-holder FILES (a directory for the VM account's files)")?;
+    let launcher = test_kit::vm::unprivileged_launcher(std::path::Path::new(&files));
     let vm = launcher
         .create("test-holder")
         .await
