@@ -1116,6 +1116,8 @@ async fn programs_run_as_the_unprivileged_user_unless_root_is_named() {
     let client = agent.client().await;
 
     let who = "id -u; id -g; id -G; echo $HOME $USER $LOGNAME";
+    // On a terminal, the terminal is the program's too.
+    let who_on_a_pty = format!("{who}; stat -c %u \"$(tty)\"");
     let home = nobody.dir.display();
     assert_eq!(
         exec_as(&client, who, None).await.expect("exec"),
@@ -1175,10 +1177,13 @@ async fn programs_run_as_the_unprivileged_user_unless_root_is_named() {
     );
 
     // On a PTY (through the agent's wrapper, which enters the session's cgroup first).
-    let (out, code) = run_in_pty(client.clone(), vec!["sh".into(), "-c".into(), who.into()]).await;
+    let (out, code) =
+        run_in_pty(client.clone(), vec!["sh".into(), "-c".into(), who_on_a_pty]).await;
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains(&format!("{uid}\r\n{gid}\r\n{gid}\r\n{home} nobody nobody")),
+        out.contains(&format!(
+            "{uid}\r\n{gid}\r\n{gid}\r\n{home} nobody nobody\r\n{uid}"
+        )),
         "{out}"
     );
     let mut spawn = PtySpawn::new(["id", "-u"]);

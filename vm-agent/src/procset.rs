@@ -90,6 +90,14 @@ impl Enter {
             let _ = std::fs::write(Path::new(cgroup).join("cgroup.procs"), "0");
         }
         if let Some((uid, gid)) = user {
+            // The terminal is the program's, as a login gives it: a program that opens its
+            // terminal by name (`/dev/tty`: password prompts, pagers) can.
+            let stdin = std::io::stdin();
+            if std::io::IsTerminal::is_terminal(&stdin) {
+                if let Err(e) = std::os::unix::fs::fchown(&stdin, Some(uid), Some(gid)) {
+                    return e;
+                }
+            }
             if let Err(e) = crate::users::RunAs::become_user(uid, gid) {
                 return e;
             }
