@@ -15,8 +15,13 @@ pub struct Hello {
     pub protocol_version: u32,
     /// Features this agent offers (`exec`, `files`, ...), so the host can refuse early.
     pub capabilities: Vec<String>,
-    /// The guest kernel's boot id: changes on every boot, tells a rebooted VM apart.
+    /// The guest kernel's boot id: changes on every boot and on every clone restored from a
+    /// snapshot ([`crate::restore`]), tells a rebooted or cloned VM apart.
     pub boot_id: String,
+    /// The guest's machine id (`/etc/machine-id`), made by the agent at boot and again for every
+    /// clone restored from a snapshot. Empty from an agent that does not run as the VM's init.
+    #[serde(default)]
+    pub machine_id: String,
     /// Milliseconds from agent start to this hello, on the guest's clock.
     #[serde(default)]
     pub start_to_hello_ms: u64,

@@ -31,6 +31,7 @@ pub mod method;
 pub mod power;
 pub mod providers;
 pub mod pty;
+pub mod restore;
 pub mod sealed;
 pub mod secret;
 pub mod shim;

@@ -128,6 +128,7 @@ async fn bad_greetings_are_refused_and_the_real_hello_still_arrives() {
             protocol_version: 99,
             capabilities: vec![],
             boot_id: "x".into(),
+            machine_id: String::new(),
             start_to_hello_ms: 0,
             listen_port: None,
         };

@@ -21,6 +21,7 @@ pub mod init;
 pub mod procset;
 pub mod providers;
 pub mod pty;
+pub mod restore;
 pub mod rpc;
 pub mod services;
 pub mod shim;
@@ -134,14 +135,19 @@ pub async fn run(config: AgentConfig) -> Result<(), RunError> {
     let hello = config.hello.clone();
     let warm = agent.clone();
     tokio::spawn(async move {
-        if let Some(hello) = hello {
-            transport::hello::say_hello(&hello, &warm).await;
-        }
-        let _ = tokio::task::spawn_blocking(move || warm.providers()).await;
+        let kept = match &hello {
+            Some(addr) => transport::hello::say_hello(addr, &warm).await,
+            None => None,
+        };
+        let rules = warm.clone();
+        let _ = tokio::task::spawn_blocking(move || rules.providers()).await;
         // Start-up is over: its code need not stay resident in a small VM.
         match system::release_startup_code() {
             Ok(bytes) => tracing::debug!(bytes, "start-up code pages released"),
             Err(e) => warn!(error = %e, "start-up code pages not released"),
+        }
+        if let (Some(addr), Some(stream)) = (hello, kept) {
+            transport::hello::keep(&addr, &warm, stream).await;
         }
     });
     let mut tasks = tokio::task::JoinSet::new();

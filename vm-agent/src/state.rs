@@ -9,7 +9,6 @@ use protocol::Hello;
 
 use crate::config::{AgentConfig, ListenAddr};
 use crate::providers::ProviderRules;
-use crate::system;
 
 /// Capabilities every agent has, announced in the hello.
 pub const CAPABILITIES: &[&str] = &["exec", "files", "configure", "stats", "creds", "pty"];
@@ -21,7 +20,8 @@ pub const DESKTOP_CAPABILITY: &str = "desktop";
 #[derive(Debug)]
 pub struct Agent {
     started: Instant,
-    boot_id: String,
+    /// Boot id, machine id and sealing key: replaced when a clone of a snapshot is restored.
+    identity: RwLock<crate::restore::Identity>,
     listen_port: Option<u32>,
     configured: RwLock<Configured>,
     running: AtomicU32,
@@ -36,9 +36,6 @@ pub struct Agent {
     /// under emulation, and the hello must not wait (the agent warms them up once it is out).
     providers: OnceLock<Arc<ProviderRules>>,
     shim: Option<crate::shim::ShimServer>,
-    /// The key pair credentials are sealed to for this VM (`creds_key`), made at start and
-    /// kept in memory only; `None` when the random source failed.
-    seal_key: Option<protocol::sealed::KeyPair>,
     /// The last sealed version written per (home, provider): an older one is a replay.
     sealed_versions: std::sync::Mutex<BTreeMap<(std::path::PathBuf, String), i64>>,
     /// Request body bytes held at once, all calls together.
@@ -70,7 +67,7 @@ impl Agent {
         });
         Self {
             started: config.started_at.unwrap_or_else(Instant::now),
-            boot_id: system::boot_id(),
+            identity: RwLock::new(crate::restore::Identity::at_start(config.under_init)),
             listen_port,
             configured: RwLock::new(Configured::default()),
             running: AtomicU32::new(0),
@@ -82,9 +79,6 @@ impl Agent {
             )),
             providers: OnceLock::new(),
             shim: None,
-            seal_key: protocol::sealed::KeyPair::generate()
-                .inspect_err(|e| tracing::error!(error = %e, "no key for sealed credentials"))
-                .ok(),
             sealed_versions: std::sync::Mutex::default(),
             body_budget: crate::rpc::body::BodyBudget::new(),
             users: crate::users::Users::new(config.user.clone()),
@@ -140,9 +134,25 @@ impl Agent {
         &self.body_budget
     }
 
-    /// The key credentials are sealed to for this VM.
-    pub fn seal_key(&self) -> Option<&protocol::sealed::KeyPair> {
-        self.seal_key.as_ref()
+    /// The key credentials are sealed to for this VM (`creds_key`), kept in memory only; `None`
+    /// when the random source failed.
+    pub fn seal_key(&self) -> Option<Arc<protocol::sealed::KeyPair>> {
+        self.identity().seal_key.clone()
+    }
+
+    /// Who this VM is now.
+    pub fn identity(&self) -> std::sync::RwLockReadGuard<'_, crate::restore::Identity> {
+        self.identity
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces who this VM is (a clone restored from a snapshot).
+    pub fn set_identity(&self, identity: crate::restore::Identity) {
+        *self
+            .identity
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = identity;
     }
 
     /// Records that sealed `version` of `provider` was written in `home`, unless a later one was
@@ -235,6 +245,7 @@ impl Agent {
 
     /// The greeting, as sent to the host.
     pub fn hello(&self) -> Hello {
+        let identity = self.identity();
         Hello {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: protocol::PROTOCOL_VERSION,
@@ -244,7 +255,8 @@ impl Agent {
                 .chain(self.has_desktop().then_some(DESKTOP_CAPABILITY))
                 .map(str::to_owned)
                 .collect(),
-            boot_id: self.boot_id.clone(),
+            boot_id: identity.boot_id.clone(),
+            machine_id: identity.machine_id.clone(),
             start_to_hello_ms: self.uptime_ms(),
             listen_port: self.listen_port,
         }

@@ -292,6 +292,19 @@ async fn run(
     )
     .await?;
     set_state(inner, session, SessionState::VmCreated).await?;
+    match &res_browser(res)?.handle.start {
+        crate::vm::VmStart::Restored => progress(
+            session,
+            "vm_restored",
+            "started from the golden snapshot".into(),
+        ),
+        crate::vm::VmStart::BootedAfterFailedRestore(why) => progress(
+            session,
+            "vm_restore_failed",
+            format!("booted instead: {why}"),
+        ),
+        crate::vm::VmStart::Booted | crate::vm::VmStart::Resumed => {}
+    }
 
     // vm_created → ready: the agent says hello, is configured, gets its seed files.
     if let Some(hello) = hello {

@@ -46,7 +46,18 @@ impl HelloListener {
 
     /// Waits up to `timeout` for a valid hello, acknowledges it and returns it. A malformed greeting
     /// or one of another protocol version is answered (refused) and logged, and waiting goes on.
+    /// The connection is closed: the agent lets it be.
     pub async fn wait(&self, timeout: Duration) -> Result<Hello, TransportError> {
+        self.wait_kept(timeout).await.map(|(hello, _)| hello)
+    }
+
+    /// [`HelloListener::wait`], returning the acknowledged connection too. While the host holds
+    /// it open, the agent holds it as well and says hello again when it breaks under the agent
+    /// (a VM restored from saved state, see [`crate::vm::snapshot`]).
+    pub async fn wait_kept(
+        &self,
+        timeout: Duration,
+    ) -> Result<(Hello, UnixStream), TransportError> {
         tokio::time::timeout(timeout, async {
             loop {
                 let (stream, _) = self
@@ -55,7 +66,7 @@ impl HelloListener {
                     .await
                     .map_err(|e| TransportError::io("accept hello", e))?;
                 match receive(stream).await {
-                    Ok(hello) => return Ok(hello),
+                    Ok(kept) => return Ok(kept),
                     Err(e) => warn!(error = %e, "ignoring a bad hello"),
                 }
             }
@@ -71,7 +82,7 @@ impl Drop for HelloListener {
     }
 }
 
-async fn receive(mut stream: UnixStream) -> Result<Hello, TransportError> {
+async fn receive(mut stream: UnixStream) -> Result<(Hello, UnixStream), TransportError> {
     let read = async {
         let mut decoder = FrameDecoder::new(MAX_HELLO_BYTES);
         let mut buf = [0u8; 4096];
@@ -128,7 +139,7 @@ async fn receive(mut stream: UnixStream) -> Result<Hello, TransportError> {
         .await
         .map_err(|e| TransportError::io("ack hello", e))?;
     match ack.reason {
-        None => Ok(hello),
+        None => Ok((hello, stream)),
         Some(reason) => Err(TransportError::BadHello(reason)),
     }
 }

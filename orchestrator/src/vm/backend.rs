@@ -65,6 +65,23 @@ pub struct VmHandle {
     pub desktop: Option<protocol::desktop::IceSettings>,
     /// Whether this call created the VM (as opposed to finding it running).
     pub created: bool,
+    /// How a created VM started (booted, restored from saved state, or booted because a
+    /// restore failed).
+    pub start: VmStart,
+}
+
+/// How a VM started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum VmStart {
+    /// Booted from its kernel (or found running).
+    #[default]
+    Booted,
+    /// Cloned from a golden snapshot.
+    Restored,
+    /// Resumed from its own saved state (a paused CLI VM).
+    Resumed,
+    /// Booted from its kernel because starting it from saved state failed, for this reason.
+    BootedAfterFailedRestore(String),
 }
 
 impl fmt::Debug for VmHandle {
@@ -76,6 +93,7 @@ impl fmt::Debug for VmHandle {
             .field("egress", &self.egress)
             .field("desktop", &self.desktop)
             .field("created", &self.created)
+            .field("start", &self.start)
             .finish()
     }
 }

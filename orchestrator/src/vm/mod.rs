@@ -12,13 +12,16 @@ mod backend;
 mod pool;
 pub mod qemu;
 mod qemu_backend;
+pub mod qmp;
 pub mod serial;
 mod watch;
 
-pub use backend::{BackendCause, BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
+pub use backend::{
+    BackendCause, BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec, VmStart,
+};
 pub use pool::WarmPool;
 pub use qemu::{
-    Accel, DestroyReport, QemuConfig, QemuLauncher, QemuVm, UdpForward, UserNetwork, VmError,
-    VmUser,
+    Accel, DestroyReport, PausedVm, QemuConfig, QemuLauncher, QemuVm, Snapshot, SnapshotError,
+    UdpForward, UserNetwork, VmError, VmUser,
 };
 pub use qemu_backend::{QemuVmBackend, GUEST_HOME};

@@ -184,7 +184,7 @@ async fn boot_one(weak: Weak<PoolInner>) {
             if let Some(hello) = vm.hello.take() {
                 hello.wait(hello_timeout).await.map_err(|e| e.to_string())?;
             }
-            browser_ready(&vm, hello_timeout).await
+            browser_ready(&*vm.connector, hello_timeout).await
         };
         if let Err(e) = up.await {
             let _ = backend.destroy_vm(&vm.id).await;
@@ -227,8 +227,11 @@ async fn boot_one(weak: Weak<PoolInner>) {
 
 /// Waits until the VM's browser answers, if its agent drives one (an image without a browser
 /// answers the call with an error: nothing to wait for).
-async fn browser_ready(vm: &VmHandle, timeout: Duration) -> Result<(), String> {
-    let client = AgentClient::connect_with_retry(&*vm.connector, timeout)
+pub(crate) async fn browser_ready(
+    connector: &dyn crate::transport::Connector,
+    timeout: Duration,
+) -> Result<(), String> {
+    let client = AgentClient::connect_with_retry(connector, timeout)
         .await
         .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + timeout;

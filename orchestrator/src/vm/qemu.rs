@@ -15,8 +15,12 @@ use protocol::Hello;
 use tokio::process::{Child, Command};
 use tracing::{debug, info, warn};
 
+use super::qmp::{Qmp, QmpError, QmpListener, QMP_SOCKET};
 use super::{serial, watch};
 use crate::transport::{HelloListener, HybridVsockConnector, TransportError};
+
+mod saved;
+pub use saved::{PausedVm, Snapshot, SnapshotError};
 
 /// Name of the vhost-user socket between QEMU and the backend.
 const VHOST_SOCKET: &str = "vhost.sock";
@@ -30,6 +34,24 @@ const BACKEND_START_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_TAIL_BYTES: usize = 2000;
 /// In every VM directory: `<pid> <start time>` of the host process that made it.
 const OWNER_FILE: &str = "owner";
+/// How long QEMU may take to connect its monitor after launch.
+const MONITOR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a VM starts.
+#[derive(Debug, Clone, Copy)]
+enum Start<'a> {
+    /// Booting its kernel.
+    Cold,
+    /// From saved state (`state`, written by QEMU's migration to a file).
+    Incoming {
+        /// The state file.
+        state: &'a Path,
+        /// The disk the VM's new overlay is made over (a snapshot's), when it needs one.
+        backing: Option<&'a Path>,
+        /// One of many clones of a snapshot (it takes a fresh identity), not a VM resumed.
+        clone: bool,
+    },
+}
 
 /// Which accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +302,12 @@ pub enum VmError {
     /// The hello listener failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// QEMU's monitor failed.
+    #[error(transparent)]
+    Monitor(#[from] QmpError),
+    /// Loading or saving a VM's state failed.
+    #[error("{0}")]
+    State(String),
     /// `qemu-img` could not make the VM's overlay.
     #[error("making the disk overlay {path}: {detail}")]
     Overlay {
@@ -329,6 +357,13 @@ pub struct QemuVm {
     connector: HybridVsockConnector,
     /// Copies the serial console into its bounded logs while QEMU runs.
     console: Option<tokio::task::JoinHandle<()>>,
+    /// QEMU's monitor (stop, save, resume).
+    qmp: Option<Qmp>,
+    /// The connection the agent's hello came on, held open: the agent holds it too and says
+    /// hello again when a restore breaks it.
+    hello_conn: Option<tokio::net::UnixStream>,
+    /// What the VM was started with (its network included): a restore needs the same.
+    config: QemuConfig,
 }
 
 impl QemuLauncher {
@@ -371,6 +406,17 @@ impl QemuLauncher {
         name: &str,
         overlay: Option<&Path>,
         network: Option<UserNetwork>,
+    ) -> Result<QemuVm, VmError> {
+        self.start(name, overlay, network, Start::Cold).await
+    }
+
+    /// Makes a VM's directory and starts it as `start` says.
+    async fn start(
+        &self,
+        name: &str,
+        overlay: Option<&Path>,
+        network: Option<UserNetwork>,
+        start: Start<'_>,
     ) -> Result<QemuVm, VmError> {
         let own;
         let cfg = match network {
@@ -419,23 +465,35 @@ impl QemuLauncher {
                 protocol_version: 0,
                 capabilities: Vec::new(),
                 boot_id: String::new(),
+                machine_id: String::new(),
                 start_to_hello_ms: 0,
                 listen_port: None,
             },
             boot_to_hello: Duration::ZERO,
             console: None,
+            qmp: None,
+            hello_conn: None,
+            config: cfg.clone(),
         };
         // On error `vm` drops here, which kills what was started and removes the directory.
-        vm.boot(cfg).await?;
+        vm.boot(start).await?;
         Ok(vm)
     }
 }
 
 impl QemuVm {
-    async fn boot(&mut self, cfg: &QemuConfig) -> Result<(), VmError> {
+    async fn boot(&mut self, start: Start<'_>) -> Result<(), VmError> {
+        let cfg = self.config.clone();
         if let (Some(golden), Some(disk)) = (&cfg.root_image, &self.disk) {
             if !disk.exists() {
-                make_overlay(&cfg.qemu_img, golden, disk).await?;
+                match start {
+                    // A clone's writes go to its own overlay over the snapshot's frozen disk.
+                    Start::Incoming {
+                        backing: Some(backing),
+                        ..
+                    } => make_overlay(&cfg.qemu_img, backing, "qcow2", disk).await?,
+                    _ => make_overlay(&cfg.qemu_img, golden, "raw", disk).await?,
+                }
             }
             if let Some(user) = cfg.run_as {
                 user.own(disk)
@@ -484,17 +542,26 @@ impl QemuVm {
         give(&vhost)?;
 
         let serial = self.dir.join(serial::SERIAL_SOCKET);
-        if serial.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(VmError::PathTooLong(serial));
+        let monitor = self.dir.join(QMP_SOCKET);
+        for path in [&serial, &monitor] {
+            if path.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(VmError::PathTooLong(path.clone()));
+            }
         }
-        // Listening before QEMU starts: QEMU connects its serial port at launch.
+        // Listening before QEMU starts: QEMU connects its serial port and monitor at launch.
         self.console =
             Some(serial::collect(&self.dir).map_err(io("listen for the serial console"))?);
         give(&serial)?;
+        let qmp = QmpListener::bind(&monitor).map_err(io("listen for QEMU's monitor"))?;
+        give(&monitor)?;
         let qemu_log = self.dir.join("qemu.log");
         let launched = Instant::now();
+        let mut args = qemu_args(&cfg, &self.dir, self.disk.as_deref());
+        if let Start::Incoming { .. } = start {
+            args.extend(["-incoming".into(), "defer".into()]);
+        }
         let mut qemu = Command::new(&cfg.qemu)
-            .args(qemu_args(cfg, &vhost, &serial, self.disk.as_deref()))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log_file(&qemu_log)?)
             .stderr(log_file(&qemu_log)?)
@@ -507,25 +574,45 @@ impl QemuVm {
             what: "backend handle".into(),
             source: std::io::Error::other("missing"),
         })?;
+        let incoming = match start {
+            Start::Incoming { state, .. } => Some(state),
+            Start::Cold => None,
+        };
         let outcome = tokio::select! {
-            r = hello.wait(cfg.hello_timeout) => match r {
-                Ok(h) => Ok(h),
-                Err(TransportError::Timeout(timeout, _)) => Err(VmError::HelloTimeout {
-                    timeout,
-                    serial: serial::tail(&self.dir, LOG_TAIL_BYTES as u64),
-                }),
-                Err(e) => Err(e.into()),
-            },
+            r = async {
+                let mut qmp = qmp.accept(MONITOR_TIMEOUT).await?;
+                if let Some(state) = incoming {
+                    saved::load(&mut qmp, state, cfg.hello_timeout).await?;
+                }
+                let kept = match hello.wait_kept(cfg.hello_timeout).await {
+                    Ok(kept) => kept,
+                    Err(TransportError::Timeout(timeout, _)) => {
+                        return Err(VmError::HelloTimeout {
+                            timeout,
+                            serial: serial::tail(&self.dir, LOG_TAIL_BYTES as u64),
+                        })
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                Ok((qmp, kept))
+            } => r,
             status = qemu.wait() => Err(exited("qemu", status, &qemu_log)),
             status = backend.wait() => Err(exited("vhost-device-vsock", status, &backend_log)),
         };
         self.qemu = Some(qemu);
-        self.hello = outcome?;
+        let (qmp, (hello, conn)) = outcome?;
+        self.qmp = Some(qmp);
+        self.hello_conn = Some(conn);
+        self.hello = hello;
+        if let Start::Incoming { clone, .. } = start {
+            self.hello = saved::tell_restored(&self.connector, clone).await?;
+        }
         self.boot_to_hello = launched.elapsed();
         info!(
             vm = %self.name,
             boot_to_hello_ms = self.boot_to_hello.as_millis() as u64,
             agent_start_to_hello_ms = self.hello.start_to_hello_ms,
+            restored = incoming.is_some(),
             "agent said hello"
         );
         // `hello` drops here: its socket file goes with it.
@@ -675,14 +762,20 @@ async fn stop(mut child: Child) -> Result<Option<u32>, VmError> {
     Ok(pid)
 }
 
-/// Makes `overlay`, a qcow2 whose reads fall through to `golden` and whose writes stay in it.
-async fn make_overlay(qemu_img: &Path, golden: &Path, overlay: &Path) -> Result<(), VmError> {
+/// Makes `overlay`, a qcow2 whose reads fall through to `golden` (of `format`) and whose writes
+/// stay in it.
+async fn make_overlay(
+    qemu_img: &Path,
+    golden: &Path,
+    format: &str,
+    overlay: &Path,
+) -> Result<(), VmError> {
     let golden = std::fs::canonicalize(golden).map_err(io(format!("find {}", golden.display())))?;
     if let Some(parent) = overlay.parent() {
         std::fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
     }
     let out = Command::new(qemu_img)
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(&golden)
         .arg(overlay)
         .output()
@@ -697,7 +790,12 @@ async fn make_overlay(qemu_img: &Path, golden: &Path, overlay: &Path) -> Result<
     Ok(())
 }
 
-fn qemu_args(cfg: &QemuConfig, vhost: &Path, serial: &Path, disk: Option<&Path>) -> Vec<String> {
+/// QEMU's command line for a VM whose sockets are in `dir`. A restore must use the same one (bar
+/// `-incoming` and the host's side of forwards): the saved state is only valid for it.
+fn qemu_args(cfg: &QemuConfig, dir: &Path, disk: Option<&Path>) -> Vec<String> {
+    let vhost = dir.join(VHOST_SOCKET);
+    let serial = dir.join(serial::SERIAL_SOCKET);
+    let monitor = dir.join(QMP_SOCKET);
     let mem = format!("{}M", cfg.memory_mib);
     let mut args: Vec<String> = vec!["-accel".into(), cfg.accel.as_str().into()];
     if cfg.accel == Accel::Kvm {
@@ -737,6 +835,11 @@ fn qemu_args(cfg: &QemuConfig, vhost: &Path, serial: &Path, disk: Option<&Path>)
         format!("socket,id=serial0,path={}", serial.display()),
         "-serial".into(),
         "chardev:serial0".into(),
+        // The monitor: QEMU connects to the host's socket, as for the serial port.
+        "-chardev".into(),
+        format!("socket,id=qmp0,path={}", monitor.display()),
+        "-mon".into(),
+        "chardev=qmp0,mode=control".into(),
         "-kernel".into(),
         cfg.kernel.display().to_string(),
         "-initrd".into(),
@@ -1013,16 +1116,14 @@ mod tests {
     fn command_line_has_the_recipe_essentials() {
         let mut cfg = QemuConfig::new("/bin/vhost", "/k/vmlinux", "/k/initramfs.cpio");
         cfg.accel = Accel::Tcg;
-        let args = qemu_args(
-            &cfg,
-            Path::new("/tmp/vmX/vhost.sock"),
-            Path::new("/tmp/vmX/serial.log"),
-            None,
-        );
+        let args = qemu_args(&cfg, Path::new("/tmp/vmX"), None);
         let joined = args.join(" ");
         assert!(joined.starts_with("-accel tcg -M microvm"));
         assert!(joined.contains("memory-backend-memfd,id=mem0,size=128M,share=on"));
         assert!(joined.contains("socket,id=vsock0,path=/tmp/vmX/vhost.sock"));
+        assert!(joined.contains(
+            "-chardev socket,id=qmp0,path=/tmp/vmX/qmp.sock -mon chardev=qmp0,mode=control"
+        ));
         assert!(!joined.contains("-cpu host"));
         assert!(!joined.contains("-netdev"), "no network card unless asked");
         assert!(
@@ -1035,7 +1136,7 @@ mod tests {
                 guest_port: 40001,
             }],
         });
-        let joined = qemu_args(&cfg, Path::new("/v"), Path::new("/s"), None).join(" ");
+        let joined = qemu_args(&cfg, Path::new("/v"), None).join(" ");
         assert!(joined.contains(
             "-netdev user,id=net0,hostfwd=udp:127.0.0.1:40000-:40001 \
              -device virtio-net-device,netdev=net0"
@@ -1044,7 +1145,6 @@ mod tests {
         let joined = qemu_args(
             &cfg,
             Path::new("/v"),
-            Path::new("/s"),
             Some(Path::new("/tmp/vmX/root.qcow2")),
         )
         .join(" ");
@@ -1055,7 +1155,7 @@ mod tests {
         assert!(joined.contains("AGENT_ROOT=/dev/vda"));
         cfg.network = None;
         cfg.accel = Accel::Kvm;
-        assert!(qemu_args(&cfg, Path::new("/v"), Path::new("/s"), None)
+        assert!(qemu_args(&cfg, Path::new("/v"), None)
             .join(" ")
             .contains("-accel kvm -cpu host"));
     }

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use tracing::info;
+use tracing::{info, warn};
 
-use super::backend::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec};
-use super::qemu::{QemuLauncher, QemuVm, UdpForward, UserNetwork};
+use super::backend::{BackendError, CleanupReport, VmBackend, VmHandle, VmKind, VmSpec, VmStart};
+use super::qemu::{PausedVm, QemuLauncher, QemuVm, Snapshot, UdpForward, UserNetwork, VmError};
 use crate::client::AgentClient;
 use protocol::desktop::IceSettings;
 
@@ -21,6 +21,14 @@ struct Running {
     vm: QemuVm,
     /// The host port of its desktop's UDP forward.
     desktop_port: Option<u16>,
+}
+
+/// The golden snapshot browser VMs are cloned from: opened (or made) on first use.
+struct BrowserSnapshots {
+    dir: PathBuf,
+    /// `Ok` once opened or made; `Err` with the reason when making it failed (not retried by
+    /// this backend: every login would pay a failed boot).
+    current: tokio::sync::Mutex<Option<Result<Snapshot, String>>>,
 }
 
 /// Where browser VMs' desktops are forwarded: each VM gets one UDP port of the range, the same
@@ -50,6 +58,10 @@ pub struct QemuVmBackend {
     /// Forward ports given to VMs, from the moment one is chosen (before the VM boots) until it
     /// is destroyed.
     desktop_ports: Mutex<std::collections::HashSet<u16>>,
+    /// Browser VMs start from a snapshot, when set.
+    snapshots: Option<BrowserSnapshots>,
+    /// CLI VMs saved to disk and stopped, by user.
+    paused: Mutex<HashMap<String, PausedVm>>,
 }
 
 impl std::fmt::Debug for QemuVmBackend {
@@ -77,6 +89,8 @@ impl QemuVmBackend {
             cli_lock: tokio::sync::Mutex::new(()),
             desktop: None,
             desktop_ports: Mutex::new(std::collections::HashSet::new()),
+            snapshots: None,
+            paused: Mutex::new(HashMap::new()),
         }
     }
 
@@ -99,6 +113,8 @@ impl QemuVmBackend {
             cli_lock: tokio::sync::Mutex::new(()),
             desktop: None,
             desktop_ports: Mutex::new(std::collections::HashSet::new()),
+            snapshots: None,
+            paused: Mutex::new(HashMap::new()),
         }
     }
 
@@ -114,6 +130,120 @@ impl QemuVmBackend {
 
     /// Reserves a free forward port: not given to another VM (booting ones included), and
     /// bindable on the host address now. [`Self::release_desktop_port`] gives it back.
+    /// Starts every browser VM from the golden snapshot in `dir` instead of booting it: the
+    /// snapshot is opened on first use, or made then (one boot until the browser is ready) when
+    /// it is missing or was made with another QEMU, command line or image. A VM whose restore
+    /// fails boots instead, and its handle says why ([`VmStart::BootedAfterFailedRestore`]).
+    pub fn with_browser_snapshot(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.snapshots = Some(BrowserSnapshots {
+            dir: dir.into(),
+            current: tokio::sync::Mutex::new(None),
+        });
+        self
+    }
+
+    /// The network card browser VMs get (forwards aside), which a snapshot must have too.
+    fn browser_network_shape(&self) -> Option<UserNetwork> {
+        self.desktop.map(|_| UserNetwork::default())
+    }
+
+    /// The golden snapshot, opened or made now if need be (see
+    /// [`QemuVmBackend::with_browser_snapshot`]); `None` without snapshots.
+    pub async fn browser_snapshot(&self) -> Option<Result<Snapshot, String>> {
+        let snapshots = self.snapshots.as_ref()?;
+        let mut current = snapshots.current.lock().await;
+        if let Some(known) = &*current {
+            return Some(known.clone());
+        }
+        let shape = self.browser_network_shape();
+        let opened = match self
+            .browser
+            .open_snapshot(&snapshots.dir, shape.as_ref())
+            .await
+        {
+            Ok(snapshot) => Ok(snapshot),
+            Err(why) => {
+                info!(dir = %snapshots.dir.display(), reason = %why, "making the browser snapshot");
+                let timeout = self.browser.config().hello_timeout;
+                let network = shape.is_some();
+                self.browser
+                    .make_snapshot(&snapshots.dir, shape, |connector| async move {
+                        ready_for_snapshot(connector, network, timeout).await
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = &opened {
+            warn!(error = %e, "no browser snapshot: browser VMs boot");
+        }
+        *current = Some(opened.clone());
+        Some(opened)
+    }
+
+    /// A browser VM: restored from the snapshot when there is one, booted otherwise.
+    async fn browser_vm(
+        &self,
+        id: &str,
+        network: Option<UserNetwork>,
+    ) -> (Result<QemuVm, VmError>, VmStart) {
+        let failed = match self.browser_snapshot().await {
+            None => None,
+            Some(Ok(snapshot)) => {
+                match self.browser.restore(id, &snapshot, network.clone()).await {
+                    Ok(vm) => return (Ok(vm), VmStart::Restored),
+                    Err(e) => {
+                        warn!(vm = %id, error = %e, "restore failed: booting instead");
+                        Some(format!("restoring from the snapshot failed: {e}"))
+                    }
+                }
+            }
+            Some(Err(e)) => Some(format!("no snapshot: {e}")),
+        };
+        let booted = match network {
+            Some(network) => self.browser.create_with_network(id, network).await,
+            None => self.browser.create(id).await,
+        };
+        let start = failed.map_or(VmStart::Booted, VmStart::BootedAfterFailedRestore);
+        (booted, start)
+    }
+
+    /// Saves `user`'s running CLI VM to disk and stops it: it costs no memory until the next
+    /// [`VmBackend::ensure_cli_vm`] resumes it with its processes and files as they were. Returns
+    /// the bytes saved, `None` when the user has no running CLI VM on a disk of its own.
+    pub async fn pause_cli(&self, user: &str) -> Result<Option<u64>, BackendError> {
+        let _one_at_a_time = self.cli_lock.lock().await;
+        let Some(dir) = self.cli_disk(user).map(|d| d.with_extension("paused")) else {
+            return Ok(None);
+        };
+        let running = {
+            let mut vms = self.lock();
+            let id = vms
+                .iter()
+                .find(|(_, r)| r.kind == VmKind::Cli && r.user == user)
+                .map(|(id, _)| id.clone());
+            id.and_then(|id| vms.remove(&id).map(|r| (id, r)))
+        };
+        let Some((id, running)) = running else {
+            return Ok(None);
+        };
+        let paused = running
+            .vm
+            .pause(&dir)
+            .await
+            .map_err(|e| BackendError::Destroy {
+                vm: id.clone(),
+                source: e.into(),
+            })?;
+        let bytes = paused.state_bytes();
+        info!(vm = %id, %user, bytes, "CLI VM paused");
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.to_owned(), paused);
+        Ok(Some(bytes))
+    }
+
     fn reserve_desktop_port(&self, fwd: DesktopForwards) -> Option<u16> {
         let mut taken = self.desktop_ports.lock().unwrap_or_else(|p| p.into_inner());
         let port = (fwd.first..=fwd.last).find(|p| {
@@ -184,6 +314,7 @@ impl QemuVmBackend {
             hello: None,
             guest_home: self.guest_home.clone(),
             created,
+            start: VmStart::Booted,
         }
     }
 
@@ -200,10 +331,10 @@ impl QemuVmBackend {
             }
             _ => None,
         };
-        let created = match (kind, self.cli_disk(user), forward) {
-            (VmKind::Cli, Some(disk), _) => self.cli.create_with_overlay(&id, &disk).await,
-            (VmKind::Cli, None, _) => self.cli.create(&id).await,
-            (VmKind::Browser, _, None) => self.browser.create(&id).await,
+        let (created, start) = match (kind, self.cli_disk(user), forward) {
+            (VmKind::Cli, Some(disk), _) => self.cli_vm(user, &id, &disk).await,
+            (VmKind::Cli, None, _) => (self.cli.create(&id).await, VmStart::Booted),
+            (VmKind::Browser, _, None) => self.browser_vm(&id, None).await,
             (VmKind::Browser, _, Some(port)) => {
                 let host = self
                     .desktop
@@ -214,7 +345,7 @@ impl QemuVmBackend {
                         guest_port: port,
                     }],
                 };
-                self.browser.create_with_network(&id, network).await
+                self.browser_vm(&id, Some(network)).await
             }
         };
         let vm = match created {
@@ -224,17 +355,19 @@ impl QemuVmBackend {
                 return Err(BackendError::Create(e.into()));
             }
         };
-        if forward.is_some() {
+        if forward.is_some() && start != VmStart::Restored {
             // The guest's side of the forward: its card up at the address user-mode networking
-            // gives it (the images configure no network: the agent needs only vsock).
+            // gives it (the images configure no network: the agent needs only vsock). A clone's
+            // came up in the snapshot.
             if let Err(e) = guest_network_up(&vm).await {
                 let _ = vm.destroy().await;
                 self.release_desktop_port(forward);
                 return Err(BackendError::Create(e.into()));
             }
         }
-        info!(vm = %id, %user, kind = kind.as_str(), boot_ms = vm.boot_to_hello().as_millis() as u64, "VM up");
-        let handle = self.handle(&id, &vm, true, forward);
+        info!(vm = %id, %user, kind = kind.as_str(), start = ?start, boot_ms = vm.boot_to_hello().as_millis() as u64, "VM up");
+        let mut handle = self.handle(&id, &vm, true, forward);
+        handle.start = start;
         self.lock().insert(
             id,
             Running {
@@ -245,6 +378,34 @@ impl QemuVmBackend {
             },
         );
         Ok(handle)
+    }
+
+    /// `user`'s CLI VM on `disk`: resumed when it was paused, booted otherwise (also when the
+    /// resume fails: its files are on the disk either way).
+    async fn cli_vm(
+        &self,
+        user: &str,
+        id: &str,
+        disk: &std::path::Path,
+    ) -> (Result<QemuVm, VmError>, VmStart) {
+        let paused = self
+            .paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+        let mut start = VmStart::Booted;
+        if let Some(paused) = paused {
+            let dir = disk.with_extension("paused");
+            match self.cli.resume(paused).await {
+                Ok(vm) => return (Ok(vm), VmStart::Resumed),
+                Err(e) => {
+                    warn!(vm = %id, error = %e, "resume failed: booting instead");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    start = VmStart::BootedAfterFailedRestore(format!("resuming failed: {e}"));
+                }
+            }
+        }
+        (self.cli.create_with_overlay(id, disk).await, start)
     }
 
     /// Stops a VM and removes everything it had, except a CLI VM's disk: its next
@@ -296,6 +457,40 @@ impl QemuVmBackend {
         removed.extend(report.removed.iter().map(|p| p.display().to_string()));
         Ok((CleanupReport { removed }, kept))
     }
+}
+
+/// What a browser VM does before it is saved as the golden snapshot: its browser up, its network
+/// card up when browser VMs have one, and its page cache dropped (less state to save and load).
+async fn ready_for_snapshot(
+    connector: crate::transport::HybridVsockConnector,
+    network: bool,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    super::pool::browser_ready(&connector, timeout).await?;
+    let client = AgentClient::connect(&connector)
+        .await
+        .map_err(|e| format!("reaching the agent: {e}"))?;
+    if network {
+        UserNetwork::bring_up_guest(&client).await?;
+    }
+    let request = protocol::messages::ExecRequest {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "sync && echo 3 > /proc/sys/vm/drop_caches".into(),
+        ],
+        user: Some("root".into()),
+        ..Default::default()
+    };
+    let mut call = client
+        .exec(&request)
+        .await
+        .map_err(|e| format!("dropping the guest's caches: {e}"))?;
+    call.close_input();
+    call.collect_exec()
+        .await
+        .map_err(|e| format!("dropping the guest's caches: {e}"))?;
+    Ok(())
 }
 
 /// Brings the guest's network card up through its agent.

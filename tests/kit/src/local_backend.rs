@@ -212,6 +212,7 @@ impl LocalAgentBackend {
             egress: Some(egress),
             desktop: None,
             created: true,
+            start: orchestrator::vm::VmStart::Booted,
         };
         self.lock().insert(
             id,
@@ -296,6 +297,7 @@ impl VmBackend for LocalAgentBackend {
                     egress: Some(dir.join("egress.sock")),
                     desktop: None,
                     created: false,
+                    start: orchestrator::vm::VmStart::Booted,
                     id,
                 }),
                 Some((id, _, false)) => {

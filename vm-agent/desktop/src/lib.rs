@@ -107,7 +107,7 @@ impl DesktopError {
 pub struct Desktops {
     default_display: Option<String>,
     screens: Mutex<HashMap<String, Weak<Screen>>>,
-    dtls: DtlsIdentity,
+    dtls: Mutex<DtlsIdentity>,
 }
 
 /// The agent's DTLS certificate, made once in the background and used by every viewer session:
@@ -128,31 +128,45 @@ impl Desktops {
     /// No display watched yet; an offer naming no display streams `default_display`. An agent
     /// with a display starts making its DTLS certificate now, on a thread of its own.
     pub fn new(default_display: Option<String>) -> Self {
-        let dtls = DtlsIdentity::default();
-        if default_display.is_some() {
-            let cell = dtls.0.clone();
-            let made = std::thread::Builder::new()
-                .name("dtls-cert".into())
-                .spawn(move || {
-                    let provider = str0m::crypto::from_feature_flags();
-                    if let Some(cert) = provider.dtls_provider.generate_certificate() {
-                        let _ = cell.set(cert);
-                    }
-                });
-            if let Err(e) = made {
-                tracing::warn!(error = %e, "no thread for the DTLS certificate; each viewer makes one");
-            }
-        }
-        Self {
+        let desktops = Self {
             default_display,
             screens: Mutex::default(),
-            dtls,
+            dtls: Mutex::default(),
+        };
+        if desktops.default_display.is_some() {
+            desktops.renew_identity();
+        }
+        desktops
+    }
+
+    /// Drops the DTLS certificate and starts making a new one, on a thread of its own (viewers
+    /// that come meanwhile make their own). A VM cloned from a snapshot calls this once it is
+    /// reseeded: every clone would otherwise show viewers the snapshot's certificate and key.
+    pub fn renew_identity(&self) {
+        let dtls = DtlsIdentity::default();
+        let cell = dtls.0.clone();
+        *self.dtls.lock().unwrap_or_else(|p| p.into_inner()) = dtls;
+        let made = std::thread::Builder::new()
+            .name("dtls-cert".into())
+            .spawn(move || {
+                let provider = str0m::crypto::from_feature_flags();
+                if let Some(cert) = provider.dtls_provider.generate_certificate() {
+                    let _ = cell.set(cert);
+                }
+            });
+        if let Err(e) = made {
+            tracing::warn!(error = %e, "no thread for the DTLS certificate; each viewer makes one");
         }
     }
 
     /// The agent's DTLS certificate, once made (`None` before: the session makes its own).
     pub(crate) fn dtls_cert(&self) -> Option<str0m::crypto::dtls::DtlsCert> {
-        self.dtls.0.get().cloned()
+        self.dtls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .get()
+            .cloned()
     }
 
     /// The display an offer naming none streams, if the agent has one.

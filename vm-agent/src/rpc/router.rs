@@ -95,6 +95,10 @@ pub async fn route(
         n if n == Poweroff::NAME => {
             unary::<Poweroff, _, _>(req, |_| crate::init::serve_poweroff(&agent)).await
         }
+        n if n == protocol::restore::Restored::NAME => {
+            unary::<protocol::restore::Restored, _, _>(req, |r| crate::restore::serve(&agent, r))
+                .await
+        }
         n if n == protocol::desktop::Desktop::NAME => desktop(&agent, req).await,
         n if n == protocol::browser::Browser::NAME => {
             unary::<protocol::browser::Browser, _, _>(req, |_| async {

@@ -32,21 +32,30 @@ pub enum HelloError {
     BadAck(String),
 }
 
-/// Dials `addr` and says hello until the host acknowledges, backing off between attempts. Gives up
-/// only when the host explicitly refuses this agent.
-pub async fn say_hello(addr: &HostAddr, agent: &Agent) {
+/// The connection a hello was acknowledged on, kept open as long as the host keeps it.
+#[derive(Debug)]
+pub enum HelloStream {
+    /// Over vsock (in a VM).
+    Vsock(VsockStream),
+    /// Over a Unix socket (in development).
+    Unix(UnixStream),
+}
+
+/// Dials `addr` and says hello until the host acknowledges, backing off between attempts; returns
+/// the acknowledged connection. Gives up (`None`) only when the host explicitly refuses this agent.
+pub async fn say_hello(addr: &HostAddr, agent: &Agent) -> Option<HelloStream> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
     loop {
         attempts += 1;
         match attempt(addr, agent).await {
-            Ok(ack) if ack.accepted => {
+            Ok((ack, stream)) if ack.accepted => {
                 info!(%addr, attempts, "hello acknowledged");
-                return;
+                return Some(stream);
             }
-            Ok(ack) => {
+            Ok((ack, _)) => {
                 warn!(%addr, reason = ?ack.reason, "host refused this agent");
-                return;
+                return None;
             }
             Err(e) => debug!(%addr, error = %e, attempts, "hello failed, retrying"),
         }
@@ -55,17 +64,59 @@ pub async fn say_hello(addr: &HostAddr, agent: &Agent) {
     }
 }
 
-async fn attempt(addr: &HostAddr, agent: &Agent) -> Result<HelloAck, HelloError> {
-    match addr {
-        HostAddr::Vsock { cid, port } => {
-            let stream = VsockStream::connect(VsockAddr::new(*cid, *port)).await?;
-            exchange(stream, agent).await
+/// Holds the acknowledged hello connection. When the host closes it, returns: the host is done
+/// listening. When it breaks under the agent (restoring a VM from saved state resets every vsock
+/// connection of the guest), says hello again: that hello is how the host learns a restored VM is
+/// running, instead of polling it.
+pub async fn keep(addr: &HostAddr, agent: &Agent, mut stream: HelloStream) {
+    loop {
+        let broken = match &mut stream {
+            HelloStream::Vsock(s) => ended(s).await,
+            HelloStream::Unix(s) => ended(s).await,
+        };
+        match broken {
+            None => {
+                debug!(%addr, "the host closed the hello connection");
+                return;
+            }
+            Some(e) => info!(%addr, error = %e, "hello connection broken; saying hello again"),
         }
-        HostAddr::Unix(path) => exchange(UnixStream::connect(path).await?, agent).await,
+        match say_hello(addr, agent).await {
+            Some(next) => stream = next,
+            None => return,
+        }
     }
 }
 
-async fn exchange<S>(mut stream: S, agent: &Agent) -> Result<HelloAck, HelloError>
+/// Waits for `stream` to end: `None` when closed by the peer, the error when broken. The host
+/// sends nothing on it; anything it does send is read and dropped.
+async fn ended<S: AsyncRead + Unpin>(stream: &mut S) -> Option<std::io::Error> {
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => return None,
+            Ok(_) => continue,
+            Err(e) => return Some(e),
+        }
+    }
+}
+
+async fn attempt(addr: &HostAddr, agent: &Agent) -> Result<(HelloAck, HelloStream), HelloError> {
+    match addr {
+        HostAddr::Vsock { cid, port } => {
+            let mut stream = VsockStream::connect(VsockAddr::new(*cid, *port)).await?;
+            let ack = exchange(&mut stream, agent).await?;
+            Ok((ack, HelloStream::Vsock(stream)))
+        }
+        HostAddr::Unix(path) => {
+            let mut stream = UnixStream::connect(path).await?;
+            let ack = exchange(&mut stream, agent).await?;
+            Ok((ack, HelloStream::Unix(stream)))
+        }
+    }
+}
+
+async fn exchange<S>(stream: &mut S, agent: &Agent) -> Result<HelloAck, HelloError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
