@@ -1,18 +1,21 @@
-//! Restored VMs, on real microVMs: what the host's `restored` call does to a VM (fresh entropy, the
-//! host's clock, a clone's new machine id, boot id and sealing key), and that a VM which cannot be
-//! saved is refused with QEMU's reason while its backend boots instead and says so.
-//!
-//! Saving these VMs is blocked on this machine's QEMU: Debian's (7.2, and 10.0 in backports) marks
-//! the vhost-user vsock device unmigratable. The second test asserts the refusal and the fallback,
-//! which is what a deployment on such a QEMU gets.
+//! Golden snapshots and paused VMs, on real microVMs: what the host's `restored` call does to a
+//! VM (fresh entropy, the host's clock, a clone's new machine id, boot id and sealing key); browser
+//! VMs cloned from one snapshot at once are each their own (random state, ids, clock, a real CLI's
+//! PKCE challenge, opened in each Chromium); a snapshot that is corrupt or made by something else
+//! is refused; a restore that fails boots instead and says so; a paused CLI VM resumes with its
+//! processes and files and takes a push.
 
+use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use orchestrator::vm::{QemuVmBackend, VmBackend, VmKind, VmSpec, VmStart};
+use orchestrator::vm::{
+    QemuLauncher, QemuVmBackend, SnapshotError, VmBackend, VmHandle, VmKind, VmSpec, VmStart,
+};
 use orchestrator::AgentClient;
 use protocol::messages::ExecRequest;
 use protocol::restore::{EntropyBytes, Restored, RestoredRequest, ENTROPY_BYTES};
 use protocol::{ErrorCode, Secret};
+use test_kit::browser_vm::{browser_ready, navigated, start_login};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -126,45 +129,302 @@ fn a_restored_clone_gets_the_hosts_clock_and_an_identity_of_its_own() {
     rt.block_on(vm.destroy()).expect("destroy");
 }
 
+fn browser_launcher() -> QemuLauncher {
+    let mut config = test_kit::vm::config(test_kit::vm::browser_assets());
+    config.memory_mib = 1024;
+    config.vcpus = 2;
+    QemuLauncher::new(config)
+}
+
+fn spec(user: &str, kind: VmKind) -> VmSpec {
+    VmSpec {
+        user_id: user.into(),
+        kind,
+        session_id: None,
+    }
+}
+
+async fn shell(client: &AgentClient, script: &str) -> String {
+    let out = client
+        .exec_collect(&["sh", "-c", script], None)
+        .await
+        .expect("exec");
+    assert_eq!(
+        out.status.shell_code(),
+        0,
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// What must differ between clones, read inside one.
+#[derive(Debug)]
+struct Inside {
+    random: String,
+    machine_id: String,
+    boot_id: String,
+    clock_skew_ms: i128,
+}
+
+async fn inside(client: &AgentClient) -> Inside {
+    let line = shell(
+        client,
+        "echo $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n') \
+         $(cat /etc/machine-id) $(cat /proc/sys/kernel/random/boot_id) $(date +%s%3N)",
+    )
+    .await;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.len(), 4, "{line}");
+    Inside {
+        random: fields[0].into(),
+        machine_id: fields[1].into(),
+        boot_id: fields[2].into(),
+        clock_skew_ms: fields[3].parse::<i128>().expect("ms") - host_ms() as i128,
+    }
+}
+
+fn code_challenge(url: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("code_challenge="))
+        .map(str::to_owned)
+}
+
+/// The snapshot is made on the backend's first browser VM (the two creations race for it), then
+/// both VMs are clones of it, restored at once.
 #[test]
-fn a_vm_that_cannot_be_saved_is_refused_with_qemus_reason_and_boots_instead() {
+fn browser_vms_restored_from_one_snapshot_at_once_are_each_their_own() {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
-    let launcher = test_kit::vm::launcher();
+    let snapshot_dir = dir.path().join("browser-snapshot");
+    let backend = QemuVmBackend::new(browser_launcher(), test_kit::vm::GUEST_HOME)
+        .with_browser_snapshot(&snapshot_dir);
+    let (a, b) = rt.block_on(async {
+        tokio::join!(
+            backend.create_vm(spec("alice", VmKind::Browser)),
+            backend.create_vm(spec("bob", VmKind::Browser))
+        )
+    });
+    let (a, b) = (a.expect("clone a"), b.expect("clone b"));
+    assert_eq!(a.start, VmStart::Restored, "{a:?}");
+    assert_eq!(b.start, VmStart::Restored, "{b:?}");
+    let snapshot = rt
+        .block_on(backend.browser_snapshot())
+        .expect("snapshots on")
+        .expect("the snapshot");
+    eprintln!("snapshot: {} bytes of state", snapshot.state_bytes());
+
+    let clients: Vec<AgentClient> = [&a, &b]
+        .iter()
+        .map(|vm| {
+            rt.block_on(AgentClient::connect(&*vm.connector))
+                .expect("connect")
+        })
+        .collect();
+    let seen: Vec<Inside> = clients.iter().map(|c| rt.block_on(inside(c))).collect();
+    eprintln!("{seen:?}");
+    assert_ne!(seen[0].random, seen[1].random, "the kernels' random state");
+    assert_ne!(seen[0].machine_id, seen[1].machine_id, "machine ids");
+    assert_ne!(seen[0].boot_id, seen[1].boot_id, "boot ids");
+    for s in &seen {
+        assert_eq!(s.machine_id.len(), 32, "{s:?}");
+        assert!(
+            s.clock_skew_ms.abs() < 1000,
+            "the clock is the host's: {s:?}"
+        );
+    }
+    for (client, s) in clients.iter().zip(&seen) {
+        let hello = rt.block_on(client.hello()).expect("hello");
+        assert_eq!(
+            hello.boot_id, s.boot_id,
+            "the hello reports the fresh boot id"
+        );
+        assert_eq!(hello.machine_id, s.machine_id);
+    }
+
+    // A real CLI's login in each: different PKCE challenges, each opened in its Chromium.
+    let mut challenges = BTreeSet::new();
+    let mut logins = Vec::new();
+    for client in &clients {
+        let state = rt.block_on(browser_ready(client));
+        assert_eq!(
+            state.starts, 1,
+            "Chromium came up in the snapshot: {state:?}"
+        );
+        let (urls, call) = rt.block_on(start_login(client, "claude_code"));
+        let opened = rt.block_on(navigated(client, &urls));
+        challenges.insert(code_challenge(&opened.url).expect("a PKCE challenge in the URL"));
+        logins.push(call);
+    }
+    assert_eq!(challenges.len(), 2, "each clone made its own PKCE verifier");
+    drop(logins);
+    drop(clients);
+
+    // Destroying leaves nothing: processes gone, directories gone.
+    for vm in [a, b] {
+        let pids = backend.pids(&vm.id);
+        let vm_dir = backend.dir(&vm.id).expect("dir");
+        rt.block_on(backend.destroy_vm(&vm.id)).expect("destroy");
+        assert!(!vm_dir.exists());
+        for pid in pids {
+            assert!(
+                !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "process {pid} outlived its VM"
+            );
+        }
+    }
+
+    // A corrupt state file is refused before any VM runs from it.
+    let launcher = browser_launcher();
+    let copy = dir.path().join("corrupt");
+    std::fs::create_dir(&copy).expect("mkdir");
+    for name in ["meta.json", "disk.qcow2", "state"] {
+        std::fs::copy(snapshot_dir.join(name), copy.join(name)).expect("copy");
+    }
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::PermissionsExt;
+        let state = copy.join("state");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&state)
+            .expect("open");
+        file.seek(SeekFrom::Start(snapshot.state_bytes() / 2))
+            .expect("seek");
+        file.write_all(b"corrupt").expect("write");
+    }
     let err = rt
-        .block_on(launcher.make_snapshot(&dir.path().join("direct"), None, |_| async { Ok(()) }))
-        .expect_err("QEMU refuses to save a VM with a vhost-user vsock device");
-    assert!(err.to_string().contains("vhost-user-vsock"), "{err}");
+        .block_on(launcher.open_snapshot(&copy, None))
+        .expect_err("a corrupt state is refused");
+    assert!(matches!(err, SnapshotError::Corrupt(_)), "{err}");
+    // One made by another QEMU, or for another machine, is refused, naming what differs.
+    let meta = std::fs::read_to_string(snapshot_dir.join("meta.json")).expect("meta");
+    let mut meta: serde_json::Value = serde_json::from_str(&meta).expect("json");
+    meta["qemu_version"] = "QEMU emulator version 7.1.0".into();
+    std::fs::write(copy.join("meta.json"), meta.to_string()).expect("write");
+    let err = rt
+        .block_on(launcher.open_snapshot(&copy, None))
+        .expect_err("another QEMU's snapshot is refused");
     assert!(
-        !dir.path().join("direct").exists(),
-        "nothing half-made is left as a snapshot"
+        matches!(err, SnapshotError::Mismatch { what: "QEMU", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("rebuilt"), "{err}");
+    let mut wider = test_kit::vm::config(test_kit::vm::browser_assets());
+    wider.memory_mib = 1536;
+    wider.vcpus = 2;
+    let err = rt
+        .block_on(QemuLauncher::new(wider).open_snapshot(&snapshot_dir, None))
+        .expect_err("another machine's snapshot is refused");
+    assert!(
+        matches!(
+            err,
+            SnapshotError::Mismatch {
+                what: "machine (command line)",
+                ..
+            }
+        ),
+        "{err}"
     );
 
-    let backend = QemuVmBackend::new(launcher, test_kit::vm::GUEST_HOME)
-        .with_browser_snapshot(dir.path().join("browser"));
-    let vm = rt
-        .block_on(backend.create_vm(VmSpec {
-            user_id: "alice".into(),
-            kind: VmKind::Browser,
-            session_id: None,
-        }))
-        .expect("a VM all the same");
-    match &vm.start {
-        VmStart::BootedAfterFailedRestore(why) => {
-            assert!(why.contains("non-migratable"), "{why}")
-        }
-        other => panic!("expected a boot after the failed snapshot, got {other:?}"),
+    // A restore that fails (its state file changed under the backend) boots instead, and says so.
+    let state = snapshot_dir.join("state");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     }
+    let len = std::fs::metadata(&state).expect("state").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .expect("open")
+        .set_len(len / 2)
+        .expect("truncate");
+    let booted = rt
+        .block_on(backend.create_vm(spec("carol", VmKind::Browser)))
+        .expect("a cold boot instead");
+    match &booted.start {
+        VmStart::BootedAfterFailedRestore(why) => assert!(why.contains("changed"), "{why}"),
+        other => panic!("expected a cold boot after a failed restore, got {other:?}"),
+    }
+    rt.block_on(backend.destroy_vm(&booted.id))
+        .expect("destroy");
+}
+
+/// A CLI VM paused to disk holds no process; resumed, it has its files and its processes as they
+/// were, says hello again and takes a credential push.
+#[test]
+fn a_paused_cli_vm_resumes_with_its_files_and_processes() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = QemuVmBackend::with_images(
+        browser_launcher(),
+        test_kit::vm::cli_launcher(),
+        dir.path(),
+        test_kit::vm::GUEST_HOME,
+    );
+    let vm: VmHandle = rt.block_on(backend.ensure_cli_vm("alice")).expect("boot");
     let client = rt
         .block_on(AgentClient::connect(&*vm.connector))
-        .expect("the booted VM answers");
-    rt.block_on(client.health()).expect("health");
+        .expect("connect");
+    // The file written before the pause, and the processes running: init (the agent) and its
+    // start time, which a boot would change, with the uptime, which a boot would reset.
+    let probe = "cat $HOME/before-pause; cut -d' ' -f22 /proc/1/stat; cut -d' ' -f1 /proc/uptime";
+    let before = rt.block_on(shell(
+        &client,
+        &format!("echo kept > $HOME/before-pause && {{ {probe}; }}"),
+    ));
+    let hello_before = rt.block_on(client.hello()).expect("hello");
     drop(client);
-    rt.block_on(backend.destroy_vm(&vm.id)).expect("destroy");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("list")
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(leftovers.is_empty(), "no half-made snapshot: {leftovers:?}");
+    let pids = backend.pids(&vm.id);
+    let bytes = rt
+        .block_on(backend.pause_cli("alice"))
+        .expect("pause")
+        .expect("a running CLI VM");
+    assert!(bytes > 0);
+    eprintln!("paused: {bytes} bytes of state");
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} of the paused VM still runs"
+        );
+    }
+
+    let resumed = rt.block_on(backend.ensure_cli_vm("alice")).expect("resume");
+    assert_eq!(resumed.start, VmStart::Resumed, "{resumed:?}");
+    let client = rt
+        .block_on(AgentClient::connect(&*resumed.connector))
+        .expect("connect");
+    let hello_after = rt.block_on(client.hello()).expect("hello");
+    assert_eq!(
+        hello_after.boot_id, hello_before.boot_id,
+        "a resumed VM is the same VM, not a clone"
+    );
+    let after = rt.block_on(shell(&client, probe));
+    let (before, after): (Vec<&str>, Vec<&str>) =
+        (before.lines().collect(), after.lines().collect());
+    assert_eq!(after[0], "kept", "the file written before the pause");
+    assert_eq!(after[1], before[1], "the same init process, not a new boot");
+    let uptime = |s: &str| s.parse::<f64>().expect("uptime");
+    assert!(
+        uptime(after[2]) >= uptime(before[2]),
+        "the uptime goes on from the pause: {before:?} then {after:?}"
+    );
+    let skew = rt.block_on(inside(&client)).clock_skew_ms;
+    assert!(skew.abs() < 1000, "the clock was set: {skew} ms");
+
+    rt.block_on(test_kit::credentials::push(
+        &client,
+        "codex",
+        ".codex/auth.json",
+        test_kit::credentials::codex(),
+    ));
+    let read = rt.block_on(shell(&client, "cat $HOME/.codex/auth.json"));
+    assert!(read.contains("fake-access-token-0001"), "{read}");
+    drop(client);
+    rt.block_on(backend.destroy_vm(&resumed.id))
+        .expect("destroy");
 }

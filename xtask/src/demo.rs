@@ -74,7 +74,7 @@ impl From<DemoSealing> for Sealing {
 
 const PROVIDER: &str = "claude_code";
 /// UDP ports of the browser VMs' desktop forwards (on loopback).
-const DESKTOP_PORTS: (u16, u16) = (40000, 40063);
+pub const DESKTOP_PORTS: (u16, u16) = (40000, 40063);
 /// What the "user" pastes after logging in at the provider (obviously fake).
 const FAKE_CODE: &str = "fake-auth-code-0001";
 
@@ -156,7 +156,13 @@ async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Resu
         None => step("egress: no upstream proxy (DEMO_PROXY_HOST unset): the VMs have no way out"),
     }
     let disks = dir.path().join("cli-disks");
-    let mut backend = QemuVmBackend::with_images(browser, cli, &disks, crate::image::GUEST_HOME);
+    let snapshot = crate::image::browser_snapshot_dir(browser.config(), !args.check);
+    step(&format!(
+        "browser VMs are restored from the golden snapshot {} (made on first use if missing)",
+        snapshot.display()
+    ));
+    let mut backend = QemuVmBackend::with_images(browser, cli, &disks, crate::image::GUEST_HOME)
+        .with_browser_snapshot(&snapshot);
     if !args.check {
         // The golden browser VM's desktop reaches the page through a UDP forward of its own.
         backend = backend.with_desktop_forwards(

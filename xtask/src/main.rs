@@ -33,6 +33,10 @@ enum Command {
         /// Which image.
         #[command(subcommand)]
         which: image::Which,
+        /// Also make the golden snapshot browser VMs are restored from (browser image only; the
+        /// demo's machine: 1 GiB, 2 vCPUs, a network card).
+        #[arg(long, global = true)]
+        snapshot: bool,
     },
     /// The whole test suite: setup, formatting, lints, every test.
     Test,
@@ -64,7 +68,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Agent => agent::build().map(|_| ()),
-        Command::Image { which } => image::run(which),
+        Command::Image { which, snapshot } => image::run(which, snapshot),
         Command::Test => test::run(),
         Command::Bench { which } => bench::run(which),
         Command::Fuzz { seconds, all } => fuzz::run(seconds, all),

@@ -17,11 +17,24 @@ pub const APT_PACKAGES: &[&str] = &[
     // machine has none; unshare runs the provider CLIs without network.
     "e2fsprogs",
     "util-linux",
-    // Real microVMs (issue 6): QEMU, a static busybox for the guest shell, xz to unpack Debian's
-    // guest kernel into a plain ELF.
+    // Real microVMs (issue 6): QEMU (its firmware; the binary is built, see below), a static
+    // busybox for the guest shell, xz to unpack Debian's guest kernel into a plain ELF.
     "qemu-system-x86",
     "busybox-static",
     "xz-utils",
+    // The VMs' QEMU is Debian's own source with one patch (xtask/qemu/): what builds it.
+    "dpkg-dev",
+    "patch",
+    "meson",
+    "ninja-build",
+    "pkg-config",
+    "flex",
+    "bison",
+    "libglib2.0-dev",
+    "libpixman-1-dev",
+    "libslirp-dev",
+    "libseccomp-dev",
+    "libfdt-dev",
     // The store's tests and `bench egress` run against a real PostgreSQL server (started by xtask as
     // a throwaway loopback-only cluster; the package's own cluster is not used).
     "postgresql",

@@ -19,10 +19,15 @@ pub fn step(msg: &str) {
 
 /// Runs `cmd` from the workspace root, inheriting output; fails on a non-zero exit.
 pub fn sh(cmd: &mut Command) -> Result<()> {
+    sh_in(cmd, &root())
+}
+
+/// [`sh`] in `dir`.
+pub fn sh_in(cmd: &mut Command, dir: &std::path::Path) -> Result<()> {
     let shown = format!("{cmd:?}");
     let started = Instant::now();
     let status = cmd
-        .current_dir(root())
+        .current_dir(dir)
         .status()
         .with_context(|| format!("starting {shown}"))?;
     if !status.success() {

@@ -133,6 +133,11 @@ pub struct VmSection {
     pub cli_image: Option<PathBuf>,
     /// `vhost-device-vsock`.
     pub vhost_device_vsock: PathBuf,
+    /// The QEMU binary. Default: `qemu-system-x86_64` on `PATH`. Saving VMs (golden snapshots,
+    /// paused CLI VMs) needs one that can migrate the vhost-user vsock device (`cargo xtask image`
+    /// builds Debian's with that patch; Debian's own cannot).
+    #[serde(default)]
+    pub qemu: Option<PathBuf>,
     /// Where the CLI VMs' disks live.
     pub disks: PathBuf,
     /// Browser VM memory, MiB.
@@ -146,6 +151,12 @@ pub struct VmSection {
     /// service.
     #[serde(default)]
     pub qemu_user: Option<String>,
+    /// Where the golden browser snapshot lives: browser VMs are restored from it instead of
+    /// booting (`QemuVmBackend::with_browser_snapshot`; made on first use when missing or made
+    /// by another QEMU, machine or image; needs a `qemu` that can save these VMs). Default:
+    /// browser VMs boot.
+    #[serde(default)]
+    pub browser_snapshot: Option<PathBuf>,
 }
 
 fn default_listen() -> String {

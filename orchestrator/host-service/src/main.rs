@@ -25,6 +25,9 @@ fn qemu(
     mib: u32,
 ) -> Result<QemuConfig> {
     let mut c = QemuConfig::new(&vm.vhost_device_vsock, &vm.kernel, initramfs);
+    if let Some(qemu) = &vm.qemu {
+        c.qemu = qemu.clone();
+    }
     c.root_image = image.clone();
     c.memory_mib = mib;
     c.vcpus = 2;
@@ -52,7 +55,7 @@ async fn main() -> Result<()> {
         .vm
         .clone()
         .context("[vm] is required: the binary runs QEMU microVMs")?;
-    let backend: Arc<dyn VmBackend> = Arc::new(QemuVmBackend::with_images(
+    let mut qemu_backend = QemuVmBackend::with_images(
         QemuLauncher::new(qemu(
             &vm,
             &vm.browser_initramfs,
@@ -67,7 +70,11 @@ async fn main() -> Result<()> {
         )?),
         &vm.disks,
         orchestrator::vm::GUEST_HOME,
-    ));
+    );
+    if let Some(dir) = &vm.browser_snapshot {
+        qemu_backend = qemu_backend.with_browser_snapshot(dir);
+    }
+    let backend: Arc<dyn VmBackend> = Arc::new(qemu_backend);
     let pool = WarmPool::new(
         backend,
         file.pool_size,

@@ -95,6 +95,16 @@ impl QmpListener {
     }
 }
 
+fn request_line(command: &str, arguments: Option<Value>) -> String {
+    let mut request = json!({ "execute": command });
+    if let Some(arguments) = arguments {
+        request["arguments"] = arguments;
+    }
+    let mut line = request.to_string();
+    line.push('\n');
+    line
+}
+
 /// A connected monitor in command mode.
 #[derive(Debug)]
 pub struct Qmp {
@@ -110,12 +120,7 @@ impl Qmp {
         command: &str,
         arguments: Option<Value>,
     ) -> Result<Value, QmpError> {
-        let mut request = json!({ "execute": command });
-        if let Some(arguments) = arguments {
-            request["arguments"] = arguments;
-        }
-        let mut line = request.to_string();
-        line.push('\n');
+        let line = request_line(command, arguments);
         self.writer
             .write_all(line.as_bytes())
             .await
@@ -123,6 +128,59 @@ impl Qmp {
                 what: "write",
                 source,
             })?;
+        self.reply(command).await
+    }
+
+    /// Hands QEMU the open file `fd` under `name` (`getfd`), for a later command to use as
+    /// `fd:<name>`: QEMU then never opens a path itself, so a QEMU running as an unprivileged
+    /// account needs no access to where the file lives.
+    pub async fn send_fd(
+        &mut self,
+        name: &str,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), QmpError> {
+        use std::os::fd::AsRawFd;
+        let line = request_line("getfd", Some(json!({ "fdname": name })));
+        let socket: &tokio::net::UnixStream = self.writer.as_ref();
+        let fds = [fd.as_raw_fd()];
+        loop {
+            socket.writable().await.map_err(|source| QmpError::Io {
+                what: "wait to write",
+                source,
+            })?;
+            let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+                let iov = [std::io::IoSlice::new(line.as_bytes())];
+                let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+                nix::sys::socket::sendmsg::<()>(
+                    socket.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    nix::sys::socket::MsgFlags::empty(),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match sent {
+                Ok(n) if n == line.len() => break,
+                Ok(n) => {
+                    return Err(QmpError::Protocol(format!(
+                        "getfd: only {n} of {} bytes sent",
+                        line.len()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(source) => {
+                    return Err(QmpError::Io {
+                        what: "send a file",
+                        source,
+                    })
+                }
+            }
+        }
+        self.reply("getfd").await.map(|_| ())
+    }
+
+    async fn reply(&mut self, command: &str) -> Result<Value, QmpError> {
         loop {
             let mut reply = self.line().await?;
             if let Some(value) = reply.get_mut("return") {

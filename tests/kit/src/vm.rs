@@ -22,6 +22,8 @@ pub struct VmAssets {
     pub root_image: Option<PathBuf>,
     /// The vhost-user vsock backend.
     pub vhost_device_vsock: PathBuf,
+    /// The QEMU the VMs run: Debian's own source with the vsock migration patch (xtask/qemu/).
+    pub qemu: PathBuf,
 }
 
 /// Builds (or finds cached) the test image once per test binary. Panics with the build's output
@@ -81,6 +83,7 @@ fn build_assets(which: &str) -> VmAssets {
             .find_map(|l| l.strip_prefix("root_image="))
             .map(PathBuf::from),
         vhost_device_vsock: field("vhost_device_vsock"),
+        qemu: field("qemu"),
     }
 }
 
@@ -120,6 +123,7 @@ pub fn unprivileged_launcher(files: &std::path::Path) -> QemuLauncher {
         initramfs: copy(&assets.initramfs, 0o644),
         root_image: None,
         vhost_device_vsock: assets.vhost_device_vsock.clone(),
+        qemu: assets.qemu.clone(),
     });
     config.run_as = Some(user);
     QemuLauncher::new(config)
@@ -152,6 +156,7 @@ pub fn config(assets: &VmAssets) -> QemuConfig {
         &assets.initramfs,
     );
     config.root_image = assets.root_image.clone();
+    config.qemu = assets.qemu.clone();
     if config.root_image.is_some() {
         // The real CLIs in the disk images need AVX2 under emulation (see `tcg_cpu`).
         config.tcg_cpu = Some("max".into());

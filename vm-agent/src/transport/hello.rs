@@ -68,11 +68,12 @@ pub async fn say_hello(addr: &HostAddr, agent: &Agent) -> Option<HelloStream> {
 /// listening. When it breaks under the agent (restoring a VM from saved state resets every vsock
 /// connection of the guest), says hello again: that hello is how the host learns a restored VM is
 /// running, instead of polling it.
-pub async fn keep(addr: &HostAddr, agent: &Agent, mut stream: HelloStream) {
+pub async fn keep(addr: &HostAddr, agent: &Agent, stream: HelloStream) {
+    let mut stream = stream;
     loop {
-        let broken = match &mut stream {
-            HelloStream::Vsock(s) => ended(s).await,
-            HelloStream::Unix(s) => ended(s).await,
+        let broken = match stream {
+            HelloStream::Vsock(s) => vsock_ended(s).await,
+            HelloStream::Unix(mut s) => ended(&mut s).await,
         };
         match broken {
             None => {
@@ -84,6 +85,52 @@ pub async fn keep(addr: &HostAddr, agent: &Agent, mut stream: HelloStream) {
         match say_hello(addr, agent).await {
             Some(next) => stream = next,
             None => return,
+        }
+    }
+}
+
+/// [`ended`] for vsock, which must also wait for error readiness: a transport reset (a restore)
+/// only raises an error on the socket (no input, no hang-up), which a plain read never wakes for.
+async fn vsock_ended(stream: VsockStream) -> Option<std::io::Error> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use tokio::io::unix::AsyncFd;
+    use tokio::io::Interest;
+    let fd: OwnedFd = stream.into();
+    // SAFETY: `fd` is an open descriptor the `OwnedFd` owns; the `AsyncFd` takes the `OwnedFd`,
+    // which returns that same descriptor until it is dropped with the `AsyncFd`.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::ERROR) };
+    let watched = match registered {
+        Ok(watched) => watched,
+        Err(e) => return Some(std::io::Error::other(e.to_string())),
+    };
+    let mut buf = [0u8; 64];
+    loop {
+        let mut guard = match watched.ready(Interest::READABLE | Interest::ERROR).await {
+            Ok(guard) => guard,
+            Err(e) => return Some(e),
+        };
+        // SAFETY: `buf` is a live, writable buffer of the length given; the descriptor is owned
+        // by `watched` for the whole call.
+        let n = unsafe {
+            libc::recv(
+                watched.get_ref().as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => return None,
+            n if n > 0 => continue,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    guard.clear_ready();
+                    continue;
+                }
+                return Some(e);
+            }
         }
     }
 }

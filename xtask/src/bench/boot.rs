@@ -17,11 +17,12 @@ const BOOTS: usize = 5;
 /// Runs the benchmark.
 pub fn run() -> Result<()> {
     let assets = crate::image::prepare(crate::image::Which::Minimal)?;
-    let config = QemuConfig::new(
+    let mut config = QemuConfig::new(
         &assets.vhost_device_vsock,
         &assets.image.kernel,
         &assets.image.initramfs,
     );
+    config.qemu = assets.qemu.clone();
     let rt = crate::shell::runtime()?;
     rt.block_on(measure(QemuLauncher::new(config)))
 }

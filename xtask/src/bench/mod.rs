@@ -13,6 +13,7 @@ mod login;
 mod rpc;
 mod seal;
 mod service;
+mod snapshot;
 pub mod stats;
 mod vault;
 
@@ -53,6 +54,9 @@ pub enum Which {
     /// The host service over HTTP (local agents): link start to URL, API requests per second vs
     /// a hello route, a prompt's first byte, SSE event latency.
     Service,
+    /// Golden snapshots: browser VMs restored to Chromium ready vs cold boots, four restores at
+    /// once, the snapshot's size, a paused CLI VM's resume to hello.
+    Snapshot,
     /// The golden images: sizes, cold build time, boot times of the minimal, CLI and browser
     /// VMs, a real CLI's URL to Chromium's tab.
     Images,
@@ -83,6 +87,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Seal => seal::run(),
         Which::Service => service::run(),
         Which::Images => images::run(),
+        Which::Snapshot => snapshot::run(),
     }
 }
 

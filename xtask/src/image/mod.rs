@@ -93,6 +93,8 @@ pub struct VmAssets {
     pub root_image: Option<PathBuf>,
     /// The vhost-user vsock backend binary.
     pub vhost_device_vsock: PathBuf,
+    /// The QEMU the VMs run ([`crate::vmtools::qemu`]).
+    pub qemu: PathBuf,
 }
 
 impl VmAssets {
@@ -104,6 +106,7 @@ impl VmAssets {
             initramfs: self.image.initramfs.clone(),
             root_image: self.root_image.clone(),
             vhost_device_vsock: self.vhost_device_vsock.clone(),
+            qemu: self.qemu.clone(),
         })
     }
 }
@@ -119,6 +122,7 @@ pub fn prepare(which: Which) -> Result<VmAssets> {
     crate::setup::run()?;
     let agent = crate::agent::build_flavour(which.agent())?;
     let vhost_device_vsock = crate::vmtools::vhost_device_vsock()?;
+    let qemu = crate::vmtools::qemu()?;
     let cache = cache().join("vm-image");
     let root_image = match which.golden() {
         Some(golden) => Some(rootfs::build(&cache, golden, &agent)?),
@@ -134,20 +138,73 @@ pub fn prepare(which: Which) -> Result<VmAssets> {
         image,
         root_image,
         vhost_device_vsock,
+        qemu,
     })
 }
 
 /// `cargo xtask image <which>`: builds and prints `kernel=`, `initramfs=`, `root_image=` (disk
-/// images) and `vhost_device_vsock=` lines (the VM tests read them).
-pub fn run(which: Which) -> Result<()> {
+/// images), `vhost_device_vsock=` and `qemu=` lines (the VM tests read them). With `snapshot`
+/// (browser image only), also makes the golden snapshot the demo's browser VMs are restored from
+/// and prints `snapshot=`.
+pub fn run(which: Which, snapshot: bool) -> Result<()> {
+    if snapshot && which != Which::Browser {
+        bail!("--snapshot is for the browser image");
+    }
     let assets = prepare(which)?;
+    if snapshot {
+        let mut config = assets.qemu_config();
+        config.memory_mib = 1024;
+        config.vcpus = 2;
+        let dir = browser_snapshot_dir(&config, true);
+        progress(&format!(
+            "golden snapshot {} (booting the browser VM until Chromium is ready, then saving it)",
+            dir.display()
+        ));
+        let backend = orchestrator::vm::QemuVmBackend::new(
+            orchestrator::vm::QemuLauncher::new(config),
+            GUEST_HOME,
+        )
+        .with_desktop_forwards(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            crate::demo::DESKTOP_PORTS.0,
+            crate::demo::DESKTOP_PORTS.1,
+        )
+        .with_browser_snapshot(&dir);
+        let made = crate::shell::runtime()?
+            .block_on(backend.browser_snapshot())
+            .context("snapshots are on")?
+            .map_err(|e| anyhow::anyhow!("making the snapshot: {e}"))?;
+        progress(&format!(
+            "snapshot ready: {} bytes of state",
+            made.state_bytes()
+        ));
+        println!("snapshot={}", dir.display());
+    }
     println!("kernel={}", assets.image.kernel.display());
     println!("initramfs={}", assets.image.initramfs.display());
     if let Some(root) = &assets.root_image {
         println!("root_image={}", root.display());
     }
     println!("vhost_device_vsock={}", assets.vhost_device_vsock.display());
+    println!("qemu={}", assets.qemu.display());
     Ok(())
+}
+
+/// Where the golden browser snapshot for VMs of `config` (with a network card or not) lives: in
+/// the image cache, named by the image and the machine, so the demo's and the benchmark's
+/// machines keep one each. A changed image, QEMU or machine is caught by the snapshot's own
+/// record and the snapshot rebuilt in place.
+pub fn browser_snapshot_dir(config: &orchestrator::vm::QemuConfig, network: bool) -> PathBuf {
+    let image = config.root_image.as_deref().unwrap_or(&config.initramfs);
+    let stem = image
+        .file_stem()
+        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+    cache().join("vm-image").join("snapshots").join(format!(
+        "{stem}-{}m-{}c{}",
+        config.memory_mib,
+        config.vcpus,
+        if network { "-net" } else { "" }
+    ))
 }
 
 /// Prints one progress line on stderr (stdout is kept for results).

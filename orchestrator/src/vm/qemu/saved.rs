@@ -1,7 +1,8 @@
 //! VMs from saved state: golden snapshots that browser VMs are cloned from, and CLI VMs paused to
 //! a file and resumed.
 //!
-//! The state is QEMU's migration stream written to a file (`migrate file:`), not `savevm` into a
+//! The state is QEMU's migration stream written to a file (`migrate fd:`, the file opened by the
+//! host and handed over the monitor), not `savevm` into a
 //! qcow2: one state file serves any number of clones at once, each on its own overlay over the
 //! snapshot's frozen disk, read straight from the host's page cache; `savevm` would tie the state
 //! to one disk image, which concurrent clones cannot share. Restoring a VM means starting QEMU with
@@ -36,6 +37,14 @@ const DISK_FILE: &str = "disk.qcow2";
 const META_FILE: &str = "meta.json";
 /// Bumped when the layout of a snapshot changes.
 const FORMAT: u32 = 1;
+/// The name the state file's descriptor has in QEMU.
+const STATE_FD: &str = "state";
+/// How long the first connection to a restored agent may be refused (see `tell_restored`).
+const RESTORED_CONNECT: Duration = Duration::from_secs(15);
+/// How long the guest gets to finish closing the connections the host has just closed, before
+/// it is stopped: a close cut by the save would leave a socket that refuses a later connection
+/// on its port (the vsock backend numbers host ports from 0 again after a restore).
+const CLOSE_SETTLE: Duration = Duration::from_secs(1);
 /// How long saving the state may take (a 1 GiB guest writes ~650 MB).
 const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -371,7 +380,7 @@ impl QemuLauncher {
             })?;
         std::fs::write(work.path().join(META_FILE), meta_text)
             .map_err(snap_io("write the snapshot's metadata"))?;
-        // Readable by a VM account (`run_as`): clones read the state and the disk.
+        // Never written again; the disk readable by a VM account (`run_as`: QEMU opens it).
         for file in [Some(state.clone()), disk].into_iter().flatten() {
             std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o444))
                 .map_err(snap_io(format!("protect {}", file.display())))?;
@@ -493,22 +502,28 @@ impl QemuVm {
     /// Saves this VM's state (stopped first, so the disk and the state agree) to `state` through
     /// QEMU's monitor. The VM stays stopped.
     async fn save(&mut self, state: &Path) -> Result<(), VmError> {
-        // The file is made by the host and given to QEMU's account, which cannot create files.
-        std::fs::write(state, b"").map_err(io(format!("create {}", state.display())))?;
-        if let Some(user) = self.config.run_as {
-            user.own(state)
-                .map_err(io(format!("give {} to QEMU's account", state.display())))?;
-        }
+        // QEMU gets the open file, never the path (see `Qmp::send_fd`).
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(state)
+            .map_err(io(format!("create {}", state.display())))?;
         let qmp = self
             .qmp
             .as_mut()
             .ok_or_else(|| VmError::State("the VM has no monitor".into()))?;
+        tokio::time::sleep(CLOSE_SETTLE).await;
         qmp.execute("stop", None).await?;
         events_on(qmp).await?;
         let started = Instant::now();
-        qmp.execute("migrate", Some(json!({ "uri": file_uri(state)? })))
+        qmp.send_fd(STATE_FD, std::os::fd::AsFd::as_fd(&file))
+            .await?;
+        qmp.execute("migrate", Some(json!({ "uri": format!("fd:{STATE_FD}") })))
             .await?;
         migration_done(qmp, SAVE_TIMEOUT).await?;
+        file.sync_all()
+            .map_err(io(format!("write {}", state.display())))?;
         info!(vm = %self.name, ms = started.elapsed().as_millis() as u64, "state saved");
         Ok(())
     }
@@ -546,14 +561,6 @@ impl QemuVm {
     }
 }
 
-fn file_uri(path: &Path) -> Result<String, VmError> {
-    let path = path
-        .to_str()
-        .filter(|p| !p.contains(','))
-        .ok_or_else(|| VmError::State(format!("unusable state path {}", path.display())))?;
-    Ok(format!("file:{path}"))
-}
-
 async fn events_on(qmp: &mut Qmp) -> Result<(), VmError> {
     qmp.execute(
         "migrate-set-capabilities",
@@ -588,9 +595,15 @@ async fn migration_done(qmp: &mut Qmp, timeout: Duration) -> Result<(), VmError>
 /// Loads `state` into a QEMU started with `-incoming defer` and lets the VM run. A state that
 /// does not load leaves the VM stopped (it never runs half-restored); the caller kills it.
 pub(super) async fn load(qmp: &mut Qmp, state: &Path, timeout: Duration) -> Result<(), VmError> {
+    let file = std::fs::File::open(state).map_err(io(format!("open {}", state.display())))?;
     events_on(qmp).await?;
-    qmp.execute("migrate-incoming", Some(json!({ "uri": file_uri(state)? })))
+    qmp.send_fd(STATE_FD, std::os::fd::AsFd::as_fd(&file))
         .await?;
+    qmp.execute(
+        "migrate-incoming",
+        Some(json!({ "uri": format!("fd:{STATE_FD}") })),
+    )
+    .await?;
     migration_done(qmp, timeout)
         .await
         .map_err(|e| VmError::State(format!("restoring from {}: {e}", state.display())))?;
@@ -615,7 +628,9 @@ pub(super) async fn tell_restored(
         unix_time_ms: unix_ms(),
         clone,
     };
-    let client = AgentClient::connect(connector)
+    // A guest socket whose close was under way at the save lingers, reset, for a moment after
+    // the load; a new connection that the backend happens to give its host port is refused.
+    let client = AgentClient::connect_with_retry(connector, RESTORED_CONNECT)
         .await
         .map_err(|e| VmError::State(format!("reaching the restored agent: {e}")))?;
     client
