@@ -96,8 +96,8 @@ pub fn launcher() -> QemuLauncher {
 pub const VM_USER: &str = "nobody";
 
 /// A QEMU backend for the test image whose QEMU runs as [`VM_USER`] (`QemuConfig::run_as`), with
-/// copies of the files it opens in `files`, a directory that account can read (the cached
-/// originals live under root's home); the caller removes it. Panics unless this process is
+/// copies of the files it opens and of QEMU itself in `files`, a directory that account can read
+/// (the cached originals live under root's home); the caller removes it. Panics unless this process is
 /// root: only root can start a process as another user.
 pub fn unprivileged_launcher(files: &std::path::Path) -> QemuLauncher {
     use std::os::unix::fs::PermissionsExt;
@@ -123,7 +123,8 @@ pub fn unprivileged_launcher(files: &std::path::Path) -> QemuLauncher {
         initramfs: copy(&assets.initramfs, 0o644),
         root_image: None,
         vhost_device_vsock: assets.vhost_device_vsock.clone(),
-        qemu: assets.qemu.clone(),
+        // The built QEMU lives in root's cache too.
+        qemu: copy(&assets.qemu, 0o755),
     });
     config.run_as = Some(user);
     QemuLauncher::new(config)
