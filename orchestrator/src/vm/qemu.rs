@@ -202,27 +202,37 @@ impl UserNetwork {
             Self::GUEST_ADDR,
             Self::PREFIX_LEN
         );
-        let request = protocol::messages::ExecRequest {
-            argv: vec!["sh".into(), "-c".into(), script],
-            user: Some("root".into()),
-            ..Default::default()
-        };
-        let out = async {
-            let mut call = client.exec(&request).await?;
-            // No input: the call ends once its request side is closed too.
-            call.close_input();
-            call.collect_exec().await
-        }
-        .await
-        .map_err(|e| format!("bringing the guest's network up: {e}"))?;
-        if out.status.shell_code() != 0 {
-            return Err(format!(
-                "bringing the guest's network up failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(())
+        root_shell(client, &script, "bringing the guest's network up").await
     }
+}
+
+/// Runs `script` with `sh -c` as the guest's root (asked for by name: programs run as the image's
+/// unprivileged user otherwise); an exit other than 0 is an error naming `what`.
+pub(crate) async fn root_shell(
+    client: &crate::AgentClient,
+    script: &str,
+    what: &str,
+) -> Result<(), String> {
+    let request = protocol::messages::ExecRequest {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        user: Some("root".into()),
+        ..Default::default()
+    };
+    let out = async {
+        let mut call = client.exec(&request).await?;
+        // No input: the call ends once its request side is closed too.
+        call.close_input();
+        call.collect_exec().await
+    }
+    .await
+    .map_err(|e| format!("{what}: {e}"))?;
+    if out.status.shell_code() != 0 {
+        return Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 /// One forwarded UDP port.

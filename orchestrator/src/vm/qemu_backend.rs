@@ -473,24 +473,12 @@ async fn ready_for_snapshot(
     if network {
         UserNetwork::bring_up_guest(&client).await?;
     }
-    let request = protocol::messages::ExecRequest {
-        argv: vec![
-            "sh".into(),
-            "-c".into(),
-            "sync && echo 3 > /proc/sys/vm/drop_caches".into(),
-        ],
-        user: Some("root".into()),
-        ..Default::default()
-    };
-    let mut call = client
-        .exec(&request)
-        .await
-        .map_err(|e| format!("dropping the guest's caches: {e}"))?;
-    call.close_input();
-    call.collect_exec()
-        .await
-        .map_err(|e| format!("dropping the guest's caches: {e}"))?;
-    Ok(())
+    super::qemu::root_shell(
+        &client,
+        "sync && echo 3 > /proc/sys/vm/drop_caches",
+        "dropping the guest's caches",
+    )
+    .await
 }
 
 /// Brings the guest's network card up through its agent.

@@ -17,7 +17,7 @@
 //! corrupted file is refused before any VM runs from it (QEMU itself does not check guest memory).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use protocol::restore::{EntropyBytes, Restored, RestoredRequest, ENTROPY_BYTES};
 use protocol::Secret;
@@ -640,7 +640,5 @@ pub(super) async fn tell_restored(
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    u64::try_from(crate::store::now_ms()).unwrap_or(0)
 }
