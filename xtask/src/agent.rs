@@ -86,6 +86,13 @@ pub fn build_flavour(flavour: Flavour) -> Result<PathBuf> {
             Flavour::Desktop => "with the desktop: the browser VM's",
         }
     ));
+    let kept = flavour.kept_at();
+    let agents = kept.parent().context("agents directory")?;
+    std::fs::create_dir_all(agents)?;
+    // Both flavours land at one cargo path: held from the build to the copy, so another xtask
+    // (tests build images in parallel) cannot put the other flavour there in between.
+    let lock = std::fs::File::create(agents.join(".build.lock"))?;
+    lock.lock().context("locking the agent build")?;
     sh(cargo()
         .args(["build", "--profile", PROFILE, "--package", "vm-agent"])
         .args(["--bin", "vm-agent"])
@@ -97,13 +104,12 @@ pub fn build_flavour(flavour: Flavour) -> Result<PathBuf> {
         .join(PROFILE)
         .join("vm-agent");
     check_static(&built)?;
-    let kept = flavour.kept_at();
-    std::fs::create_dir_all(kept.parent().context("agents directory")?)?;
     // Copied to a temporary name and renamed: a VM image build reading the old one never sees
     // half a binary.
     let tmp = kept.with_extension("tmp");
     std::fs::copy(&built, &tmp).with_context(|| format!("copying to {}", tmp.display()))?;
     std::fs::rename(&tmp, &kept)?;
+    drop(lock);
     println!(
         "{}={}",
         flavour.size_figure(),
