@@ -6,7 +6,7 @@
 //! processes and files and takes a push.
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use orchestrator::vm::{
     QemuLauncher, QemuVmBackend, SnapshotError, VmBackend, VmHandle, VmKind, VmSpec, VmStart,
@@ -184,6 +184,15 @@ async fn inside(client: &AgentClient) -> Inside {
     }
 }
 
+/// Seconds since each of Chromium's network service processes started (by the guest's clock,
+/// which runs on from the snapshot's). Chromium rewrites its children's command lines as one
+/// space-separated string.
+const NETWORK_SERVICE_AGE: &str = r#"for p in /proc/[0-9]*; do
+  if tr '\0 ' '\n\n' < $p/cmdline 2>/dev/null | grep -qx -- '--utility-sub-type=network.mojom.NetworkService'; then
+    awk -v t=$(getconf CLK_TCK) -v up=$(cut -d' ' -f1 /proc/uptime) '{ print up - $22 / t }' $p/stat
+  fi
+done"#;
+
 fn code_challenge(url: &str) -> Option<String> {
     let (_, query) = url.split_once('?')?;
     query
@@ -201,6 +210,7 @@ fn browser_vms_restored_from_one_snapshot_at_once_are_each_their_own() {
     let snapshot_dir = dir.path().join("browser-snapshot");
     let backend = QemuVmBackend::new(browser_launcher(), test_kit::vm::GUEST_HOME)
         .with_browser_snapshot(&snapshot_dir);
+    let restoring = std::time::Instant::now();
     let (a, b) = rt.block_on(async {
         tokio::join!(
             backend.create_vm(spec("alice", VmKind::Browser)),
@@ -257,6 +267,20 @@ fn browser_vms_restored_from_one_snapshot_at_once_are_each_their_own() {
         let opened = rt.block_on(navigated(client, &urls));
         challenges.insert(code_challenge(&opened.url).expect("a PKCE challenge in the URL"));
         logins.push(call);
+        // Chromium's network service (its TLS keys come from its own generator) was started
+        // after the restore, not carried over from the snapshot with its siblings' state.
+        let ages = rt.block_on(shell(client, NETWORK_SERVICE_AGE));
+        let ages: Vec<f64> = ages
+            .lines()
+            .map(|l| l.trim().parse().expect("an age"))
+            .collect();
+        let since_restore = restoring.elapsed().as_secs_f64();
+        assert_eq!(ages.len(), 1, "one network service: {ages:?}");
+        assert!(
+            ages[0] < since_restore,
+            "the network service is {}s old; the VM was restored {since_restore:.1}s ago",
+            ages[0]
+        );
     }
     assert_eq!(challenges.len(), 2, "each clone made its own PKCE verifier");
     drop(logins);
@@ -330,19 +354,21 @@ fn browser_vms_restored_from_one_snapshot_at_once_are_each_their_own() {
         "{err}"
     );
 
-    // A restore that fails (its state file changed under the backend) boots instead, and says so.
+    // A state written to after the snapshot was opened (same size: only its modification time
+    // tells) never runs: the restore fails, the VM boots instead and says so.
     let state = snapshot_dir.join("state");
     {
+        use std::io::{Seek, SeekFrom, Write};
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&state)
+            .expect("open");
+        file.seek(SeekFrom::Start(snapshot.state_bytes() / 3))
+            .expect("seek");
+        file.write_all(&[0x5a; 4096]).expect("write");
     }
-    let len = std::fs::metadata(&state).expect("state").len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&state)
-        .expect("open")
-        .set_len(len / 2)
-        .expect("truncate");
     let booted = rt
         .block_on(backend.create_vm(spec("carol", VmKind::Browser)))
         .expect("a cold boot instead");
@@ -354,8 +380,9 @@ fn browser_vms_restored_from_one_snapshot_at_once_are_each_their_own() {
         .expect("destroy");
 }
 
-/// A CLI VM paused to disk holds no process; resumed, it has its files and its processes as they
-/// were, says hello again and takes a credential push.
+/// A CLI VM is paused when idle (not asked for, running nothing) and then holds no process;
+/// resumed, it is the same VM to the host, has its files and its processes as they were, says
+/// hello again and takes a credential push.
 #[test]
 fn a_paused_cli_vm_resumes_with_its_files_and_processes() {
     let rt = runtime();
@@ -378,14 +405,31 @@ fn a_paused_cli_vm_resumes_with_its_files_and_processes() {
         &format!("echo kept > $HOME/before-pause && {{ {probe}; }}"),
     ));
     let hello_before = rt.block_on(client.hello()).expect("hello");
+    // The idle policy: a VM running a program, or asked for recently, is not paused.
+    let (busy, slept) = rt.block_on(async {
+        tokio::join!(
+            async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                backend.pause_idle_cli(Duration::ZERO).await
+            },
+            client.exec_collect(&["sleep", "5"], None)
+        )
+    });
+    assert_eq!(busy, Vec::<String>::new(), "a VM running a program is kept");
+    assert_eq!(slept.expect("sleep ran on").status.shell_code(), 0);
     drop(client);
+    let recent = rt.block_on(backend.pause_idle_cli(Duration::from_secs(3600)));
+    assert_eq!(
+        recent,
+        Vec::<String>::new(),
+        "a VM used within the hour is kept"
+    );
     let pids = backend.pids(&vm.id);
-    let bytes = rt
-        .block_on(backend.pause_cli("alice"))
-        .expect("pause")
-        .expect("a running CLI VM");
-    assert!(bytes > 0);
-    eprintln!("paused: {bytes} bytes of state");
+    assert_eq!(
+        rt.block_on(backend.pause_idle_cli(Duration::ZERO)),
+        vec!["alice".to_owned()],
+        "an idle VM running nothing is paused"
+    );
     for pid in pids {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
@@ -395,6 +439,11 @@ fn a_paused_cli_vm_resumes_with_its_files_and_processes() {
 
     let resumed = rt.block_on(backend.ensure_cli_vm("alice")).expect("resume");
     assert_eq!(resumed.start, VmStart::Resumed, "{resumed:?}");
+    assert_eq!(resumed.id, vm.id, "the host's records name the same VM");
+    assert!(
+        !resumed.created,
+        "a resumed VM is not a new one to the host"
+    );
     let client = rt
         .block_on(AgentClient::connect(&*resumed.connector))
         .expect("connect");

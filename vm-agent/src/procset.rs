@@ -259,25 +259,22 @@ impl Drop for ProcessSet {
 /// Processes whose environment holds `entry` (`NAME=value`). Unreadable ones (another user's,
 /// gone) are skipped.
 pub fn marked_processes(entry: &str) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+    crate::system::pids()
+        .into_iter()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
                 .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == entry.as_bytes()))
         })
+        .filter_map(|pid| i32::try_from(pid).ok())
         .collect()
 }
 
 /// Whether a process exists and is not a zombie.
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-    })
+    u32::try_from(pid)
+        .ok()
+        .and_then(|pid| crate::system::stat_field(pid, 0))
+        .is_some_and(|state| state != "Z")
 }
 
 /// The cgroup v2 mount point, from `/proc/self/mountinfo`.

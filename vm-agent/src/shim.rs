@@ -246,33 +246,6 @@ async fn handle(sessions: &PtySessions, open: &UrlOpener, stream: tokio::net::Un
     let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
 }
 
-/// Whether process `pid` is `ancestor` or descends from it (following parents in `/proc`; a
-/// program the CLI started detached, in a session of its own, still descends from it).
-fn descends_from(pid: u32, ancestor: u32) -> bool {
-    let mut at = pid;
-    for _ in 0..64 {
-        if at == ancestor {
-            return true;
-        }
-        if at <= 1 {
-            return false;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{at}/stat")) else {
-            return false;
-        };
-        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-        let parent = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse().ok());
-        match parent {
-            Some(p) => at = p,
-            None => return false,
-        }
-    }
-    false
-}
-
 fn answer(sessions: &PtySessions, open: &UrlOpener, caller: Option<u32>, line: &[u8]) -> String {
     let request = match ShimRequest::parse(line) {
         Ok(request) => request,
@@ -284,7 +257,7 @@ fn answer(sessions: &PtySessions, open: &UrlOpener, caller: Option<u32>, line: &
     };
     // A session's URLs come from its own programs: another process (another session's CLI, a
     // process of the guest user outside any login) cannot put a URL into it.
-    if !caller.is_some_and(|pid| descends_from(pid, s.pid())) {
+    if !caller.is_some_and(|pid| crate::system::descends_from(pid, s.pid())) {
         warn!(
             session,
             ?caller,

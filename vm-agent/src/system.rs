@@ -1,6 +1,51 @@
-//! Facts about the guest read from `/proc`: boot id, memory, load.
+//! Facts about the guest read from `/proc`: processes, boot id, memory, load.
 
 use std::fs;
+
+/// Every process's id, from `/proc`.
+pub fn pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect()
+}
+
+/// Field `n` of `/proc/<pid>/stat` counted after the command name (0: state, 1: parent,
+/// 3: session); the name may hold spaces and parentheses, so counting starts after its last `)`.
+pub fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(n)
+        .map(str::to_owned)
+}
+
+/// A process's parent.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    stat_field(pid, 1)?.parse().ok()
+}
+
+/// Whether process `pid` is `ancestor` or descends from it (following parents in `/proc`; a
+/// program the CLI started detached, in a session of its own, still descends from it).
+pub fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut at = pid;
+    for _ in 0..64 {
+        if at == ancestor {
+            return true;
+        }
+        if at <= 1 {
+            return false;
+        }
+        match parent_pid(at) {
+            Some(p) => at = p,
+            None => return false,
+        }
+    }
+    false
+}
 
 /// The kernel's boot id, or `unknown` when `/proc` is not mounted.
 pub fn boot_id() -> String {
@@ -113,5 +158,21 @@ mod tests {
         let (total, avail) = meminfo_kb();
         assert!(total > 0 && avail <= total);
         assert_ne!(boot_id(), "unknown");
+    }
+
+    #[test]
+    fn a_child_descends_from_this_process_by_its_parent() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let (me, pid) = (std::process::id(), child.id());
+        assert!(pids().contains(&pid));
+        assert_eq!(parent_pid(pid), Some(me));
+        assert!(matches!(stat_field(pid, 0).as_deref(), Some("S" | "R")));
+        assert!(descends_from(pid, me));
+        assert!(!descends_from(me, pid));
+        child.kill().expect("kill");
+        child.wait().expect("wait");
     }
 }

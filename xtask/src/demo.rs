@@ -75,6 +75,9 @@ impl From<DemoSealing> for Sealing {
 const PROVIDER: &str = "claude_code";
 /// UDP ports of the browser VMs' desktop forwards (on loopback).
 pub const DESKTOP_PORTS: (u16, u16) = (40000, 40063);
+/// How long the interactive demo lets a CLI VM idle before pausing it (the host service's
+/// `[vm] cli_pause_idle_s`).
+const CLI_PAUSE_IDLE: Duration = Duration::from_secs(600);
 /// What the "user" pastes after logging in at the provider (obviously fake).
 const FAKE_CODE: &str = "fake-auth-code-0001";
 
@@ -172,6 +175,13 @@ async fn serve(args: DemoArgs, browser: QemuLauncher, cli: QemuLauncher) -> Resu
         );
     }
     let qemu = Arc::new(backend);
+    if !args.check {
+        QemuVmBackend::pause_idle_cli_in_background(&qemu, CLI_PAUSE_IDLE);
+        step(&format!(
+            "a CLI VM unused and running nothing for {} min is paused to its disk",
+            CLI_PAUSE_IDLE.as_secs() / 60
+        ));
+    }
     let pool = WarmPool::new(qemu.clone(), args.pool, Duration::from_secs(180));
     step(&format!(
         "warm pool: booting {} browser VM(s) ahead",

@@ -65,6 +65,16 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The libraries' logs (QEMU's phases, the backend's choices) for whoever asks, e.g.
+    // `XTASK_LOG=orchestrator=info cargo xtask bench snapshot`; quiet otherwise, since the
+    // commands print their own progress.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("XTASK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Agent => agent::build().map(|_| ()),

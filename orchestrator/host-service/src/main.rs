@@ -74,7 +74,11 @@ async fn main() -> Result<()> {
     if let Some(dir) = &vm.browser_snapshot {
         qemu_backend = qemu_backend.with_browser_snapshot(dir);
     }
-    let backend: Arc<dyn VmBackend> = Arc::new(qemu_backend);
+    let qemu_backend = Arc::new(qemu_backend);
+    if let Some(idle) = vm.cli_pause_idle_s.map(Duration::from_secs) {
+        QemuVmBackend::pause_idle_cli_in_background(&qemu_backend, idle);
+    }
+    let backend: Arc<dyn VmBackend> = qemu_backend;
     let pool = WarmPool::new(
         backend,
         file.pool_size,

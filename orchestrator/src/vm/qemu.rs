@@ -592,7 +592,14 @@ impl QemuVm {
             r = async {
                 let mut qmp = qmp.accept(MONITOR_TIMEOUT).await?;
                 if let Some(state) = incoming {
+                    let monitor_ms = launched.elapsed().as_millis() as u64;
                     saved::load(&mut qmp, state, cfg.hello_timeout).await?;
+                    debug!(
+                        vm = %self.name,
+                        monitor_ms,
+                        loaded_ms = launched.elapsed().as_millis() as u64,
+                        "state loaded"
+                    );
                 }
                 let kept = match hello.wait_kept(cfg.hello_timeout).await {
                     Ok(kept) => kept,
@@ -615,6 +622,7 @@ impl QemuVm {
         self.hello_conn = Some(conn);
         self.hello = hello;
         if let Start::Incoming { clone, .. } = start {
+            debug!(vm = %self.name, hello_ms = launched.elapsed().as_millis() as u64, "hello again");
             self.hello = saved::tell_restored(&self.connector, clone).await?;
         }
         self.boot_to_hello = launched.elapsed();

@@ -21,6 +21,9 @@ struct Running {
     vm: QemuVm,
     /// The host port of its desktop's UDP forward.
     desktop_port: Option<u16>,
+    /// When the host last asked for it ([`VmBackend::ensure_cli_vm`]); what
+    /// [`QemuVmBackend::pause_idle_cli`] measures idleness by.
+    last_used: std::time::Instant,
 }
 
 /// The golden snapshot browser VMs are cloned from: opened (or made) on first use.
@@ -128,8 +131,6 @@ impl QemuVmBackend {
         self
     }
 
-    /// Reserves a free forward port: not given to another VM (booting ones included), and
-    /// bindable on the host address now. [`Self::release_desktop_port`] gives it back.
     /// Starts every browser VM from the golden snapshot in `dir` instead of booting it: the
     /// snapshot is opened on first use, or made then (one boot until the browser is ready) when
     /// it is missing or was made with another QEMU, command line or image. A VM whose restore
@@ -213,6 +214,11 @@ impl QemuVmBackend {
     /// the bytes saved, `None` when the user has no running CLI VM on a disk of its own.
     pub async fn pause_cli(&self, user: &str) -> Result<Option<u64>, BackendError> {
         let _one_at_a_time = self.cli_lock.lock().await;
+        self.pause_cli_locked(user).await
+    }
+
+    /// [`Self::pause_cli`] with `cli_lock` held.
+    async fn pause_cli_locked(&self, user: &str) -> Result<Option<u64>, BackendError> {
         let Some(dir) = self.cli_disk(user).map(|d| d.with_extension("paused")) else {
             return Ok(None);
         };
@@ -242,6 +248,82 @@ impl QemuVmBackend {
             .unwrap_or_else(|p| p.into_inner())
             .insert(user.to_owned(), paused);
         Ok(Some(bytes))
+    }
+
+    /// Reserves a free forward port: not given to another VM (booting ones included), and
+    /// bindable on the host address now. [`Self::release_desktop_port`] gives it back.
+    /// Pauses every CLI VM the host has not asked for ([`VmBackend::ensure_cli_vm`]) in `idle`
+    /// and whose agent runs nothing (no exec, no PTY session): an idle user's VM then costs no
+    /// memory, and the next `ensure_cli_vm` resumes it as it was. A VM whose agent does not
+    /// answer is left running. Returns the users whose VMs were paused.
+    pub async fn pause_idle_cli(&self, idle: std::time::Duration) -> Vec<String> {
+        let candidates: Vec<(String, crate::transport::HybridVsockConnector)> = self
+            .lock()
+            .values()
+            .filter(|r| r.kind == VmKind::Cli && r.last_used.elapsed() >= idle)
+            .map(|r| (r.user.clone(), r.vm.connector()))
+            .collect();
+        let mut paused = Vec::new();
+        for (user, connector) in candidates {
+            let busy = match AgentClient::connect(&connector).await {
+                Ok(client) => client
+                    .call::<protocol::messages::Stats>(&protocol::messages::Empty {})
+                    .await
+                    .map(|stats| stats.running_processes),
+                Err(e) => Err(e),
+            };
+            match busy {
+                Ok(0) => {}
+                Ok(running) => {
+                    info!(%user, running, "CLI VM idle for the host but running programs: kept");
+                    continue;
+                }
+                Err(e) => {
+                    warn!(%user, error = %e, "CLI VM's agent does not answer: not paused");
+                    continue;
+                }
+            }
+            // Under the lock `ensure_cli_vm` holds, so a VM handed out meanwhile is not paused.
+            let _one_at_a_time = self.cli_lock.lock().await;
+            let used_since = self
+                .lock()
+                .values()
+                .any(|r| r.kind == VmKind::Cli && r.user == user && r.last_used.elapsed() < idle);
+            if used_since {
+                continue;
+            }
+            match self.pause_cli_locked(&user).await {
+                Ok(Some(_)) => paused.push(user),
+                Ok(None) => {}
+                Err(e) => warn!(%user, error = %e, "pausing an idle CLI VM failed"),
+            }
+        }
+        paused
+    }
+
+    /// Runs [`Self::pause_idle_cli`] for `idle` a few times per period, until the backend is
+    /// dropped (the task holds it weakly).
+    pub fn pause_idle_cli_in_background(
+        backend: &Arc<Self>,
+        idle: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let backend = Arc::downgrade(backend);
+        let every = (idle / 4).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(60),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(backend) = backend.upgrade() else {
+                    return;
+                };
+                let paused = backend.pause_idle_cli(idle).await;
+                if !paused.is_empty() {
+                    info!(users = ?paused, "idle CLI VMs paused");
+                }
+            }
+        })
     }
 
     fn reserve_desktop_port(&self, fwd: DesktopForwards) -> Option<u16> {
@@ -319,8 +401,20 @@ impl QemuVmBackend {
     }
 
     async fn boot(&self, user: &str, kind: VmKind) -> Result<VmHandle, BackendError> {
-        let uuid = uuid::Uuid::new_v4().simple().to_string();
-        let id = format!("qemu-{}-{}", kind.as_str(), &uuid[..12]);
+        // A paused CLI VM comes back as the VM it was (the host's records name it): same id.
+        let paused_id = match kind {
+            VmKind::Cli => self
+                .paused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(user)
+                .map(|p| p.name().to_owned()),
+            VmKind::Browser => None,
+        };
+        let id = paused_id.clone().unwrap_or_else(|| {
+            let uuid = uuid::Uuid::new_v4().simple().to_string();
+            format!("qemu-{}-{}", kind.as_str(), &uuid[..12])
+        });
         let forward = match (kind, self.desktop) {
             (VmKind::Browser, Some(fwd)) => {
                 Some(self.reserve_desktop_port(fwd).ok_or_else(|| {
@@ -366,7 +460,9 @@ impl QemuVmBackend {
             }
         }
         info!(vm = %id, %user, kind = kind.as_str(), start = ?start, boot_ms = vm.boot_to_hello().as_millis() as u64, "VM up");
-        let mut handle = self.handle(&id, &vm, true, forward);
+        // A paused VM that comes back (resumed, or booted from its disk when that failed) is
+        // not a new VM to the host.
+        let mut handle = self.handle(&id, &vm, paused_id.is_none(), forward);
         handle.start = start;
         self.lock().insert(
             id,
@@ -375,6 +471,7 @@ impl QemuVmBackend {
                 kind,
                 vm,
                 desktop_port: forward,
+                last_used: std::time::Instant::now(),
             },
         );
         Ok(handle)
@@ -502,9 +599,12 @@ impl VmBackend for QemuVmBackend {
             let _one_at_a_time = self.cli_lock.lock().await;
             let existing = self
                 .lock()
-                .iter()
+                .iter_mut()
                 .find(|(_, r)| r.kind == VmKind::Cli && r.user == user_id)
-                .map(|(id, r)| self.handle(id, &r.vm, false, r.desktop_port));
+                .map(|(id, r)| {
+                    r.last_used = std::time::Instant::now();
+                    self.handle(id, &r.vm, false, r.desktop_port)
+                });
             match existing {
                 Some(handle) => Ok(handle),
                 None => self.boot(user_id, VmKind::Cli).await,

@@ -174,6 +174,48 @@ impl Browser {
         }
     }
 
+    /// Asks the browser what it is doing, in the background, and forgets the answer: after a
+    /// restore the emulator translates every process's code afresh, and the caller that next
+    /// waits on the browser (the host checking it is ready) should not pay all of that alone.
+    pub fn wake(self: &Arc<Self>) {
+        let browser = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let state = browser.state().await;
+            debug!(
+                ready = state.ready,
+                ms = started.elapsed().as_millis() as u64,
+                "browser woken"
+            );
+        });
+    }
+
+    /// For a VM cloned from a snapshot, after the kernel's generator was reseeded: stops
+    /// Chromium's network service, whose random state (BoringSSL's per-process generator, which
+    /// only a fork resets) every clone of the snapshot shares, so TLS and QUIC keys would repeat
+    /// across clones. Chromium starts a new one on its next request, seeded from the reseeded
+    /// kernel; renderers made after the restore are forks with fresh state already. Returns the
+    /// processes stopped.
+    pub fn renew_after_clone(&self) -> Vec<u32> {
+        let Some(browser) = self.current.borrow().as_ref().map(|r| r.pid) else {
+            return Vec::new();
+        };
+        let stopped: Vec<u32> = network_services(browser)
+            .into_iter()
+            .filter(|pid| {
+                let pid_t = nix::unistd::Pid::from_raw(*pid as i32);
+                nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL)
+                    .inspect_err(|e| warn!(pid, error = %e, "cannot stop the network service"))
+                    .is_ok()
+            })
+            .collect();
+        info!(
+            ?stopped,
+            "the browser's network service restarts with fresh random state"
+        );
+        stopped
+    }
+
     /// What the browser is doing.
     pub async fn state(&self) -> BrowserState {
         let running = self.current.borrow().clone();
@@ -320,6 +362,23 @@ async fn supervise(browser: Arc<Browser>, config: BrowserConfig) {
         }
         tokio::time::sleep(RESTART_DELAY).await;
     }
+}
+
+/// The network service processes of the browser started as `browser` (its descendants whose
+/// command line names that service).
+fn network_services(browser: u32) -> Vec<u32> {
+    const SERVICE: &[u8] = b"--utility-sub-type=network.mojom.NetworkService";
+    crate::system::pids()
+        .into_iter()
+        .filter(|pid| *pid != browser && crate::system::descends_from(*pid, browser))
+        .filter(|pid| {
+            // Chromium rewrites its children's command lines as one space-separated string.
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+                cmd.split(|b| *b == 0 || *b == b' ')
+                    .any(|arg| arg == SERVICE)
+            })
+        })
+        .collect()
 }
 
 /// The X server's socket of `display` (`:0` → `/tmp/.X11-unix/X0`).

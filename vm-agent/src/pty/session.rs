@@ -702,21 +702,12 @@ fn wait_exit(pid: u32) -> Exit {
 
 /// Processes whose terminal session is `sid` (read from `/proc/<pid>/stat`).
 fn session_members(sid: u32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+    crate::system::pids()
+        .into_iter()
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // Fields after the command name (which may hold spaces) start after the last ')'.
-                    let rest = stat.rsplit_once(')')?.1;
-                    rest.split_whitespace().nth(3)?.parse::<u32>().ok()
-                })
-                == Some(sid)
+            crate::system::stat_field(*pid, 3).and_then(|s| s.parse::<u32>().ok()) == Some(sid)
         })
+        .filter_map(|pid| i32::try_from(pid).ok())
         .collect()
 }
 

@@ -80,7 +80,11 @@ pub async fn keep(addr: &HostAddr, agent: &Agent, stream: HelloStream) {
                 debug!(%addr, "the host closed the hello connection");
                 return;
             }
-            Some(e) => info!(%addr, error = %e, "hello connection broken; saying hello again"),
+            Some(e) => {
+                info!(%addr, error = %e, "hello connection broken; saying hello again");
+                // A restore, most likely: the host will soon ask whether the browser is ready.
+                agent.wake_browser();
+            }
         }
         match say_hello(addr, agent).await {
             Some(next) => stream = next,

@@ -23,7 +23,7 @@ use protocol::restore::{EntropyBytes, Restored, RestoredRequest, ENTROPY_BYTES};
 use protocol::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::{io, QemuConfig, QemuLauncher, QemuVm, Qmp, Start, UserNetwork, VmError};
 use crate::client::AgentClient;
@@ -102,6 +102,8 @@ fn snap_io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SnapshotEr
 pub struct Snapshot {
     dir: PathBuf,
     meta: SnapshotMeta,
+    /// The state file as its digest was checked: a restore refuses a file changed since.
+    state_id: FileId,
 }
 
 impl Snapshot {
@@ -318,12 +320,15 @@ impl QemuLauncher {
         let bytes = std::fs::metadata(&state)
             .map_err(snap_io(format!("read {}", state.display())))?
             .len();
+        // Taken before the digest is read: a write during the reading shows as a change.
+        let state_id = FileId::of(&state)?;
         if bytes != meta.state_bytes || sha256_file(&state).await? != meta.state_sha256 {
             return Err(SnapshotError::Corrupt(dir.to_path_buf()));
         }
         Ok(Snapshot {
             dir: dir.to_path_buf(),
             meta,
+            state_id,
         })
     }
 
@@ -405,6 +410,7 @@ impl QemuLauncher {
         Ok(Snapshot {
             dir: dir.to_path_buf(),
             meta,
+            state_id: FileId::of(&dir.join(STATE_FILE))?,
         })
     }
 
@@ -418,10 +424,10 @@ impl QemuLauncher {
         network: Option<UserNetwork>,
     ) -> Result<QemuVm, VmError> {
         let state = snapshot.state();
-        let bytes = std::fs::metadata(&state)
-            .map_err(io(format!("read {}", state.display())))?
-            .len();
-        if bytes != snapshot.meta.state_bytes {
+        // QEMU does not check guest memory: a state written to since its digest was checked
+        // (size or modification time) could run half-restored.
+        let now = FileId::of(&state).map_err(|e| VmError::State(e.to_string()))?;
+        if now != snapshot.state_id {
             return Err(VmError::State(format!(
                 "{} changed since the snapshot was opened",
                 state.display()
@@ -502,13 +508,6 @@ impl QemuVm {
     /// Saves this VM's state (stopped first, so the disk and the state agree) to `state` through
     /// QEMU's monitor. The VM stays stopped.
     async fn save(&mut self, state: &Path) -> Result<(), VmError> {
-        // QEMU gets the open file, never the path (see `Qmp::send_fd`).
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(state)
-            .map_err(io(format!("create {}", state.display())))?;
         let qmp = self
             .qmp
             .as_mut()
@@ -517,6 +516,13 @@ impl QemuVm {
         qmp.execute("stop", None).await?;
         events_on(qmp).await?;
         let started = Instant::now();
+        // QEMU gets the open file, never the path (see `Qmp::send_fd`).
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(state)
+            .map_err(io(format!("create {}", state.display())))?;
         qmp.send_fd(STATE_FD, std::os::fd::AsFd::as_fd(&file))
             .await?;
         qmp.execute("migrate", Some(json!({ "uri": format!("fd:{STATE_FD}") })))
@@ -630,13 +636,21 @@ pub(super) async fn tell_restored(
     };
     // A guest socket whose close was under way at the save lingers, reset, for a moment after
     // the load; a new connection that the backend happens to give its host port is refused.
+    let started = Instant::now();
     let client = AgentClient::connect_with_retry(connector, RESTORED_CONNECT)
         .await
         .map_err(|e| VmError::State(format!("reaching the restored agent: {e}")))?;
-    client
+    let connected_ms = started.elapsed().as_millis() as u64;
+    let hello = client
         .call::<Restored>(&request)
         .await
-        .map_err(|e| VmError::State(format!("the restored agent refused `restored`: {e}")))
+        .map_err(|e| VmError::State(format!("the restored agent refused `restored`: {e}")))?;
+    debug!(
+        connected_ms,
+        answered_ms = started.elapsed().as_millis() as u64,
+        "restored call"
+    );
+    Ok(hello)
 }
 
 fn unix_ms() -> u64 {
