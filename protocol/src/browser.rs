@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::messages::Empty;
-use crate::method::{Method, Unary};
+use crate::method::{Method, Streaming, Unary};
 
 /// `browser`: the browser's state. `not_found` from an agent that drives no browser (the CLI VM).
 #[derive(Debug)]
@@ -16,6 +16,44 @@ impl Method for Browser {
 impl Unary for Browser {
     type Request = Empty;
     type Response = BrowserState;
+}
+
+/// `browser_watch`: what happens to the browser from now on, as it happens (a crash, the restart
+/// after it, a login URL's page committing), so the host learns of it without asking. The response
+/// opens with [`BrowserEvent::Watching`]; the call lasts until the caller drops it. `not_found`
+/// from an agent that drives no browser.
+#[derive(Debug)]
+pub struct BrowserWatch;
+impl Method for BrowserWatch {
+    const NAME: &'static str = "browser_watch";
+}
+impl Streaming for BrowserWatch {
+    type Request = Empty;
+    type Event = BrowserEvent;
+}
+
+/// Messages of a [`BrowserWatch`] response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum BrowserEvent {
+    /// The watch is in place; events after this one are news.
+    Watching {
+        /// A browser runs and answers now.
+        ready: bool,
+        /// How many times it was started so far.
+        starts: u32,
+    },
+    /// The browser exited on its own; the agent starts it again.
+    Crashed(BrowserCrash),
+    /// A browser was started and answers on its DevTools pipe (after a crash: the restart).
+    Started {
+        /// Its process id.
+        pid: u32,
+        /// How many times it was started so far.
+        starts: u32,
+    },
+    /// A login URL the agent opened committed its navigation, or failed to.
+    Opened(OpenedUrl),
 }
 
 /// What the browser is doing.

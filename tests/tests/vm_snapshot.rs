@@ -2,17 +2,20 @@
 //! VM (fresh entropy, the host's clock, a clone's new machine id, boot id and sealing key); browser
 //! VMs cloned from one snapshot at once are each their own (random state, ids, clock, a real CLI's
 //! PKCE challenge, opened in each Chromium); a snapshot that is corrupt or made by something else
-//! is refused; a restore that fails boots instead and says so; a paused CLI VM resumes with its
-//! processes and files and takes a push.
+//! is refused; a restore that fails boots instead and says so; a Chromium that dies is reported
+//! to a watching host and runs again; an idle CLI VM is paused, and resumes with its processes and
+//! files and takes a push.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use orchestrator::client::{StreamCall, StreamItem};
 use orchestrator::vm::{
     QemuLauncher, QemuVmBackend, SnapshotError, VmBackend, VmHandle, VmKind, VmSpec, VmStart,
 };
 use orchestrator::AgentClient;
-use protocol::messages::ExecRequest;
+use protocol::browser::{BrowserEvent, BrowserWatch};
+use protocol::messages::{Empty, ExecRequest};
 use protocol::restore::{EntropyBytes, Restored, RestoredRequest, ENTROPY_BYTES};
 use protocol::{ErrorCode, Secret};
 use test_kit::browser_vm::{browser_ready, navigated, start_login};
@@ -184,6 +187,54 @@ async fn inside(client: &AgentClient) -> Inside {
     }
 }
 
+/// Kills the browser VM's Chromium (as root, as a crash would end it) while a `browser_watch`
+/// call is open: the watch reports the crash, then the restart.
+async fn browser_crash_is_reported_and_restarted(client: &AgentClient) {
+    let mut watch = client
+        .open::<BrowserWatch>(&Empty {})
+        .await
+        .expect("browser_watch");
+    let first = next_browser_event(&mut watch).await;
+    let BrowserEvent::Watching {
+        ready: true,
+        starts,
+    } = first
+    else {
+        panic!("the watch opens with the browser's state: {first:?}");
+    };
+    let pid = browser_ready(client).await.pid.expect("a browser pid");
+    root_shell(client, &format!("kill -9 {pid}")).await;
+    match next_browser_event(&mut watch).await {
+        BrowserEvent::Crashed(crash) => {
+            assert!(crash.status.contains('9'), "killed by signal 9: {crash:?}")
+        }
+        other => panic!("expected the crash, got {other:?}"),
+    }
+    match next_browser_event(&mut watch).await {
+        BrowserEvent::Started {
+            pid: new,
+            starts: n,
+        } => {
+            assert_ne!(new, pid, "a new browser process");
+            assert_eq!(n, starts + 1);
+        }
+        other => panic!("expected the restart, got {other:?}"),
+    }
+    let state = browser_ready(client).await;
+    assert_eq!(state.crashes.len(), 1, "{state:?}");
+}
+
+async fn next_browser_event(watch: &mut StreamCall<BrowserWatch>) -> BrowserEvent {
+    let item = tokio::time::timeout(Duration::from_secs(180), watch.next())
+        .await
+        .expect("a browser event within 3 minutes (a cold Chromium start under emulation)")
+        .expect("the watch goes on");
+    match item {
+        Some(StreamItem::Event(event)) => event,
+        other => panic!("expected a browser event, got {other:?}"),
+    }
+}
+
 /// Seconds since each of Chromium's network service processes started (by the guest's clock,
 /// which runs on from the snapshot's). Chromium rewrites its children's command lines as one
 /// space-separated string.
@@ -284,6 +335,9 @@ fn browser_vms_restored_from_one_snapshot_at_once_are_each_their_own() {
     }
     assert_eq!(challenges.len(), 2, "each clone made its own PKCE verifier");
     drop(logins);
+
+    // A Chromium that dies is reported to a watching host as it happens, and runs again.
+    rt.block_on(browser_crash_is_reported_and_restarted(&clients[0]));
     drop(clients);
 
     // Destroying leaves nothing: processes gone, directories gone.

@@ -195,6 +195,12 @@ impl Agent {
         self
     }
 
+    /// The browser the agent drives, if any.
+    #[cfg(feature = "desktop")]
+    pub fn browser(&self) -> Option<Arc<crate::browser::Browser>> {
+        self.browser.clone()
+    }
+
     /// Opens a URL a login session of `provider` handed to the browser, if the agent drives one
     /// and the URL is that provider's login URL; any other URL is never opened.
     pub fn open_login_url(&self, provider: &str, url: &str) {
@@ -211,15 +217,6 @@ impl Agent {
         }
         #[cfg(not(feature = "desktop"))]
         let _ = (provider, url);
-    }
-
-    /// After the host's connection broke under the agent (a restore): the browser answers once
-    /// in the background ([`crate::browser::Browser::wake`]).
-    pub fn wake_browser(&self) {
-        #[cfg(feature = "desktop")]
-        if let Some(browser) = &self.browser {
-            browser.wake();
-        }
     }
 
     /// After a clone's reseed: the browser's processes that hold pre-snapshot random state start

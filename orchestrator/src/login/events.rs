@@ -112,7 +112,8 @@ impl EventLog {
         let size = match &kind {
             LoginEventKind::AuthUrl { url, .. } => url.len(),
             LoginEventKind::DeviceCode { url, code } => url.len() + code.len(),
-            _ => 0,
+            LoginEventKind::Progress { step, detail } => step.len() + detail.len(),
+            LoginEventKind::State { .. } => 0,
         };
         let len = {
             let mut log = self.lock();

@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::browser::{BrowserEvent, BrowserWatch};
 use protocol::creds::{CapturedCredential, CredsScope, CredsWatchRequest, SealTo, SealedCapture};
-use protocol::messages::{ConfigureRequest, WriteFileRequest};
+use protocol::messages::{ConfigureRequest, Empty, WriteFileRequest};
 use protocol::pty::{Pty, PtyEvent, PtyRequest, PtySpawn};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::deliver::{push, retry_later, store_sealed};
 use super::events::LoginEventKind;
@@ -397,6 +398,15 @@ async fn run(
     spawn.mode = Some(session.mode.id.clone());
     spawn.cols = LOGIN_COLS;
     spawn.rows = LOGIN_ROWS;
+    // Chromium's crashes, restarts and opened pages reach the login's events as they happen (an
+    // agent that drives no browser refuses the call: nothing to watch).
+    let mut browser_watch = match client.open::<BrowserWatch>(&Empty {}).await {
+        Ok(call) => Some(call),
+        Err(e) => {
+            debug!(error = %e, "no browser to watch");
+            None
+        }
+    };
     let call = client.pty(&PtyRequest::Spawn(spawn)).await?;
     session.set_input(call.input());
     let login = res_browser(res)?.login.insert(call);
@@ -447,6 +457,21 @@ async fn run(
                 Some(_) => {}
                 None => exited = Some((-1, tokio::time::Instant::now())),
             },
+            event = next_browser_event(&mut browser_watch) => match event {
+                Some(event) => {
+                    let Some((step, detail)) = browser_progress(&event) else { continue };
+                    let pushed = session.log.push_from_guest(LoginEventKind::Progress {
+                        step: step.into(),
+                        detail,
+                    });
+                    if pushed.is_err() {
+                        // A browser that keeps crashing says enough; the login goes on.
+                        warn!("browser events beyond the log's bound: no longer reported");
+                        browser_watch = None;
+                    }
+                }
+                None => browser_watch = None,
+            },
             capture = next_capture(&mut watch, seal_to.is_some()) => match capture? {
                 Some(c) => break c,
                 None => return Err(FlowError::Login("the agent ended the credential watch".into())),
@@ -463,6 +488,7 @@ async fn run(
     session.set_input(None);
     res_browser(res)?.login = None;
     drop(watch);
+    drop(browser_watch);
 
     // authenticating: check, seal, store, push.
     if session.state() == SessionState::Ready {
@@ -538,6 +564,56 @@ async fn run(
 enum Captured {
     Plain(CapturedCredential),
     Sealed(SealedCapture),
+}
+
+/// The next event of the browser watch; never, without one. A watch that ends or fails is
+/// `None` (the login goes on without it).
+async fn next_browser_event(watch: &mut Option<StreamCall<BrowserWatch>>) -> Option<BrowserEvent> {
+    let Some(call) = watch.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match call.next().await {
+            Ok(Some(StreamItem::Event(event))) => return Some(event),
+            Ok(Some(StreamItem::Data(..))) => continue,
+            Ok(None) => return None,
+            Err(e) => {
+                debug!(error = %e, "the browser watch ended");
+                return None;
+            }
+        }
+    }
+}
+
+/// What a login's events say of a browser event: `(step, detail)`, or nothing. Details carry no
+/// URL parameters (they may hold the login's one-time state).
+fn browser_progress(event: &BrowserEvent) -> Option<(&'static str, String)> {
+    match event {
+        BrowserEvent::Watching { .. } => None,
+        BrowserEvent::Crashed(crash) => Some((
+            "browser_crashed",
+            format!(
+                "Chromium exited on its own ({}) {:.1} s into the VM's agent; restarting it",
+                crash.status,
+                crash.at_ms as f64 / 1000.0
+            ),
+        )),
+        BrowserEvent::Started { starts, .. } if *starts > 1 => Some((
+            "browser_restarted",
+            format!("Chromium runs again (start {starts})"),
+        )),
+        BrowserEvent::Started { .. } => None,
+        BrowserEvent::Opened(opened) => {
+            let address = opened.url.split(['?', '#']).next().unwrap_or_default();
+            Some(match &opened.error {
+                None => ("browser_opened", format!("Chromium opened {address}")),
+                Some(error) => (
+                    "browser_open_failed",
+                    format!("Chromium could not load {address}: {error}"),
+                ),
+            })
+        }
+    }
 }
 
 async fn next_capture(
@@ -651,4 +727,48 @@ pub(crate) async fn destroy_vm(
     };
     inner.store.audit(Some(user), &destroyed).await?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::browser::{BrowserCrash, OpenedUrl};
+
+    #[test]
+    fn browser_events_become_progress_without_url_parameters() {
+        let crash = BrowserEvent::Crashed(BrowserCrash {
+            at_ms: 12_345,
+            status: "signal: 9 (SIGKILL)".into(),
+        });
+        let (step, detail) = browser_progress(&crash).expect("a crash is reported");
+        assert_eq!(step, "browser_crashed");
+        assert!(
+            detail.contains("signal: 9") && detail.contains("12.3 s"),
+            "{detail}"
+        );
+        let again = BrowserEvent::Started { pid: 7, starts: 2 };
+        assert_eq!(
+            browser_progress(&again).map(|p| p.0),
+            Some("browser_restarted")
+        );
+        let first = BrowserEvent::Started { pid: 7, starts: 1 };
+        assert_eq!(browser_progress(&first), None, "the first start is no news");
+        let opened = |error: Option<&str>| {
+            BrowserEvent::Opened(OpenedUrl {
+                url: "https://claude.ai/oauth/authorize?code_challenge=SECRET#frag".into(),
+                provider: "claude_code".into(),
+                requested_ms: 1,
+                navigated_ms: Some(2),
+                error: error.map(str::to_owned),
+            })
+        };
+        let (step, detail) = browser_progress(&opened(None)).expect("opened");
+        assert_eq!(step, "browser_opened");
+        assert_eq!(detail, "Chromium opened https://claude.ai/oauth/authorize");
+        let (step, detail) =
+            browser_progress(&opened(Some("net::ERR_NAME_NOT_RESOLVED"))).expect("failed");
+        assert_eq!(step, "browser_open_failed");
+        assert!(!detail.contains("SECRET"), "{detail}");
+        assert!(detail.contains("ERR_NAME_NOT_RESOLVED"), "{detail}");
+    }
 }

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::browser::{BrowserCrash, BrowserState, BrowserTab, OpenedUrl};
+use protocol::browser::{BrowserCrash, BrowserEvent, BrowserState, BrowserTab, OpenedUrl};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -28,6 +28,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pause before a crashed browser is started again.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// Events kept for a watcher that reads slowly; one further behind skips the oldest.
+const EVENTS_KEPT: usize = 16;
 
 /// Why the browser could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,8 @@ pub struct Browser {
     current: watch::Sender<Option<Arc<Running>>>,
     state: Mutex<Record>,
     started: Instant,
+    /// What happens to it, for `browser_watch` calls.
+    events: tokio::sync::broadcast::Sender<BrowserEvent>,
 }
 
 #[derive(Debug)]
@@ -91,9 +95,28 @@ impl Browser {
             current: watch::channel(None).0,
             state: Mutex::default(),
             started: Instant::now(),
+            events: tokio::sync::broadcast::channel(EVENTS_KEPT).0,
         });
         tokio::spawn(supervise(browser.clone(), config));
         browser
+    }
+
+    /// What happens to the browser from now on: first [`BrowserEvent::Watching`] with its state
+    /// now, then each event as it happens. A receiver that falls more than a few events behind
+    /// loses the oldest ([`tokio::sync::broadcast`]), never the browser's memory.
+    pub fn watch(&self) -> (BrowserEvent, tokio::sync::broadcast::Receiver<BrowserEvent>) {
+        // Subscribed first: an event between the two lines is in both, never in neither.
+        let events = self.events.subscribe();
+        let watching = BrowserEvent::Watching {
+            ready: self.current.borrow().is_some(),
+            starts: self.record().starts,
+        };
+        (watching, events)
+    }
+
+    fn tell(&self, event: BrowserEvent) {
+        // No receiver is not an error: nobody watches.
+        let _ = self.events.send(event);
     }
 
     fn record(&self) -> std::sync::MutexGuard<'_, Record> {
@@ -125,20 +148,26 @@ impl Browser {
         tokio::spawn(async move {
             let outcome = browser.navigate(&url).await;
             let navigated_ms = browser.now_ms();
-            let mut record = browser.record();
-            if let Some(entry) = record
-                .opened
-                .iter_mut()
-                .rev()
-                .find(|o| o.url == url && o.requested_ms == requested_ms)
-            {
-                match outcome {
-                    Ok(error) => {
-                        entry.navigated_ms = Some(navigated_ms);
-                        entry.error = error;
+            let opened = {
+                let mut record = browser.record();
+                let entry = record
+                    .opened
+                    .iter_mut()
+                    .rev()
+                    .find(|o| o.url == url && o.requested_ms == requested_ms);
+                entry.map(|entry| {
+                    match outcome {
+                        Ok(error) => {
+                            entry.navigated_ms = Some(navigated_ms);
+                            entry.error = error;
+                        }
+                        Err(e) => entry.error = Some(e.to_string()),
                     }
-                    Err(e) => entry.error = Some(e.to_string()),
-                }
+                    entry.clone()
+                })
+            };
+            if let Some(opened) = opened {
+                browser.tell(BrowserEvent::Opened(opened));
             }
             info!(url = %redacted(&url), ms = navigated_ms.saturating_sub(requested_ms), "login URL opened in the browser");
         });
@@ -172,22 +201,6 @@ impl Browser {
             Ok(Ok(current)) => current.clone().ok_or(BrowserError::NotRunning),
             _ => Err(BrowserError::NotRunning),
         }
-    }
-
-    /// Asks the browser what it is doing, in the background, and forgets the answer: after a
-    /// restore the emulator translates every process's code afresh, and the caller that next
-    /// waits on the browser (the host checking it is ready) should not pay all of that alone.
-    pub fn wake(self: &Arc<Self>) {
-        let browser = self.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let state = browser.state().await;
-            debug!(
-                ready = state.ready,
-                ms = started.elapsed().as_millis() as u64,
-                "browser woken"
-            );
-        });
     }
 
     /// For a VM cloned from a snapshot, after the kernel's generator was reseeded: stops
@@ -344,6 +357,8 @@ async fn supervise(browser: Arc<Browser>, config: BrowserConfig) {
                 if answered {
                     browser.current.send_replace(Some(running));
                     debug!(pid, "browser answers on its DevTools pipe");
+                    let starts = browser.record().starts;
+                    browser.tell(BrowserEvent::Started { pid, starts });
                 }
                 let status = child.wait().await;
                 browser.current.send_replace(None);
@@ -352,11 +367,12 @@ async fn supervise(browser: Arc<Browser>, config: BrowserConfig) {
                     Err(e) => e.to_string(),
                 };
                 warn!(pid, %status, "the browser exited; starting it again");
-                let at_ms = browser.now_ms();
-                push_bounded(
-                    &mut browser.record().crashes,
-                    BrowserCrash { at_ms, status },
-                );
+                let crash = BrowserCrash {
+                    at_ms: browser.now_ms(),
+                    status,
+                };
+                push_bounded(&mut browser.record().crashes, crash.clone());
+                browser.tell(BrowserEvent::Crashed(crash));
             }
             Err(e) => warn!(error = %e, "the browser cannot start"),
         }
@@ -379,6 +395,51 @@ fn network_services(browser: u32) -> Vec<u32> {
             })
         })
         .collect()
+}
+
+/// Serves `browser_watch` on `browser`: [`Browser::watch`]'s events as a frame stream, until the
+/// caller drops the call.
+pub async fn serve_watch(
+    browser: Arc<Browser>,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<crate::rpc::body::ResponseBody> {
+    use crate::rpc::body::{error, open_stream};
+    use http_body_util::BodyExt;
+    use tokio::sync::broadcast::error::RecvError;
+    let opened =
+        open_stream::<protocol::browser::BrowserWatch>(req, protocol::frame::DEFAULT_MAX_FRAME)
+            .await;
+    if let Err(e) = opened {
+        return error(&e);
+    }
+    let (watching, mut events) = browser.watch();
+    let (tx, body) = protocol::body::ChannelBody::channel(EVENTS_KEPT);
+    tokio::spawn(async move {
+        if tx.send_message(&watching).await.is_err() {
+            return;
+        }
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = tx.closed() => return,
+            };
+            match event {
+                Ok(event) => {
+                    if tx.send_message(&event).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    warn!(
+                        missed,
+                        "a browser watcher fell behind; the oldest events were dropped"
+                    );
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    http::Response::new(body.boxed())
 }
 
 /// The X server's socket of `display` (`:0` → `/tmp/.X11-unix/X0`).

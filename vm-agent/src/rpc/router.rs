@@ -100,17 +100,35 @@ pub async fn route(
                 .await
         }
         n if n == protocol::desktop::Desktop::NAME => desktop(&agent, req).await,
+        n if n == protocol::browser::BrowserWatch::NAME => browser_watch(&agent, req).await,
         n if n == protocol::browser::Browser::NAME => {
             unary::<protocol::browser::Browser, _, _>(req, |_| async {
-                agent.browser_state().await.ok_or_else(|| {
-                    ErrorBody::new(ErrorCode::NotFound, "this agent drives no browser")
-                })
+                agent.browser_state().await.ok_or_else(no_browser)
             })
             .await
         }
         _ => error(&unknown(&name)),
     };
     Ok(response)
+}
+
+/// The `browser_watch` call, when the agent drives a browser.
+#[cfg(feature = "desktop")]
+async fn browser_watch(agent: &Agent, req: Request<Incoming>) -> Response<ResponseBody> {
+    match agent.browser() {
+        Some(browser) => crate::browser::serve_watch(browser, req).await,
+        None => error(&no_browser()),
+    }
+}
+
+/// Without the desktop feature there is no browser.
+#[cfg(not(feature = "desktop"))]
+async fn browser_watch(_agent: &Agent, _req: Request<Incoming>) -> Response<ResponseBody> {
+    error(&no_browser())
+}
+
+fn no_browser() -> ErrorBody {
+    ErrorBody::new(ErrorCode::NotFound, "this agent drives no browser")
 }
 
 /// The `desktop` call: opened here, served by the desktop crate when the agent has it.

@@ -80,11 +80,7 @@ pub async fn keep(addr: &HostAddr, agent: &Agent, stream: HelloStream) {
                 debug!(%addr, "the host closed the hello connection");
                 return;
             }
-            Some(e) => {
-                info!(%addr, error = %e, "hello connection broken; saying hello again");
-                // A restore, most likely: the host will soon ask whether the browser is ready.
-                agent.wake_browser();
-            }
+            Some(e) => info!(%addr, error = %e, "hello connection broken; saying hello again"),
         }
         match say_hello(addr, agent).await {
             Some(next) => stream = next,

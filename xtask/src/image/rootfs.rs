@@ -340,6 +340,25 @@ fn prune(dir: &Path, prefix: &str, current: &Path) {
         {
             progress(&format!("removing the outdated {}", path.display()));
             let _ = fs::remove_file(&path);
+            if let (Some(stem), Some(cache)) = (path.file_stem(), dir.parent()) {
+                prune_snapshots(&cache.join("snapshots"), &stem.to_string_lossy());
+            }
+        }
+    }
+}
+
+/// Removes the golden snapshots made from the image named `stem` (`<stem>-<memory>m-<cpus>c...`,
+/// see `image::browser_snapshot_dir`): they hold hundreds of megabytes and no longer restore.
+fn prune_snapshots(snapshots: &Path, stem: &str) {
+    let Ok(entries) = fs::read_dir(snapshots) else {
+        return;
+    };
+    let prefix = format!("{stem}-");
+    for entry in entries.filter_map(|e| e.ok()) {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let path = entry.path();
+            progress(&format!("removing its snapshot {}", path.display()));
+            let _ = fs::remove_dir_all(&path);
         }
     }
 }
