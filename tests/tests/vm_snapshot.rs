@@ -235,12 +235,16 @@ async fn next_browser_event(watch: &mut StreamCall<BrowserWatch>) -> BrowserEven
     }
 }
 
-/// Seconds since each of Chromium's network service processes started (by the guest's clock,
-/// which runs on from the snapshot's). Chromium rewrites its children's command lines as one
+/// For each of Chromium's network service processes, seconds from the clone's restore (when its
+/// agent wrote the clone's boot id, just before stopping the old service) to the process's start,
+/// both in the guest's wall-clock time (set from the host at the restore). A process carried over
+/// from the snapshot started long before. Chromium rewrites its children's command lines as one
 /// space-separated string.
-const NETWORK_SERVICE_AGE: &str = r#"for p in /proc/[0-9]*; do
+const NETWORK_SERVICE_START: &str = r#"now=$(date +%s.%N); restored=$(date -r /run/vm-agent/boot_id +%s.%N)
+up=$(cut -d' ' -f1 /proc/uptime); tick=$(getconf CLK_TCK)
+for p in /proc/[0-9]*; do
   if tr '\0 ' '\n\n' < $p/cmdline 2>/dev/null | grep -qx -- '--utility-sub-type=network.mojom.NetworkService'; then
-    awk -v t=$(getconf CLK_TCK) -v up=$(cut -d' ' -f1 /proc/uptime) '{ print up - $22 / t }' $p/stat
+    awk -v now=$now -v r=$restored -v up=$up -v t=$tick '{ print now - (up - $22 / t) - r }' $p/stat
   fi
 done"#;
 
@@ -261,7 +265,6 @@ fn browser_vms_restored_from_one_snapshot_at_once_are_each_their_own() {
     let snapshot_dir = dir.path().join("browser-snapshot");
     let backend = QemuVmBackend::new(browser_launcher(), test_kit::vm::GUEST_HOME)
         .with_browser_snapshot(&snapshot_dir);
-    let restoring = std::time::Instant::now();
     let (a, b) = rt.block_on(async {
         tokio::join!(
             backend.create_vm(spec("alice", VmKind::Browser)),
@@ -320,17 +323,16 @@ fn browser_vms_restored_from_one_snapshot_at_once_are_each_their_own() {
         logins.push(call);
         // Chromium's network service (its TLS keys come from its own generator) was started
         // after the restore, not carried over from the snapshot with its siblings' state.
-        let ages = rt.block_on(shell(client, NETWORK_SERVICE_AGE));
-        let ages: Vec<f64> = ages
+        let starts = rt.block_on(shell(client, NETWORK_SERVICE_START));
+        let starts: Vec<f64> = starts
             .lines()
-            .map(|l| l.trim().parse().expect("an age"))
+            .map(|l| l.trim().parse().expect("seconds"))
             .collect();
-        let since_restore = restoring.elapsed().as_secs_f64();
-        assert_eq!(ages.len(), 1, "one network service: {ages:?}");
+        assert_eq!(starts.len(), 1, "one network service: {starts:?}");
         assert!(
-            ages[0] < since_restore,
-            "the network service is {}s old; the VM was restored {since_restore:.1}s ago",
-            ages[0]
+            starts[0] > -0.5,
+            "the network service started {:.1} s before the restore",
+            -starts[0]
         );
     }
     assert_eq!(challenges.len(), 2, "each clone made its own PKCE verifier");

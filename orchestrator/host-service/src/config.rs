@@ -159,8 +159,8 @@ pub struct VmSection {
     pub browser_snapshot: Option<PathBuf>,
     /// Seconds after which a CLI VM the service has not used, and whose agent runs nothing, is
     /// paused to its disk (`QemuVmBackend::pause_idle_cli`): it holds no memory until the user's
-    /// next request resumes it as it was. Needs a `qemu` that can save these VMs. Default: CLI
-    /// VMs run until destroyed.
+    /// next request resumes it as it was. At least 60. Needs a `qemu` that can save these VMs.
+    /// Default: CLI VMs run until destroyed.
     #[serde(default)]
     pub cli_pause_idle_s: Option<u64>,
 }

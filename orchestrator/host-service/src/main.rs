@@ -76,6 +76,11 @@ async fn main() -> Result<()> {
     }
     let qemu_backend = Arc::new(qemu_backend);
     if let Some(idle) = vm.cli_pause_idle_s.map(Duration::from_secs) {
+        // Shorter would pause a VM between the service asking for it and using it.
+        anyhow::ensure!(
+            idle >= Duration::from_secs(60),
+            "[vm] cli_pause_idle_s must be at least 60"
+        );
         QemuVmBackend::pause_idle_cli_in_background(&qemu_backend, idle);
     }
     let backend: Arc<dyn VmBackend> = qemu_backend;

@@ -112,8 +112,7 @@ impl EventLog {
         let size = match &kind {
             LoginEventKind::AuthUrl { url, .. } => url.len(),
             LoginEventKind::DeviceCode { url, code } => url.len() + code.len(),
-            LoginEventKind::Progress { step, detail } => step.len() + detail.len(),
-            LoginEventKind::State { .. } => 0,
+            _ => 0,
         };
         let len = {
             let mut log = self.lock();

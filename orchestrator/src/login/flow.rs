@@ -25,6 +25,11 @@ use crate::vm::{BackendError, CleanupReport, VmHandle, VmSpec};
 /// Terminal size of the login PTY: wide enough that the CLIs' long URLs wrap little.
 const LOGIN_COLS: u16 = 100;
 const LOGIN_ROWS: u16 = 30;
+/// How many browser events (crashes, restarts, opened pages) one login shows: the guest sends
+/// them, so they are bounded apart from the login URLs' budget.
+const MAX_BROWSER_EVENTS: usize = 8;
+/// The longest guest text (an exit status, a load error) a browser event shows.
+const MAX_BROWSER_TEXT: usize = 80;
 /// How long after the login command exits its credential file may still arrive (the CLI writes
 /// it, then exits; the watch reports it a moment later).
 const EXIT_GRACE: Duration = Duration::from_secs(3);
@@ -191,7 +196,13 @@ pub(super) fn serve_cli_egress(inner: &Inner, user: &str, cli: &VmHandle) -> Res
         return Ok(());
     };
     let mut served = inner.cli_egress.lock().unwrap_or_else(|p| p.into_inner());
-    if !cli.created && served.get(user).is_some_and(|(id, _)| *id == cli.id) {
+    // Served already: the same VM on the same socket. A resumed VM keeps its id but its socket
+    // is new (every QEMU start has a directory of its own).
+    if !cli.created
+        && served
+            .get(user)
+            .is_some_and(|(id, binding)| *id == cli.id && binding.path() == path.as_path())
+    {
         return Ok(());
     }
     let binding = gateway.serve_vm(
@@ -400,6 +411,7 @@ async fn run(
     spawn.rows = LOGIN_ROWS;
     // Chromium's crashes, restarts and opened pages reach the login's events as they happen (an
     // agent that drives no browser refuses the call: nothing to watch).
+    let mut browser_events = 0usize;
     let mut browser_watch = match client.open::<BrowserWatch>(&Empty {}).await {
         Ok(call) => Some(call),
         Err(e) => {
@@ -459,14 +471,13 @@ async fn run(
             },
             event = next_browser_event(&mut browser_watch) => match event {
                 Some(event) => {
-                    let Some((step, detail)) = browser_progress(&event) else { continue };
-                    let pushed = session.log.push_from_guest(LoginEventKind::Progress {
-                        step: step.into(),
-                        detail,
-                    });
-                    if pushed.is_err() {
-                        // A browser that keeps crashing says enough; the login goes on.
-                        warn!("browser events beyond the log's bound: no longer reported");
+                    let accepts = |url: &str| provider.urls.accepts(url);
+                    let Some((step, detail)) = browser_progress(&event, &accepts) else { continue };
+                    progress(session, step, detail);
+                    browser_events += 1;
+                    if browser_events == MAX_BROWSER_EVENTS {
+                        // A browser that keeps crashing has said enough; the login goes on.
+                        warn!("browser events beyond the session's bound: no longer reported");
                         browser_watch = None;
                     }
                 }
@@ -585,16 +596,20 @@ async fn next_browser_event(watch: &mut Option<StreamCall<BrowserWatch>>) -> Opt
     }
 }
 
-/// What a login's events say of a browser event: `(step, detail)`, or nothing. Details carry no
-/// URL parameters (they may hold the login's one-time state).
-fn browser_progress(event: &BrowserEvent) -> Option<(&'static str, String)> {
+/// What a login's events say of a browser event: `(step, detail)`, or nothing. The guest's words
+/// are not trusted: a page is shown only if the provider's rules `accept` its URL, and then only its
+/// origin (the rest may hold the login's one-time state); texts are short and printable.
+fn browser_progress(
+    event: &BrowserEvent,
+    accepts: &dyn Fn(&str) -> bool,
+) -> Option<(&'static str, String)> {
     match event {
         BrowserEvent::Watching { .. } => None,
         BrowserEvent::Crashed(crash) => Some((
             "browser_crashed",
             format!(
                 "Chromium exited on its own ({}) {:.1} s into the VM's agent; restarting it",
-                crash.status,
+                shown(&crash.status),
                 crash.at_ms as f64 / 1000.0
             ),
         )),
@@ -603,17 +618,36 @@ fn browser_progress(event: &BrowserEvent) -> Option<(&'static str, String)> {
             format!("Chromium runs again (start {starts})"),
         )),
         BrowserEvent::Started { .. } => None,
-        BrowserEvent::Opened(opened) => {
-            let address = opened.url.split(['?', '#']).next().unwrap_or_default();
+        BrowserEvent::Opened(opened) if accepts(&opened.url) => {
+            let origin = origin(&opened.url);
             Some(match &opened.error {
-                None => ("browser_opened", format!("Chromium opened {address}")),
+                None => ("browser_opened", format!("Chromium opened {origin}")),
                 Some(error) => (
                     "browser_open_failed",
-                    format!("Chromium could not load {address}: {error}"),
+                    format!("Chromium could not load {origin}: {}", shown(error)),
                 ),
             })
         }
+        BrowserEvent::Opened(_) => None,
     }
+}
+
+/// `scheme://host[:port]` of a URL, without user information.
+fn origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return String::new();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    shown(&format!("{scheme}://{host}"))
+}
+
+/// Guest text as a login event shows it: printable ASCII, at most [`MAX_BROWSER_TEXT`] chars.
+fn shown(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(MAX_BROWSER_TEXT)
+        .collect()
 }
 
 async fn next_capture(
@@ -736,39 +770,56 @@ mod tests {
 
     #[test]
     fn browser_events_become_progress_without_url_parameters() {
+        let accepts = |url: &str| url.starts_with("https://claude.ai/");
         let crash = BrowserEvent::Crashed(BrowserCrash {
             at_ms: 12_345,
-            status: "signal: 9 (SIGKILL)".into(),
+            status: format!("signal: 9 (SIGKILL)\u{1b}[2J{}", "x".repeat(500)),
         });
-        let (step, detail) = browser_progress(&crash).expect("a crash is reported");
+        let (step, detail) = browser_progress(&crash, &accepts).expect("a crash is reported");
         assert_eq!(step, "browser_crashed");
         assert!(
             detail.contains("signal: 9") && detail.contains("12.3 s"),
             "{detail}"
         );
+        assert!(!detail.contains('\u{1b}') && detail.len() < 200, "{detail}");
         let again = BrowserEvent::Started { pid: 7, starts: 2 };
         assert_eq!(
-            browser_progress(&again).map(|p| p.0),
+            browser_progress(&again, &accepts).map(|p| p.0),
             Some("browser_restarted")
         );
         let first = BrowserEvent::Started { pid: 7, starts: 1 };
-        assert_eq!(browser_progress(&first), None, "the first start is no news");
-        let opened = |error: Option<&str>| {
+        assert_eq!(
+            browser_progress(&first, &accepts),
+            None,
+            "the first start is no news"
+        );
+        let opened = |url: &str, error: Option<&str>| {
             BrowserEvent::Opened(OpenedUrl {
-                url: "https://claude.ai/oauth/authorize?code_challenge=SECRET#frag".into(),
+                url: url.into(),
                 provider: "claude_code".into(),
                 requested_ms: 1,
                 navigated_ms: Some(2),
                 error: error.map(str::to_owned),
             })
         };
-        let (step, detail) = browser_progress(&opened(None)).expect("opened");
+        let login = "https://claude.ai/oauth/authorize?code_challenge=SECRET#frag";
+        let (step, detail) = browser_progress(&opened(login, None), &accepts).expect("opened");
         assert_eq!(step, "browser_opened");
-        assert_eq!(detail, "Chromium opened https://claude.ai/oauth/authorize");
-        let (step, detail) =
-            browser_progress(&opened(Some("net::ERR_NAME_NOT_RESOLVED"))).expect("failed");
+        assert_eq!(detail, "Chromium opened https://claude.ai");
+        let failed = opened(login, Some("net::ERR_NAME_NOT_RESOLVED"));
+        let (step, detail) = browser_progress(&failed, &accepts).expect("failed");
         assert_eq!(step, "browser_open_failed");
         assert!(!detail.contains("SECRET"), "{detail}");
         assert!(detail.contains("ERR_NAME_NOT_RESOLVED"), "{detail}");
+        let phishing = opened("https://evil.example/claude.ai/", None);
+        assert_eq!(
+            browser_progress(&phishing, &accepts),
+            None,
+            "a page the provider's rules refuse is never shown"
+        );
+        assert_eq!(
+            origin("https://user:pw@claude.ai:443/x"),
+            "https://claude.ai:443"
+        );
     }
 }

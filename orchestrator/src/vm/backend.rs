@@ -123,6 +123,16 @@ pub enum BackendError {
         #[source]
         source: BackendCause,
     },
+    /// The VM could not be saved and stopped; it no longer runs (a paused VM is saved and then
+    /// stopped, and a failed save stops it too).
+    #[error("pausing VM {vm} failed, and it was stopped: {source}")]
+    Pause {
+        /// VM id.
+        vm: String,
+        /// What failed.
+        #[source]
+        source: BackendCause,
+    },
     /// No such VM.
     #[error("unknown VM {0}")]
     UnknownVm(String),

@@ -26,6 +26,9 @@ struct Running {
     last_used: std::time::Instant,
 }
 
+/// How long [`QemuVmBackend::pause_idle_cli`] waits for a CLI VM's agent to say what it runs.
+const IDLE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The golden snapshot browser VMs are cloned from: opened (or made) on first use.
 struct BrowserSnapshots {
     dir: PathBuf,
@@ -233,11 +236,12 @@ impl QemuVmBackend {
         let Some((id, running)) = running else {
             return Ok(None);
         };
+        // A failed save leaves no VM: `pause` consumed it, and its processes went with it.
         let paused = running
             .vm
             .pause(&dir)
             .await
-            .map_err(|e| BackendError::Destroy {
+            .map_err(|e| BackendError::Pause {
                 vm: id.clone(),
                 source: e.into(),
             })?;
@@ -250,47 +254,53 @@ impl QemuVmBackend {
         Ok(Some(bytes))
     }
 
-    /// Reserves a free forward port: not given to another VM (booting ones included), and
-    /// bindable on the host address now. [`Self::release_desktop_port`] gives it back.
     /// Pauses every CLI VM the host has not asked for ([`VmBackend::ensure_cli_vm`]) in `idle`
     /// and whose agent runs nothing (no exec, no PTY session): an idle user's VM then costs no
     /// memory, and the next `ensure_cli_vm` resumes it as it was. A VM whose agent does not
-    /// answer is left running. Returns the users whose VMs were paused.
+    /// answer within [`IDLE_CHECK_TIMEOUT`] is left running. Returns the users whose VMs were
+    /// paused.
     pub async fn pause_idle_cli(&self, idle: std::time::Duration) -> Vec<String> {
-        let candidates: Vec<(String, crate::transport::HybridVsockConnector)> = self
+        let candidates: Vec<String> = self
             .lock()
             .values()
             .filter(|r| r.kind == VmKind::Cli && r.last_used.elapsed() >= idle)
-            .map(|r| (r.user.clone(), r.vm.connector()))
+            .map(|r| r.user.clone())
             .collect();
         let mut paused = Vec::new();
-        for (user, connector) in candidates {
-            let busy = match AgentClient::connect(&connector).await {
-                Ok(client) => client
+        for user in candidates {
+            // Checked and paused under the lock `ensure_cli_vm` holds: a VM handed out meanwhile
+            // is not paused, nor one whose agent started a program since.
+            let _one_at_a_time = self.cli_lock.lock().await;
+            let connector = self
+                .lock()
+                .values()
+                .find(|r| r.kind == VmKind::Cli && r.user == user && r.last_used.elapsed() >= idle)
+                .map(|r| r.vm.connector());
+            let Some(connector) = connector else {
+                continue;
+            };
+            let running = tokio::time::timeout(IDLE_CHECK_TIMEOUT, async {
+                let client = AgentClient::connect(&connector).await?;
+                client
                     .call::<protocol::messages::Stats>(&protocol::messages::Empty {})
                     .await
-                    .map(|stats| stats.running_processes),
-                Err(e) => Err(e),
-            };
-            match busy {
-                Ok(0) => {}
-                Ok(running) => {
+                    .map(|stats| stats.running_processes)
+            })
+            .await;
+            match running {
+                Ok(Ok(0)) => {}
+                Ok(Ok(running)) => {
                     info!(%user, running, "CLI VM idle for the host but running programs: kept");
                     continue;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     warn!(%user, error = %e, "CLI VM's agent does not answer: not paused");
                     continue;
                 }
-            }
-            // Under the lock `ensure_cli_vm` holds, so a VM handed out meanwhile is not paused.
-            let _one_at_a_time = self.cli_lock.lock().await;
-            let used_since = self
-                .lock()
-                .values()
-                .any(|r| r.kind == VmKind::Cli && r.user == user && r.last_used.elapsed() < idle);
-            if used_since {
-                continue;
+                Err(_) => {
+                    warn!(%user, "CLI VM's agent does not answer in time: not paused");
+                    continue;
+                }
             }
             match self.pause_cli_locked(&user).await {
                 Ok(Some(_)) => paused.push(user),
@@ -326,6 +336,8 @@ impl QemuVmBackend {
         })
     }
 
+    /// Reserves a free forward port: not given to another VM (booting ones included), and
+    /// bindable on the host address now. [`Self::release_desktop_port`] gives it back.
     fn reserve_desktop_port(&self, fwd: DesktopForwards) -> Option<u16> {
         let mut taken = self.desktop_ports.lock().unwrap_or_else(|p| p.into_inner());
         let port = (fwd.first..=fwd.last).find(|p| {
@@ -528,10 +540,10 @@ impl QemuVmBackend {
         &self,
         vm_id: &str,
     ) -> Result<(CleanupReport, Option<PathBuf>), BackendError> {
-        let running = self
-            .lock()
-            .remove(vm_id)
-            .ok_or_else(|| BackendError::UnknownVm(vm_id.to_owned()))?;
+        let running = self.lock().remove(vm_id);
+        let Some(running) = running else {
+            return self.take_down_paused(vm_id);
+        };
         self.release_desktop_port(running.desktop_port);
         let kept = running
             .vm
@@ -553,6 +565,37 @@ impl QemuVmBackend {
             .collect();
         removed.extend(report.removed.iter().map(|p| p.display().to_string()));
         Ok((CleanupReport { removed }, kept))
+    }
+
+    /// [`Self::take_down`] of a paused CLI VM: its saved state goes (it holds no process); its disk
+    /// is returned like a running one's.
+    fn take_down_paused(
+        &self,
+        vm_id: &str,
+    ) -> Result<(CleanupReport, Option<PathBuf>), BackendError> {
+        let paused = {
+            let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+            let user = paused
+                .iter()
+                .find(|(_, p)| p.name() == vm_id)
+                .map(|(user, _)| user.clone());
+            user.and_then(|user| paused.remove(&user).map(|p| (user, p)))
+        };
+        let Some((user, paused)) = paused else {
+            return Err(BackendError::UnknownVm(vm_id.to_owned()));
+        };
+        let state = paused.dir().display().to_string();
+        paused.discard().map_err(|e| BackendError::Destroy {
+            vm: vm_id.to_owned(),
+            source: e.into(),
+        })?;
+        info!(vm = %vm_id, %user, "paused CLI VM taken down");
+        Ok((
+            CleanupReport {
+                removed: vec![format!("paused state {state}")],
+            },
+            self.cli_disk(&user),
+        ))
     }
 }
 

@@ -498,6 +498,11 @@ impl PausedVm {
         self.state_bytes
     }
 
+    /// The directory holding its saved state.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Removes the saved state (the VM will boot afresh from its disk next time).
     pub fn discard(self) -> Result<(), VmError> {
         std::fs::remove_dir_all(&self.dir).map_err(io(format!("remove {}", self.dir.display())))
