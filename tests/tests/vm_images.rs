@@ -210,7 +210,7 @@ async fn curl_in_the_cli_vm_leaves_through_its_users_port_and_the_vm_never_sees_
     vm.destroy().await.expect("destroy");
 }
 
-use orchestrator::egress::{AllowList, EgressLimits, EgressVm};
+use orchestrator::egress::{EgressLimits, EgressVm};
 use test_kit::browser_vm::{browser_ready, navigated, start_login, GUEST_HOME};
 use test_kit::egress::{EgressRig, PROXY_PASSWORD, PROXY_USER};
 
@@ -251,34 +251,14 @@ fn the_browser_vm_opens_each_real_clis_login_url_in_chromium_beside_its_terminal
     let first = rt.block_on(browser_ready(&client));
     assert_eq!(first.starts, 1, "{first:?}");
     // Chromium's way out: the host's gateway to the user's squid port, the providers' hosts
-    // only, each resolved by squid to a local origin on port 443 (whose certificate Chromium
-    // rightly refuses: what counts is that the login page was asked for through the user's port).
-    let login_hosts = [
-        "claude.com",
-        "claude.ai",
-        "auth.openai.com",
-        "accounts.google.com",
-    ];
-    let rig = rt.block_on(EgressRig::start_with(2, &login_hosts, Some(443)));
-    let user_port = rt.block_on(rig.ports.assign("alice")).expect("port");
+    // only, each resolved by squid to a local origin.
+    let rig = rt.block_on(EgressRig::for_logins());
     let gateway = rig.gateway(PROXY_PASSWORD, EgressLimits::default());
-    let allow: Vec<String> = orchestrator::login::ProviderLogin::builtin()
-        .into_iter()
-        .flat_map(|p| p.egress_hosts)
-        .collect();
-    let _egress = rt
-        .block_on(async {
-            gateway.serve_vm(
-                &vm.connector()
-                    .host_listener_path(protocol::egress::DEFAULT_EGRESS_PORT),
-                EgressVm {
-                    user: "alice".into(),
-                    vm_id: vm.name().into(),
-                    allow: AllowList::Only(allow),
-                },
-            )
-        })
-        .expect("serve the browser VM's egress");
+    let socket = vm
+        .connector()
+        .host_listener_path(protocol::egress::DEFAULT_EGRESS_PORT);
+    let (user_port, _egress) =
+        rt.block_on(rig.serve_login_vm(&gateway, &socket, "alice", vm.name()));
 
     let mut logins = Vec::new();
     for provider in ["claude_code", "codex", "gemini_cli"] {

@@ -1,7 +1,7 @@
 //! Golden snapshots and paused VMs, on real microVMs: what the host's `restored` call does to a
 //! VM (fresh entropy, the host's clock, a clone's new machine id, boot id and sealing key); browser
 //! VMs cloned from one snapshot at once are each their own (random state, ids, clock, a real CLI's
-//! PKCE challenge, opened in each Chromium); a snapshot that is corrupt or made by something else
+//! PKCE challenge, opened in each Chromium, whose TLS randoms differ); a snapshot that is corrupt or made by something else
 //! is refused; a restore that fails boots instead and says so; a Chromium that dies is reported
 //! to a watching host and runs again; an idle CLI VM is paused, and resumes with its processes and
 //! files and takes a push.
@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use orchestrator::client::{StreamCall, StreamItem};
+use orchestrator::egress::EgressLimits;
 use orchestrator::vm::{
     QemuLauncher, QemuVmBackend, SnapshotError, VmBackend, VmHandle, VmKind, VmSpec, VmStart,
 };
@@ -19,6 +20,7 @@ use protocol::messages::{Empty, ExecRequest};
 use protocol::restore::{EntropyBytes, Restored, RestoredRequest, ENTROPY_BYTES};
 use protocol::{ErrorCode, Secret};
 use test_kit::browser_vm::{browser_ready, navigated, start_login};
+use test_kit::egress::{EgressRig, HelloRecorder, PROXY_PASSWORD, PROXY_USER};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -235,19 +237,6 @@ async fn next_browser_event(watch: &mut StreamCall<BrowserWatch>) -> BrowserEven
     }
 }
 
-/// For each of Chromium's network service processes, seconds from the clone's restore (when its
-/// agent wrote the clone's boot id, just before stopping the old service) to the process's start,
-/// both in the guest's wall-clock time (set from the host at the restore). A process carried over
-/// from the snapshot started long before. Chromium rewrites its children's command lines as one
-/// space-separated string.
-const NETWORK_SERVICE_START: &str = r#"now=$(date +%s.%N); restored=$(date -r /run/vm-agent/boot_id +%s.%N)
-up=$(cut -d' ' -f1 /proc/uptime); tick=$(getconf CLK_TCK)
-for p in /proc/[0-9]*; do
-  if tr '\0 ' '\n\n' < $p/cmdline 2>/dev/null | grep -qx -- '--utility-sub-type=network.mojom.NetworkService'; then
-    awk -v now=$now -v r=$restored -v up=$up -v t=$tick '{ print now - (up - $22 / t) - r }' $p/stat
-  fi
-done"#;
-
 fn code_challenge(url: &str) -> Option<String> {
     let (_, query) = url.split_once('?')?;
     query
@@ -308,6 +297,21 @@ fn browser_vms_restored_from_one_snapshot_at_once_are_each_their_own() {
         assert_eq!(hello.machine_id, s.machine_id);
     }
 
+    // Each clone's way out: the host's gateway to its user's squid port; squid takes claude's
+    // login hosts to a recorder of TLS ClientHellos (the provider cannot be reached here).
+    let claude_hosts = ["claude.com", "claude.ai"];
+    let rig = rt.block_on(EgressRig::start_with(2, &claude_hosts, None));
+    let hellos = HelloRecorder::start_on(443);
+    let gateway = rig.gateway(PROXY_PASSWORD, EgressLimits::default());
+    let mut ports = Vec::new();
+    let mut egress = Vec::new();
+    for (vm, user) in [(&a, "alice"), (&b, "bob")] {
+        let socket = vm.egress.as_ref().expect("an egress socket");
+        let (port, binding) = rt.block_on(rig.serve_login_vm(&gateway, socket, user, &vm.id));
+        ports.push(port);
+        egress.push(binding);
+    }
+
     // A real CLI's login in each: different PKCE challenges, each opened in its Chromium.
     let mut challenges = BTreeSet::new();
     let mut logins = Vec::new();
@@ -321,22 +325,34 @@ fn browser_vms_restored_from_one_snapshot_at_once_are_each_their_own() {
         let opened = rt.block_on(navigated(client, &urls));
         challenges.insert(code_challenge(&opened.url).expect("a PKCE challenge in the URL"));
         logins.push(call);
-        // Chromium's network service (its TLS keys come from its own generator) was started
-        // after the restore, not carried over from the snapshot with its siblings' state.
-        let starts = rt.block_on(shell(client, NETWORK_SERVICE_START));
-        let starts: Vec<f64> = starts
-            .lines()
-            .map(|l| l.trim().parse().expect("seconds"))
-            .collect();
-        assert_eq!(starts.len(), 1, "one network service: {starts:?}");
-        assert!(
-            starts[0] > -0.5,
-            "the network service started {:.1} s before the restore",
-            -starts[0]
-        );
     }
     assert_eq!(challenges.len(), 2, "each clone made its own PKCE verifier");
+    // Chromium in each clone opened its TLS connection through its own user's port, and no
+    // two ClientHellos carry the same random: the clones' browsers do not share the random
+    // state they were saved with (every Chromium process's generator reseeded after the restore).
+    for port in &ports {
+        let line = format!("{port} {PROXY_USER} CONNECT claude");
+        rt.block_on(rig.squid.wait_for_log(&line));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while hellos.randoms().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ClientHellos from both clones: {:?}",
+            hellos.randoms()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let randoms = hellos.randoms();
+    eprintln!("ClientHello randoms: {randoms:?}");
+    let distinct: BTreeSet<&String> = randoms.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        randoms.len(),
+        "two TLS connections of the clones began with the same random: {randoms:?}"
+    );
     drop(logins);
+    drop(egress);
 
     // A Chromium that dies is reported to a watching host as it happens, and runs again.
     rt.block_on(browser_crash_is_reported_and_restarted(&clients[0]));

@@ -219,15 +219,6 @@ impl Agent {
         let _ = (provider, url);
     }
 
-    /// After a clone's reseed: the browser's processes that hold pre-snapshot random state start
-    /// again ([`crate::browser::Browser::renew_after_clone`]).
-    pub fn renew_browser_after_clone(&self) {
-        #[cfg(feature = "desktop")]
-        if let Some(browser) = &self.browser {
-            browser.renew_after_clone();
-        }
-    }
-
     /// The browser's state, if the agent drives one.
     pub async fn browser_state(&self) -> Option<protocol::browser::BrowserState> {
         #[cfg(feature = "desktop")]

@@ -301,6 +301,15 @@ pub const PROXY_PASSWORD: &str = "fake-egress-pass-4b1d";
 /// The origin's name: squid resolves it, the VM never does.
 pub const ORIGIN: &str = "login.provider.test";
 
+/// The built-in providers' login hosts (claude's full link is on claude.com, its short one on
+/// claude.ai).
+pub const LOGIN_HOSTS: [&str; 4] = [
+    "claude.com",
+    "claude.ai",
+    "auth.openai.com",
+    "accounts.google.com",
+];
+
 /// Squid on a range of per-user ports, the origin, a store, and the users' ports over that range:
 /// what every egress test and `cargo xtask bench egress-tunnel` start from.
 #[derive(Debug)]
@@ -345,6 +354,41 @@ impl EgressRig {
         }
     }
 
+    /// Started for real CLIs' logins in a browser VM: squid takes every one of [`LOGIN_HOSTS`]
+    /// to the origin on port 443 (whose certificate Chromium rightly refuses: what counts is that
+    /// the login page is asked for through the user's port).
+    pub async fn for_logins() -> Self {
+        Self::start_with(2, &LOGIN_HOSTS, Some(443)).await
+    }
+
+    /// Serves the egress tunnels of VM `vm_id` arriving at `socket` through `gateway` as `user`
+    /// (given a port now), the built-in providers' hosts allowed; returns the user's port and the
+    /// binding (the VM's way out until it drops).
+    pub async fn serve_login_vm(
+        &self,
+        gateway: &EgressGateway,
+        socket: &Path,
+        user: &str,
+        vm_id: &str,
+    ) -> (u16, orchestrator::egress::EgressBinding) {
+        let port = self.ports.assign(user).await.expect("a user's port");
+        let allow = orchestrator::login::ProviderLogin::builtin()
+            .into_iter()
+            .flat_map(|p| p.egress_hosts)
+            .collect();
+        let binding = gateway
+            .serve_vm(
+                socket,
+                orchestrator::egress::EgressVm {
+                    user: user.into(),
+                    vm_id: vm_id.into(),
+                    allow: AllowList::Only(allow),
+                },
+            )
+            .expect("serve the VM's egress");
+        (port, binding)
+    }
+
     /// A gateway to squid authenticating with `password`.
     pub fn gateway(&self, password: &str, limits: EgressLimits) -> EgressGateway {
         EgressGateway::new(
@@ -367,4 +411,71 @@ impl EgressRig {
     pub fn only_origin(&self) -> AllowList {
         AllowList::only([self.origin.target()])
     }
+}
+
+/// A TLS server that reads each client's first message, keeps the ClientHello's random (32 bytes
+/// the client's generator made for this connection) and closes: two TLS clients whose random
+/// state is one and the same send the same randoms. Stopped on drop.
+#[derive(Debug)]
+pub struct HelloRecorder {
+    randoms: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HelloRecorder {
+    /// Starts it on loopback port `port` (443 for URLs without a port).
+    pub fn start_on(port: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the recorder");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let randoms = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (randoms, stop) = (randoms.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            if let Some(random) = client_hello_random(conn) {
+                                randoms.lock().expect("randoms").push(random);
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        };
+        Self {
+            randoms,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The randoms of the ClientHellos seen so far, as hex, in arrival order.
+    pub fn randoms(&self) -> Vec<String> {
+        self.randoms.lock().expect("randoms").clone()
+    }
+}
+
+impl Drop for HelloRecorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The random of the ClientHello that opens `conn` (record header 5 bytes, handshake header 4,
+/// version 2, then the random), or `None` if it does not open with one.
+fn client_hello_random(mut conn: std::net::TcpStream) -> Option<String> {
+    use std::io::Read;
+    conn.set_nonblocking(false).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut head = [0u8; 43];
+    conn.read_exact(&mut head).ok()?;
+    (head[0] == 0x16 && head[5] == 0x01)
+        .then(|| head[11..43].iter().map(|b| format!("{b:02x}")).collect())
 }

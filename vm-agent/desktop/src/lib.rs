@@ -149,6 +149,7 @@ impl Desktops {
         let made = std::thread::Builder::new()
             .name("dtls-cert".into())
             .spawn(move || {
+                lowest_priority();
                 let provider = str0m::crypto::from_feature_flags();
                 if let Some(cert) = provider.dtls_provider.generate_certificate() {
                     let _ = cell.set(cert);
@@ -204,5 +205,17 @@ impl Desktops {
         let mut stats: Vec<_> = watched.iter().map(|screen| screen.stats()).collect();
         stats.sort_by(|a, b| a.display.cmp(&b.display));
         stats
+    }
+}
+
+/// Puts the calling thread last in line for the CPU. The certificate is made in the background
+/// while, in a VM just restored from a snapshot, Chromium and the login's CLI wake on the same
+/// few (emulated) CPUs: they must not wait behind it, and a viewer that comes first makes its own.
+fn lowest_priority() {
+    // SAFETY: setpriority reads no memory of ours; with `who` 0 it changes only the calling
+    // thread (Linux keeps a nice value per thread).
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "the DTLS thread keeps its priority");
     }
 }

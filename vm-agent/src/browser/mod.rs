@@ -203,32 +203,6 @@ impl Browser {
         }
     }
 
-    /// For a VM cloned from a snapshot, after the kernel's generator was reseeded: stops
-    /// Chromium's network service, whose random state (BoringSSL's per-process generator, which
-    /// only a fork resets) every clone of the snapshot shares, so TLS and QUIC keys would repeat
-    /// across clones. Chromium starts a new one on its next request, seeded from the reseeded
-    /// kernel; renderers made after the restore are forks with fresh state already. Returns the
-    /// processes stopped.
-    pub fn renew_after_clone(&self) -> Vec<u32> {
-        let Some(browser) = self.current.borrow().as_ref().map(|r| r.pid) else {
-            return Vec::new();
-        };
-        let stopped: Vec<u32> = network_services(browser)
-            .into_iter()
-            .filter(|pid| {
-                let pid_t = nix::unistd::Pid::from_raw(*pid as i32);
-                nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL)
-                    .inspect_err(|e| warn!(pid, error = %e, "cannot stop the network service"))
-                    .is_ok()
-            })
-            .collect();
-        info!(
-            ?stopped,
-            "the browser's network service restarts with fresh random state"
-        );
-        stopped
-    }
-
     /// What the browser is doing.
     pub async fn state(&self) -> BrowserState {
         let running = self.current.borrow().clone();
@@ -355,6 +329,11 @@ async fn supervise(browser: Arc<Browser>, config: BrowserConfig) {
                     _ = child.wait() => false,
                 };
                 if answered {
+                    // Attached now, not when the first URL comes (a snapshot keeps the
+                    // session): opening a URL is then a single call.
+                    if let Err(e) = running.page_session().await {
+                        debug!(error = %e, "no page session yet; the first URL attaches one");
+                    }
                     browser.current.send_replace(Some(running));
                     debug!(pid, "browser answers on its DevTools pipe");
                     let starts = browser.record().starts;
@@ -378,23 +357,6 @@ async fn supervise(browser: Arc<Browser>, config: BrowserConfig) {
         }
         tokio::time::sleep(RESTART_DELAY).await;
     }
-}
-
-/// The network service processes of the browser started as `browser` (its descendants whose
-/// command line names that service).
-fn network_services(browser: u32) -> Vec<u32> {
-    const SERVICE: &[u8] = b"--utility-sub-type=network.mojom.NetworkService";
-    crate::system::pids()
-        .into_iter()
-        .filter(|pid| *pid != browser && crate::system::descends_from(*pid, browser))
-        .filter(|pid| {
-            // Chromium rewrites its children's command lines as one space-separated string.
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
-                cmd.split(|b| *b == 0 || *b == b' ')
-                    .any(|arg| arg == SERVICE)
-            })
-        })
-        .collect()
 }
 
 /// Serves `browser_watch` on `browser`: [`Browser::watch`]'s events as a frame stream, until the

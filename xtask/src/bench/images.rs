@@ -2,7 +2,8 @@
 //! cache (packages to ext4; the kernel, Node.js tarball download aside, and the CLIs come from
 //! their own caches), and, in the same run, boot times of the minimal image (to hello), the CLI
 //! VM (to hello) and the browser VM (to Chromium answering on its DevTools pipe), then how long
-//! a real CLI's URL takes to be committed in Chromium's tab. Every boot figure comes with the
+//! a real CLI's URL takes to be committed in Chromium's tab (its way out through the host's
+//! gateway and squid to a local stand-in for the provider). Every boot figure comes with the
 //! accelerator that ran.
 
 use std::time::{Duration, Instant};
@@ -10,6 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use orchestrator::vm::QemuLauncher;
 use orchestrator::AgentClient;
+
+use orchestrator::egress::EgressLimits;
+use test_kit::egress::{EgressRig, PROXY_PASSWORD};
 
 use super::{figure, stats::percentile};
 use crate::image::{rootfs, Which};
@@ -102,6 +106,17 @@ async fn browser_vm(launcher: &QemuLauncher) -> Result<()> {
             launched.elapsed().as_millis()
         ));
         if i == BOOTS {
+            // The logins' way out, as the host service gives it: the host's gateway to a user's
+            // squid port, squid taking the providers' hosts to a local stand-in (no provider is
+            // reachable here). Without it every request fails, a CLI's too.
+            let rig = EgressRig::for_logins().await;
+            let gateway = rig.gateway(PROXY_PASSWORD, EgressLimits::default());
+            let socket = vm
+                .connector()
+                .host_listener_path(protocol::egress::DEFAULT_EGRESS_PORT);
+            let (_, _egress) = rig
+                .serve_login_vm(&gateway, &socket, "bench", vm.name())
+                .await;
             for provider in ["claude_code", "codex", "gemini_cli"] {
                 let (urls, call) = test_kit::browser_vm::start_login(&client, provider).await;
                 let opened = test_kit::browser_vm::navigated(&client, &urls).await;

@@ -35,8 +35,9 @@ const STATE_FILE: &str = "state";
 const DISK_FILE: &str = "disk.qcow2";
 /// What a snapshot was made with.
 const META_FILE: &str = "meta.json";
-/// Bumped when the layout of a snapshot changes.
-const FORMAT: u32 = 1;
+/// Bumped when the layout of a snapshot or the way it is made changes (2: the guest's free
+/// memory is zeroed before the save).
+const FORMAT: u32 = 2;
 /// The name the state file's descriptor has in QEMU.
 const STATE_FD: &str = "state";
 /// How long the first connection to a restored agent may be refused (see `tell_restored`).

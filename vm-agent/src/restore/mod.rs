@@ -5,9 +5,11 @@
 //! its own before anything in it makes a key or a PKCE verifier: the host's entropy is credited to
 //! the kernel's pool and the generator reseeded at once, the clock is set, and a clone takes a new
 //! machine id, boot id, sealing key and desktop DTLS certificate (made after the reseed, from the
-//! reseeded generator), and Chromium's network service starts again (its TLS random state came
-//! from the snapshot). TURN credentials are never in a snapshot: each viewer session brings its
-//! own.
+//! reseeded generator), and every process's user-space generator reseeds ([`fork_wipe`]: its
+//! state came from the snapshot). TURN credentials are never in a snapshot: each viewer session
+//! brings its own.
+
+mod fork_wipe;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -135,7 +137,12 @@ pub async fn serve(agent: &Agent, request: RestoredRequest) -> Result<Hello, Err
         identity_us = started.elapsed().as_micros() as u64;
         #[cfg(feature = "desktop")]
         agent.desktops().renew_identity();
-        agent.renew_browser_after_clone();
+        let wiped = fork_wipe::wipe_all();
+        info!(
+            processes = wiped.processes,
+            pages = wiped.pages,
+            "user-space generators reseed from the kernel"
+        );
     }
     let hello = agent.hello();
     info!(
