@@ -45,7 +45,9 @@ pub enum PtyRequest {
     Attach {
         /// The session id from [`PtyEvent::Started`].
         session: String,
-        /// This client is a person's terminal that answers terminal queries itself.
+        /// This client is a person's terminal: it is shown the scrollback without its terminal
+        /// queries, and what it sends reaches the program without its answers to them (the
+        /// agent answers the program's queries itself).
         #[serde(default)]
         interactive: bool,
     },
@@ -77,7 +79,8 @@ pub struct PtySpawn {
     /// [`PtyEvent::DeviceCode`].
     #[serde(default)]
     pub mode: Option<String>,
-    /// This client answers terminal queries itself (a person's terminal in raw mode).
+    /// This client is a person's terminal in raw mode: what it sends reaches the program without
+    /// its answers to terminal queries (the agent answers the program's queries itself).
     #[serde(default)]
     pub interactive: bool,
     /// Keep the session running when this call ends, for a later attach; close it explicitly.

@@ -586,6 +586,44 @@ async fn a_late_terminal_is_not_shown_queries_it_would_answer_as_keys() {
     assert_eq!(seen.exit, Some(0));
 }
 
+/// A person's terminal attached to a live session: the agent still answers the program's terminal
+/// queries (at once, as the terminal the program sees), and the terminal's own answers, which come
+/// late and once per terminal, are not typed into the program; its keys are. (gemini's login, with
+/// the browser VM's terminal attached, took a late device-attributes answer's digits as a pick of
+/// its menu's second item.)
+#[tokio::test]
+async fn a_persons_terminal_types_its_keys_but_not_its_answers_to_queries() {
+    let agent = AgentProcess::start().await;
+    let client = agent.client().await;
+    let script = r#"stty -echo; echo ready; read go
+        stty -icanon min 1 time 0; printf '\033[c'
+        echo answer=$(dd bs=1 count=7 2>/dev/null | od -An -tx1)
+        stty icanon; read line; echo "picked=$line." "#;
+    let mut spawn = PtySpawn::new(["sh", "-c", script]);
+    spawn.interactive = true;
+    let mut call = client.pty(&PtyRequest::Spawn(spawn)).await.expect("spawn");
+    read_until(&mut call, "ready").await;
+    call.send(FrameKind::Stdin, Bytes::from_static(b"go\n"))
+        .await
+        .expect("keys");
+    read_until(&mut call, "\x1b[c").await;
+    // What xterm answers, then what the person types.
+    call.send(
+        FrameKind::Stdin,
+        Bytes::from_static(b"\x1b[?64;1;2;6;9;15;22c\x1b]11;rgb:2020/2828/3030\x1b\\x\n"),
+    )
+    .await
+    .expect("keys");
+    let seen = drive(&mut call, None).await;
+    let text = String::from_utf8_lossy(&seen.output);
+    assert!(
+        text.contains("answer= 1b 5b 3f 31 3b 32 63"),
+        "the agent's device attributes: {text:?}"
+    );
+    assert!(text.contains("picked=x."), "{text:?}");
+    assert_eq!(seen.exit, Some(0));
+}
+
 #[tokio::test]
 async fn resize_signals_env_and_bad_input_behave() {
     let agent = AgentProcess::start().await;

@@ -260,7 +260,9 @@ fn the_browser_vm_opens_each_real_clis_login_url_in_chromium_beside_its_terminal
     let (user_port, _egress) =
         rt.block_on(rig.serve_login_vm(&gateway, &socket, "alice", vm.name()));
 
-    let mut logins = Vec::new();
+    // One login after the other, each ended before the next as a person retrying would: the
+    // terminal moves to the next session, and its answers to the CLI's terminal queries must not
+    // reach the CLI as keys (gemini's took the digits of one as a pick of "Use Gemini API Key").
     for provider in ["claude_code", "codex", "gemini_cli"] {
         let (urls, call) = rt.block_on(start_login(&client, provider));
         let opened = rt.block_on(navigated(&client, &urls));
@@ -270,7 +272,7 @@ fn the_browser_vm_opens_each_real_clis_login_url_in_chromium_beside_its_terminal
             urls.len(),
             opened.navigated_ms.unwrap_or(0) - opened.requested_ms
         );
-        logins.push(call);
+        drop(call);
     }
     // Each provider's login host (claude's full link is on claude.com, its short one on claude.ai).
     for hosts in [
@@ -351,7 +353,6 @@ fn the_browser_vm_opens_each_real_clis_login_url_in_chromium_beside_its_terminal
 
     drop(viewer);
     drop(relay);
-    drop(logins);
     drop(client);
     rt.block_on(vm.destroy()).expect("destroy");
 }

@@ -31,6 +31,42 @@ pub async fn browser_ready(client: &AgentClient) -> BrowserState {
     }
 }
 
+/// Makes the VM's Chromium trust `authority` (base64 DER) as a deployment would trust its own
+/// authority: a managed policy file (`CACertificates`), then Chromium started again to read it
+/// (killed; the agent restarts it). Pages of the stand-in for the providers then load as the
+/// providers' own would. Returns the restarted browser's state.
+pub async fn trust_authority(client: &AgentClient, authority: &str) -> BrowserState {
+    let before = browser_ready(client).await;
+    let policy = serde_json::json!({ "CACertificates": [authority] });
+    client
+        .write_file(&WriteFileRequest {
+            path: "/etc/chromium/policies/managed/stand-in-authority.json".into(),
+            content: policy.to_string().into_bytes(),
+            mode: Some(0o644),
+            create_dirs: false,
+        })
+        .await
+        .expect("the policy file");
+    let pid = before.pid.expect("Chromium's pid").to_string();
+    let killed = client
+        .exec_collect(&["kill", "-9", &pid], None)
+        .await
+        .expect("kill Chromium");
+    assert_eq!(killed.status.shell_code(), 0, "kill Chromium");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let state = browser_ready(client).await;
+        if state.starts > before.starts {
+            return state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Chromium not restarted: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Runs `provider`'s login in its browser mode in the guest, as the login flow does (seeds
 /// written into the home, the agent's PTY at the login size); returns the URLs reported and the
 /// call (the login keeps running while it is held).

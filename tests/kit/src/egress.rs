@@ -194,16 +194,28 @@ class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         n = int(self.headers.get("Content-Length", "0"))
         self.send(self.rfile.read(n))
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+# Each connection's handshake in its own thread: a listening socket wrapped in TLS shakes hands
+# inside accept(), one client at a time, so one that waits (a browser's preconnect, a client
+# that drops the untrusted certificate late) held up every other.
+class S(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    def get_request(self):
+        conn, addr = self.socket.accept()
+        return ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False), addr
+    def finish_request(self, request, client_address):
+        request.do_handshake()
+        super().finish_request(request, client_address)
+srv = S(("127.0.0.1", int(sys.argv[1])), H)
 print("ready", flush=True)
 srv.serve_forever()
 "#;
 
-/// An HTTPS origin on loopback with a self-signed certificate for `name`: the stand-in for a
-/// provider host. Stopped on drop.
+/// An HTTPS origin on loopback: the stand-in for a provider's hosts. Its certificate names
+/// every host it stands in for and is signed by a certificate authority of its own, made for the
+/// run: a client trusts it only when told to (`curl --cacert`, Chromium's `CACertificates`
+/// policy), as a real provider's is trusted. Stopped on drop.
 #[derive(Debug)]
 pub struct HttpsOrigin {
     child: Child,
@@ -213,45 +225,100 @@ pub struct HttpsOrigin {
 }
 
 impl HttpsOrigin {
-    /// Starts the origin for `name` on a free loopback port.
-    pub fn start(name: &str) -> Self {
-        Self::start_on(name, free_tcp_port())
-    }
-
-    /// Starts the origin for `name` on loopback port `port` (443 for URLs without a port).
-    pub fn start_on(name: &str, port: u16) -> Self {
+    /// Starts the origin for `names` (the first is the one its URLs use) on loopback port `port`
+    /// (443 for URLs without a port).
+    pub fn start_on(names: &[&str], port: u16) -> Self {
         let dir = tempfile::tempdir().expect("origin dir");
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        let made = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .arg("-subj")
-            .arg(format!("/CN={name}"))
-            .arg("-addext")
-            .arg(format!("subjectAltName=DNS:{name}"))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl req");
-        assert!(
-            made.success(),
-            "openssl could not make the origin's certificate"
-        );
-        let script = dir.path().join("origin.py");
+        let path = |file: &str| dir.path().join(file);
+        let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        std::fs::write(
+            path("leaf.ext"),
+            format!(
+                "subjectAltName={}\nbasicConstraints=critical,CA:FALSE\n\
+                 keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+                sans.join(",")
+            ),
+        )
+        .expect("leaf extensions");
+        let steps: [(&str, Vec<String>); 3] = [
+            (
+                "the authority",
+                [
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=test-kit stand-in authority",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            (
+                "the request",
+                [
+                    "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out",
+                    "leaf.csr", "-subj",
+                ]
+                .map(String::from)
+                .into_iter()
+                .chain([format!("/CN={}", names[0])])
+                .collect(),
+            ),
+            (
+                "the certificate",
+                [
+                    "x509",
+                    "-req",
+                    "-in",
+                    "leaf.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "leaf.ext",
+                    "-out",
+                    "cert.pem",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+        ];
+        for (what, args) in steps {
+            let made = Command::new("openssl")
+                .args(&args)
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(made.success(), "openssl could not make the origin's {what}");
+        }
+        let script = path("origin.py");
         std::fs::File::create(&script)
             .and_then(|mut f| f.write_all(ORIGIN_PY.as_bytes()))
             .expect("origin script");
-        let log = dir.path().join("origin.log");
+        let log = path("origin.log");
         let child = Command::new("/usr/bin/python3")
             .arg(&script)
             .arg(port.to_string())
-            .arg(&cert)
-            .arg(&key)
+            .arg(path("cert.pem"))
+            .arg(path("key.pem"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("origin log"))
@@ -261,7 +328,7 @@ impl HttpsOrigin {
         Self {
             child,
             dir,
-            name: name.to_owned(),
+            name: names[0].to_owned(),
             port,
         }
     }
@@ -281,9 +348,15 @@ impl HttpsOrigin {
         format!("{}:{}", self.name, self.port)
     }
 
-    /// Its certificate (PEM), for the client's `--cacert`.
+    /// The authority that signed its certificate (PEM), for the client's `--cacert`.
     pub fn cert_path(&self) -> PathBuf {
-        self.dir.path().join("cert.pem")
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The authority's certificate as base64 DER, as Chromium's `CACertificates` policy takes it.
+    pub fn authority_base64(&self) -> String {
+        let pem = std::fs::read_to_string(self.cert_path()).expect("the authority's certificate");
+        pem.lines().filter(|l| !l.starts_with("-----")).collect()
     }
 }
 
@@ -339,7 +412,7 @@ impl EgressRig {
         let dir = tempfile::tempdir().expect("dir");
         let range = crate::ports::free_tcp_range(users_ports);
         let squid = Squid::start(range, PROXY_USER, PROXY_PASSWORD, names);
-        let origin = HttpsOrigin::start_on(names[0], origin_port.unwrap_or_else(free_tcp_port));
+        let origin = HttpsOrigin::start_on(names, origin_port.unwrap_or_else(free_tcp_port));
         let store = crate::login::sqlite_store(dir.path(), "egress-test").await;
         let ports = EgressPorts::new(
             store.clone(),
@@ -355,8 +428,8 @@ impl EgressRig {
     }
 
     /// Started for real CLIs' logins in a browser VM: squid takes every one of [`LOGIN_HOSTS`]
-    /// to the origin on port 443 (whose certificate Chromium rightly refuses: what counts is that
-    /// the login page is asked for through the user's port).
+    /// to the origin on port 443 (whose certificate Chromium refuses unless given its authority:
+    /// what the tests check is that the login page is asked for through the user's port).
     pub async fn for_logins() -> Self {
         Self::start_with(2, &LOGIN_HOSTS, Some(443)).await
     }

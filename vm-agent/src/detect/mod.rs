@@ -22,7 +22,7 @@ use crate::providers::ProviderRules;
 use screen::Screen;
 use term::Term;
 
-pub use queries::without_queries;
+pub use queries::{without_queries, without_replies};
 
 /// Largest OSC string kept (OSC 8 targets and OSC 52 clipboard payloads); longer ones are cut, which
 /// bounds memory whatever the program writes.
@@ -70,7 +70,6 @@ impl UrlDetector {
                 seen: HashSet::new(),
                 found: Vec::new(),
                 replies: Vec::new(),
-                answer_queries: true,
             },
         }
     }
@@ -101,12 +100,6 @@ impl UrlDetector {
         self.term.screen.resize(cols, rows);
         self.term.dirty = None;
         self.term.pending.clear();
-    }
-
-    /// Whether terminal queries (cursor position, device attributes, colours) get answers in
-    /// [`UrlDetector::take_replies`]. Off while a person's terminal is attached and answers itself.
-    pub fn set_answer_queries(&mut self, on: bool) {
-        self.term.answer_queries = on;
     }
 
     /// Bytes to write back to the program: answers to the terminal queries seen so far.

@@ -1,26 +1,54 @@
-//! Terminal queries in recorded output. A terminal that is shown a session's scrollback answers
+//! Terminal queries and their answers. A terminal that is shown a session's scrollback answers
 //! every query in it, and those answers reach the program as typed keys long after it stopped
 //! waiting for them: a late device-attributes answer (`ESC [ ? 6 4 ; 1 ; 2 ...`) carries digits
-//! that pick an item of a numbered menu. The queries were answered when they were live (by the
-//! agent, or by the terminal attached then), so a replay leaves them out.
+//! that pick an item of a numbered menu. The agent answers the queries itself when they are live,
+//! so a replay leaves them out ([`without_queries`]), and what a person's terminal sends is
+//! typed into the program without its answers ([`without_replies`]): even a live answer comes
+//! late from a terminal under load, once per terminal attached, after the program gave up waiting
+//! (gemini's login picked "Use Gemini API Key" from one).
+
+/// Which way a sequence goes between a program and its terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Said {
+    /// The program asks the terminal.
+    Query,
+    /// The terminal answers.
+    Reply,
+}
 
 /// `bytes` without the terminal queries in it (device attributes and status, cursor position,
 /// version, mode and keyboard-protocol requests, window reports, colour and clipboard queries,
 /// `DECRQSS`/`XTGETTCAP`). Everything else, including a sequence cut off at either end, is kept
 /// byte for byte.
 pub fn without_queries(bytes: &[u8]) -> Vec<u8> {
+    strip(bytes, Said::Query)
+}
+
+/// What a terminal sent without its answers to queries (device attributes and status, cursor
+/// position, mode, keyboard-protocol and window reports, every OSC and DCS string: keys never
+/// make those). Keys, pastes, focus and mouse reports are kept byte for byte, and so is a
+/// sequence cut off at either end. A modified F3 (`ESC [ 1 ; 2 R`) looks like a cursor position
+/// report and goes with them.
+pub fn without_replies(bytes: &[u8]) -> Vec<u8> {
+    strip(bytes, Said::Reply)
+}
+
+fn strip(bytes: &[u8], drop: Said) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let len = match (bytes[i], bytes.get(i + 1)) {
-            (0x1b, Some(b'[')) => csi(&bytes[i + 2..]).map(|(len, query)| (len + 2, query)),
-            (0x1b, Some(b']')) => string(&bytes[i + 2..]).map(|(body, len)| (len + 2, osc(body))),
-            (0x1b, Some(b'P')) => string(&bytes[i + 2..]).map(|(body, len)| (len + 2, dcs(body))),
+            (0x1b, Some(b'[')) => csi(&bytes[i + 2..], drop).map(|(len, is)| (len + 2, is)),
+            // A terminal sends no OSC or DCS string but an answer.
+            (0x1b, Some(b']')) => string(&bytes[i + 2..])
+                .map(|(body, len)| (len + 2, drop == Said::Reply || osc_query(body))),
+            (0x1b, Some(b'P')) => string(&bytes[i + 2..])
+                .map(|(body, len)| (len + 2, drop == Said::Reply || dcs_query(body))),
             _ => None,
         };
         match len {
             Some((len, true)) => i += len,
-            Some((len, false)) => {
+            Some((len, _)) => {
                 out.extend_from_slice(&bytes[i..i + len]);
                 i += len;
             }
@@ -33,8 +61,8 @@ pub fn without_queries(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A CSI sequence after `ESC [`: its length and whether it asks the terminal for an answer.
-fn csi(rest: &[u8]) -> Option<(usize, bool)> {
+/// A CSI sequence after `ESC [`: its length and whether it is `said` (a query, or an answer).
+fn csi(rest: &[u8], said: Said) -> Option<(usize, bool)> {
     let end = rest.iter().position(|b| (0x40..=0x7e).contains(b))?;
     let (body, last) = (&rest[..end], rest[end]);
     if body.iter().any(|b| !(0x20..=0x3f).contains(b)) {
@@ -53,7 +81,7 @@ fn csi(rest: &[u8]) -> Option<(usize, bool)> {
         .fold(0, |n, b| {
             n.saturating_mul(10).saturating_add(u32::from(b - b'0'))
         });
-    let query = match (last, prefix, intermediates.as_slice()) {
+    let query = || match (last, prefix, intermediates.as_slice()) {
         // Device status and cursor position reports.
         (b'n', _, []) => true,
         // Primary, secondary and tertiary device attributes.
@@ -73,7 +101,22 @@ fn csi(rest: &[u8]) -> Option<(usize, bool)> {
         (b'x', None, []) => first <= 1,
         _ => false,
     };
-    Some((end + 1, query))
+    let reply = || match (last, prefix, intermediates.as_slice()) {
+        // Device attributes; device status.
+        (b'c', Some(b'?' | b'>' | b'='), []) | (b'n', None | Some(b'?'), []) => true,
+        // Cursor position (and DECXCPR).
+        (b'R', None | Some(b'?'), []) => true,
+        // Mode state (DECRPM); keyboard protocol flags; key modifier options.
+        (b'y', _, [b'$']) | (b'u', Some(b'?'), []) | (b'm', Some(b'>'), []) => true,
+        // Window reports; terminal parameters.
+        (b't' | b'x', None, []) => true,
+        _ => false,
+    };
+    let is = match said {
+        Said::Query => query(),
+        Said::Reply => reply(),
+    };
+    Some((end + 1, is))
 }
 
 /// An OSC or DCS string after its introducer: its body and whole length (terminator included),
@@ -92,14 +135,14 @@ fn string(rest: &[u8]) -> Option<(&[u8], usize)> {
 }
 
 /// An OSC asking for a value: a colour (`4;N;?`, `10;?`, ...) or the clipboard (`52;c;?`).
-fn osc(body: &[u8]) -> bool {
+fn osc_query(body: &[u8]) -> bool {
     body.split(|b| *b == b';')
         .skip(1)
         .any(|field| field == b"?")
 }
 
 /// A DCS asking for a setting (`DECRQSS`, `$q`) or a capability (`XTGETTCAP`, `+q`).
-fn dcs(body: &[u8]) -> bool {
+fn dcs_query(body: &[u8]) -> bool {
     body.starts_with(b"$q") || body.starts_with(b"+q")
 }
 
@@ -166,6 +209,53 @@ mod tests {
             b"\x1bP$q",
         ] {
             assert_eq!(without_queries(cut), cut);
+        }
+    }
+
+    /// What xterm answered gemini's queries with in a browser VM, and what a person types.
+    #[test]
+    fn a_terminals_answers_are_left_out_of_what_it_types_and_keys_kept() {
+        let replies: [&[u8]; 12] = [
+            b"\x1b]11;rgb:2020/2828/3030\x1b\\",
+            b"\x1bP>|XTerm(379)\x1b\\",
+            b"\x1b[?64;1;2;6;9;15;16;17;18;21;22;28c",
+            b"\x1b[>41;379;0c",
+            b"\x1b[12;40R",
+            b"\x1b[0n",
+            b"\x1b[?2004;1$y",
+            b"\x1b[?0u",
+            b"\x1b[>4;2m",
+            b"\x1b[8;30;100t",
+            b"\x1bP1$r0m\x1b\\",
+            b"\x1b]52;c;aGk=\x07",
+        ];
+        let keys: [&[u8]; 11] = [
+            b"2",
+            b"\r",
+            b"\x1b[A",
+            b"\x1bOB",
+            b"\x1b[3~",
+            b"\x1b[200~pasted\x1b[201~",
+            b"\x1b[I",
+            b"\x1b[<0;10;5M",
+            b"\x1bx",
+            b"\x1b",
+            "é".as_bytes(),
+        ];
+        let mut typed = Vec::new();
+        let mut expected = Vec::new();
+        for (i, reply) in replies.iter().enumerate() {
+            typed.extend_from_slice(reply);
+            let key = keys[i % keys.len()];
+            typed.extend_from_slice(key);
+            expected.extend_from_slice(key);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&without_replies(&typed)),
+            String::from_utf8_lossy(&expected)
+        );
+        for cut in [&b"\x1b[?64;1"[..], b"\x1b]11;rgb:2020", b"\x1bP>|XT"] {
+            assert_eq!(without_replies(cut), cut);
         }
     }
 }

@@ -36,7 +36,6 @@ pub(super) struct Term {
     pub(super) seen: HashSet<String>,
     pub(super) found: Vec<DetectedUrl>,
     pub(super) replies: Vec<u8>,
-    pub(super) answer_queries: bool,
 }
 
 fn is_url_char(b: u8) -> bool {
@@ -261,7 +260,7 @@ impl Term {
     }
 
     fn reply(&mut self, bytes: &[u8]) {
-        if self.answer_queries && self.replies.len() < 64 * 1024 {
+        if self.replies.len() < 64 * 1024 {
             self.replies.extend_from_slice(bytes);
         }
     }

@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, warn};
 
 use super::device::DeviceCode;
-use super::session::{Attachment, Exit, InteractiveGuard, PtyError, PtySession, SessionEvent};
+use super::session::{Attachment, Exit, PtyError, PtySession, SessionEvent};
 use super::SpawnOptions;
 use crate::detect::DetectedUrl;
 use crate::rpc::body::{error, open_stream, ResponseBody};
@@ -120,10 +120,11 @@ pub async fn serve(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Respon
         },
     };
     let (tx, body) = ChannelBody::channel(CHANNEL_DEPTH);
-    let (attachment, guard) = session.attach(interactive);
+    let attachment = session.attach(interactive);
     tokio::spawn(async move {
         let _running = agent.track_process();
-        run(&agent, session, attachment, guard, first, keep, reader, tx).await;
+        let client = Client { keep, interactive };
+        run(&agent, session, attachment, first, client, reader, tx).await;
     });
     Response::builder()
         .status(StatusCode::OK)
@@ -162,14 +163,21 @@ fn start(agent: &Agent, spawn: &PtySpawn) -> Result<Arc<PtySession>, ErrorBody> 
     Ok(agent.pty().spawn(opts, rules)?)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How a client's call treats its session.
+#[derive(Debug, Clone, Copy)]
+struct Client {
+    /// The session outlives the call.
+    keep: bool,
+    /// A person's terminal: its answers to terminal queries are not typed into the program.
+    interactive: bool,
+}
+
 async fn run(
     agent: &Agent,
     session: Arc<PtySession>,
     attachment: Attachment,
-    _guard: InteractiveGuard,
     first: PtyEvent,
-    keep: bool,
+    client: Client,
     mut reader: FrameReader<Incoming>,
     tx: FrameSender,
 ) {
@@ -229,7 +237,7 @@ async fn run(
             },
             frame = reader.next(), if input_open => match frame {
                 Ok(Some(frame)) => {
-                    if let Err(e) = handle_input(agent, &session, frame).await {
+                    if let Err(e) = handle_input(agent, &session, client, frame).await {
                         // The client's mistake, not the program's: say which frame was refused
                         // and go on.
                         warn!(session = %id, error = %e, "pty input refused");
@@ -252,15 +260,21 @@ async fn run(
             () = tx.closed() => break,
         }
     }
-    if !keep {
+    if !client.keep {
         debug!(session = %id, "client went away, closing the pty session");
         session.kill_all();
         agent.pty().remove(&id);
     }
 }
 
-async fn handle_input(agent: &Agent, session: &PtySession, frame: Frame) -> Result<(), ErrorBody> {
+async fn handle_input(
+    agent: &Agent,
+    session: &PtySession,
+    client: Client,
+    frame: Frame,
+) -> Result<(), ErrorBody> {
     match frame.kind {
+        FrameKind::Stdin if client.interactive => Ok(session.write_typed(&frame.payload).await?),
         FrameKind::Stdin => Ok(session.write(frame.payload.to_vec()).await?),
         FrameKind::Message => {
             let control: PtyControl = frame.json().map_err(|e| e.to_error_body())?;

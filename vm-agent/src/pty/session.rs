@@ -154,8 +154,6 @@ struct Shared {
     device: Option<DeviceCodeFinder>,
     /// The device code, once reported (for clients that attach later).
     device_code: Option<DeviceCode>,
-    /// Clients that answer terminal queries themselves (a person's terminal).
-    interactive: usize,
 }
 
 /// A running (or ended) PTY session.
@@ -309,7 +307,6 @@ impl PtySession {
                 auto,
                 device,
                 device_code: None,
-                interactive: 0,
             }),
             events,
         });
@@ -362,21 +359,18 @@ impl PtySession {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Attaches a client. An `interactive` client answers terminal queries itself, so the agent stops
-    /// answering them until it detaches (drop the returned guard).
-    pub fn attach(self: &Arc<Self>, interactive: bool) -> (Attachment, InteractiveGuard) {
-        let mut shared = self.lock();
-        if interactive {
-            shared.interactive += 1;
-            shared.detector.set_answer_queries(false);
-        }
+    /// Attaches a client. The agent answers the program's terminal queries whoever is attached
+    /// (as tmux does for its panes): a person's terminal would answer late, once per terminal,
+    /// and its answers would reach the program as typed keys. An `interactive` client (a
+    /// person's terminal) is therefore shown the scrollback without its queries, and sends its
+    /// keys through [`PtySession::write_typed`].
+    pub fn attach(self: &Arc<Self>, interactive: bool) -> Attachment {
+        let shared = self.lock();
         let (a, b) = shared.scrollback.buf.as_slices();
         let scrollback = [a, b].concat();
-        let attachment = Attachment {
-            // Its queries were answered when they were live; a terminal (an interactive client)
-            // shown them again would answer them again, as keys typed into the program. Any other
-            // client gets the bytes as the program wrote them (the spawning call itself can attach
-            // after the first output).
+        Attachment {
+            // Any other client gets the bytes as the program wrote them (the spawning call
+            // itself can attach after the first output).
             scrollback: if interactive {
                 crate::detect::without_queries(&scrollback)
             } else {
@@ -386,18 +380,22 @@ impl PtySession {
             device_code: shared.device_code.clone(),
             exit: shared.exit,
             events: self.events.subscribe(),
-        };
-        (
-            attachment,
-            InteractiveGuard {
-                session: interactive.then(|| self.clone()),
-            },
-        )
+        }
     }
 
     /// Whether the process has ended.
     pub fn exit(&self) -> Option<Exit> {
         self.lock().exit
+    }
+
+    /// Sends what a person's terminal sent, less its answers to terminal queries (the agent
+    /// answered those already); waits while the program does not read.
+    pub async fn write_typed(&self, bytes: &[u8]) -> Result<(), PtyError> {
+        let keys = crate::detect::without_replies(bytes);
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.write(keys).await
     }
 
     /// Sends bytes to the program (as typed on its terminal); waits while the program does not read.
@@ -638,24 +636,6 @@ fn wait_readable(fd: &OwnedFd, deadline: Instant) -> bool {
             Ok(0) if Instant::now() >= deadline => return false,
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) | Err(_) => return true,
-        }
-    }
-}
-
-/// Restores query answering when an interactive client leaves.
-#[derive(Debug)]
-pub struct InteractiveGuard {
-    session: Option<Arc<PtySession>>,
-}
-
-impl Drop for InteractiveGuard {
-    fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            let mut shared = s.lock();
-            shared.interactive = shared.interactive.saturating_sub(1);
-            if shared.interactive == 0 {
-                shared.detector.set_answer_queries(true);
-            }
         }
     }
 }

@@ -82,8 +82,7 @@ async fn show(sessions: &PtySessions, stream: UnixStream) {
         };
         waiting_said = false;
         debug!(session = %session.id(), "terminal attached to the login");
-        // The terminal answers the program's terminal queries itself while it is attached.
-        let (attachment, _guard) = session.attach(true);
+        let attachment = session.attach(true);
         if to_terminal.write_all(&attachment.scrollback).await.is_err() {
             return;
         }
@@ -103,7 +102,7 @@ async fn show(sessions: &PtySessions, stream: UnixStream) {
                 n = from_terminal.read(&mut keys) => match n {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
-                        if session.write(keys[..n].to_vec()).await.is_err() {
+                        if session.write_typed(&keys[..n]).await.is_err() {
                             break;
                         }
                     }

@@ -3,8 +3,8 @@
 //! their own caches), and, in the same run, boot times of the minimal image (to hello), the CLI
 //! VM (to hello) and the browser VM (to Chromium answering on its DevTools pipe), then how long
 //! a real CLI's URL takes to be committed in Chromium's tab (its way out through the host's
-//! gateway and squid to a local stand-in for the provider). Every boot figure comes with the
-//! accelerator that ran.
+//! gateway and squid to a local stand-in for the provider, whose authority Chromium is given).
+//! Every boot figure comes with the accelerator that ran.
 
 use std::time::{Duration, Instant};
 
@@ -117,14 +117,31 @@ async fn browser_vm(launcher: &QemuLauncher) -> Result<()> {
             let (_, _egress) = rig
                 .serve_login_vm(&gateway, &socket, "bench", vm.name())
                 .await;
+            // Chromium trusts the stand-in as it trusts the providers: the figure is the login
+            // page loading, not Chromium's certificate-error page (~4 s more under emulation).
+            test_kit::browser_vm::trust_authority(&client, &rig.origin.authority_base64()).await;
+            // One login after the other, each dropped before the next, as a person retrying
+            // would. A login that brings no URL to the tab is reported and the others still run.
             for provider in ["claude_code", "codex", "gemini_cli"] {
-                let (urls, call) = test_kit::browser_vm::start_login(&client, provider).await;
-                let opened = test_kit::browser_vm::navigated(&client, &urls).await;
-                let ms = opened.navigated_ms.unwrap_or(0) - opened.requested_ms;
-                step(&format!("{provider}: URL to Chromium's tab in {ms} ms"));
-                navigated.push(Duration::from_millis(ms));
-                found += 1;
-                drop(call);
+                let login = tokio::spawn({
+                    let client = client.clone();
+                    async move {
+                        let (urls, call) =
+                            test_kit::browser_vm::start_login(&client, provider).await;
+                        let opened = test_kit::browser_vm::navigated(&client, &urls).await;
+                        drop(call);
+                        opened
+                    }
+                });
+                match login.await {
+                    Ok(opened) => {
+                        let ms = opened.navigated_ms.unwrap_or(0) - opened.requested_ms;
+                        step(&format!("{provider}: URL to Chromium's tab in {ms} ms"));
+                        navigated.push(Duration::from_millis(ms));
+                        found += 1;
+                    }
+                    Err(e) => step(&format!("{provider}: no URL reached Chromium's tab ({e})")),
+                }
             }
         }
         drop(client);
@@ -134,10 +151,12 @@ async fn browser_vm(launcher: &QemuLauncher) -> Result<()> {
         "browser_boot_to_chromium_ready_ms_p50",
         percentile(&mut ready, 50.0).as_millis(),
     );
-    figure(
-        "url_to_chromium_navigated_ms_p50",
-        percentile(&mut navigated, 50.0).as_millis(),
-    );
+    if !navigated.is_empty() {
+        figure(
+            "url_to_chromium_navigated_ms_p50",
+            percentile(&mut navigated, 50.0).as_millis(),
+        );
+    }
     figure("real_cli_urls_found", found);
     Ok(())
 }
