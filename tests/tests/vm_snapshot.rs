@@ -1,10 +1,10 @@
 //! Golden snapshots and paused VMs, on real microVMs: what the host's `restored` call does to a
 //! VM (fresh entropy, the host's clock, a clone's new machine id, boot id and sealing key); browser
 //! VMs cloned from one snapshot at once are each their own (random state, ids, clock, a real CLI's
-//! PKCE challenge, opened in each Chromium, whose TLS randoms differ); a snapshot that is corrupt or made by something else
-//! is refused; a restore that fails boots instead and says so; a Chromium that dies is reported
-//! to a watching host and runs again; an idle CLI VM is paused, and resumes with its processes and
-//! files and takes a push.
+//! PKCE challenge, opened in each Chromium, whose TLS randoms differ); a snapshot that is corrupt
+//! or made by something else is refused; a restore that fails boots instead and says so; a
+//! Chromium that dies is reported to a watching host and runs again; an idle CLI VM is paused, and
+//! resumes with its processes and files and takes a push.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -240,75 +240,35 @@ impl HttpsOrigin {
             ),
         )
         .expect("leaf extensions");
-        let steps: [(&str, Vec<String>); 3] = [
-            (
-                "the authority",
-                [
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=test-kit stand-in authority",
-                    "-addext",
-                    "basicConstraints=critical,CA:TRUE",
-                    "-addext",
-                    "keyUsage=critical,keyCertSign,cRLSign",
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.pem",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-            (
-                "the request",
-                [
-                    "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out",
-                    "leaf.csr", "-subj",
-                ]
-                .map(String::from)
-                .into_iter()
-                .chain([format!("/CN={}", names[0])])
-                .collect(),
-            ),
-            (
-                "the certificate",
-                [
-                    "x509",
-                    "-req",
-                    "-in",
-                    "leaf.csr",
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    "leaf.ext",
-                    "-out",
-                    "cert.pem",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-        ];
-        for (what, args) in steps {
+        let openssl = |what: &str, args: &[&str]| {
             let made = Command::new("openssl")
-                .args(&args)
+                .args(args)
                 .current_dir(dir.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .expect("openssl");
             assert!(made.success(), "openssl could not make the origin's {what}");
-        }
+        };
+        #[rustfmt::skip]
+        openssl("authority", &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=test-kit stand-in authority",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", "ca.key", "-out", "ca.pem",
+        ]);
+        let subject = format!("/CN={}", names[0]);
+        #[rustfmt::skip]
+        openssl("certificate request", &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject,
+            "-keyout", "key.pem", "-out", "leaf.csr",
+        ]);
+        #[rustfmt::skip]
+        openssl("certificate", &[
+            "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "leaf.ext", "-out", "cert.pem",
+        ]);
         let script = path("origin.py");
         std::fs::File::create(&script)
             .and_then(|mut f| f.write_all(ORIGIN_PY.as_bytes()))
